@@ -1,0 +1,154 @@
+"""ONNX Runtime on the CPU execution provider."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from tensorgate.backends.base import (
+    BackendExecuteError,
+    BackendInputError,
+    BackendLoadError,
+    BackendOptions,
+    TensorInfo,
+)
+
+log = logging.getLogger(__name__)
+# ONNX Runtime's own logger writes colored lines to stderr; its errors reach our log as exceptions.
+ort.set_default_logger_severity(4)
+
+STRING = 8
+BFLOAT16 = 16
+
+# ONNX Runtime's type strings ("tensor(float)") to ONNX TensorProto element types.
+_ORT_TYPES: dict[str, int] = {
+    "tensor(float)": 1,
+    "tensor(uint8)": 2,
+    "tensor(int8)": 3,
+    "tensor(uint16)": 4,
+    "tensor(int16)": 5,
+    "tensor(int32)": 6,
+    "tensor(int64)": 7,
+    "tensor(string)": STRING,
+    "tensor(bool)": 9,
+    "tensor(float16)": 10,
+    "tensor(double)": 11,
+    "tensor(uint32)": 12,
+    "tensor(uint64)": 13,
+    "tensor(bfloat16)": BFLOAT16,
+}
+
+
+def _tensor_info(arg: ort.NodeArg) -> TensorInfo:
+    onnx_type = _ORT_TYPES.get(arg.type)
+    if onnx_type is None:
+        raise BackendLoadError(f"tensor {arg.name!r} has type {arg.type}, which tensorgate cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or ()))
+    return TensorInfo(arg.name, onnx_type, shape)
+
+
+def _bf16_to_numpy(value: ort.OrtValue) -> np.ndarray:
+    """Copy a CPU bfloat16 OrtValue's raw 16-bit patterns into a uint16 array (numpy has no bf16)."""
+    shape = tuple(value.shape())
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.empty(shape, dtype=np.uint16)
+    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    return np.frombuffer(buffer, dtype=np.uint16, count=count).reshape(shape).copy()
+
+
+class OnnxRuntimeCpuBackend:
+    """One ONNX Runtime inference session on the CPU."""
+
+    def __init__(self, model_file: Path, options: BackendOptions) -> None:
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own pybind exception types
+            raise BackendLoadError(f"ONNX Runtime cannot load {model_file.name}: {exc}") from exc
+        self._inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
+        self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
+        self._input_types = {t.name: t.onnx_type for t in self._inputs}
+        self._output_types = {t.name: t.onnx_type for t in self._outputs}
+        self._needs_ort_values = any(t.onnx_type == BFLOAT16 for t in (*self._inputs, *self._outputs))
+
+    @property
+    def engine(self) -> str:
+        return "onnxruntime-cpu"
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]:
+        return self._outputs
+
+    def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        if self._input_types.get(name) == STRING:
+            try:
+                return np.array(
+                    [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)],
+                    dtype=np.object_,
+                ).reshape(array.shape)
+            except UnicodeDecodeError as exc:
+                raise BackendInputError(
+                    f"input {name!r}: an element is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "ONNX string tensors hold UTF-8 text"
+                ) from None
+        return array
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
+        names = list(output_names)
+        try:
+            if self._needs_ort_values:
+                results = self._run_with_ort_values(feeds, names)
+            else:
+                results = self._session.run(names, feeds)
+        except BackendExecuteError:
+            raise
+        except Exception as exc:
+            raise BackendExecuteError(f"ONNX Runtime failed: {exc}") from exc
+        out: dict[str, np.ndarray] = {}
+        for name, value in zip(names, results, strict=True):
+            if self._output_types.get(name) == STRING:
+                value = np.array(
+                    [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value.reshape(-1)],
+                    dtype=np.object_,
+                ).reshape(value.shape)
+            out[name] = value
+        return out
+
+    def _run_with_ort_values(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        values: dict[str, ort.OrtValue] = {}
+        for name, array in feeds.items():
+            if self._input_types.get(name) == BFLOAT16:
+                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array, dtype=np.uint16), BFLOAT16
+                )
+            else:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        results = self._session.run_with_ort_values(names, values)
+        return [
+            _bf16_to_numpy(value) if self._output_types.get(name) == BFLOAT16 else value.numpy()
+            for name, value in zip(names, results, strict=True)
+        ]
+
+    def close(self) -> None:
+        del self._session
+
+
+def load(model_file: Path, options: BackendOptions) -> OnnxRuntimeCpuBackend:
+    return OnnxRuntimeCpuBackend(model_file, options)

@@ -1,0 +1,39 @@
+"""The ``tensorgate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from tensorgate import __version__, logs, settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorgate", description="ONNX inference server (KServe V2 / Triton gRPC)")
+    parser.add_argument("--version", action="version", version=f"tensorgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the models of a model repository over gRPC",
+        description="Serve the ONNX models of a Triton-style model repository over the KServe V2 gRPC protocol. "
+        "Every flag can also be set with the TENSORGATE_* environment variable shown.",
+    )
+    settings.add_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        config = settings.from_namespace(args)
+        logs.configure(config.log_level)
+        from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
+
+        return asyncio.run(serve(config))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Model configuration: Triton's config.pbtxt, completed from the ONNX file and checked against it.
+
+The canonical config is the ``ModelConfig`` protobuf (field names and numbers as Triton's), so a
+Triton model repository parses unchanged. :class:`ModelSpec` is the typed view the request path
+uses. What we do not implement is never silently ignored: fields that change what a model computes
+or how its requests are scheduled fail the load; performance hints are named in a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from tensorgate import datatypes
+from tensorgate.backends.base import TensorInfo
+from tensorgate.datatypes import DataType
+from tensorgate.errors import ModelConfigError
+from tensorgate.proto import model_config_pb2 as mc
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILE = "model.onnx"
+PLATFORMS = ("", "onnxruntime_onnx")
+BACKENDS = ("", "onnxruntime", "onnx")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as requests see it; ``dims`` exclude the batch dim, -1 is any size."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the request path needs to know of one loaded model version."""
+
+    name: str
+    max_batch_size: int
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    config: mc.ModelConfig = field(compare=False)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+
+def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
+    """Parse ``config.pbtxt`` if present. Returns the config and whether max_batch_size was given
+    (proto3 cannot tell an explicit 0 from an absent field, and Triton treats them differently)."""
+    path = model_dir / CONFIG_FILE
+    config = mc.ModelConfig()
+    if not path.is_file():
+        return config, False
+    try:
+        text = path.read_text(encoding="utf-8")
+        text_format.Parse(text, config)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ModelConfigError(f"{CONFIG_FILE} does not parse: {exc}") from exc
+    return config, re.search(r"\bmax_batch_size\b", text) is not None
+
+
+def check_supported(config: mc.ModelConfig) -> list[str]:
+    """Raise for fields that change results or scheduling; return warnings for ignored hints."""
+    fatal: list[str] = []
+    hints: list[str] = []
+    if config.platform not in PLATFORMS:
+        fatal.append(f"platform {config.platform!r} is not served (tensorgate runs ONNX models: onnxruntime_onnx)")
+    if config.backend not in BACKENDS:
+        fatal.append(f"backend {config.backend!r} is not served (tensorgate runs ONNX models: onnxruntime)")
+    if config.runtime:
+        fatal.append(f"runtime {config.runtime!r} is not supported")
+    for name in ("sequence_batching", "ensemble_scheduling"):
+        if config.HasField(name):
+            fatal.append(f"{name} is not supported")
+    if config.batch_input or config.batch_output:
+        fatal.append("batch_input/batch_output are not supported")
+    if config.model_transaction_policy.decoupled:
+        fatal.append("decoupled models (model_transaction_policy) are not supported")
+    if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
+        fatal.append("model_repository_agents are not supported")
+    for tensor in (*config.input, *config.output):
+        if tensor.HasField("reshape"):
+            fatal.append(f"tensor {tensor.name!r}: reshape is not supported")
+        if tensor.is_shape_tensor:
+            fatal.append(f"tensor {tensor.name!r}: is_shape_tensor is not supported")
+        if getattr(tensor, "is_non_linear_format_io", False):
+            fatal.append(f"tensor {tensor.name!r}: is_non_linear_format_io is not supported")
+    for tensor in config.input:
+        if tensor.allow_ragged_batch:
+            fatal.append(f"input {tensor.name!r}: allow_ragged_batch is not supported")
+        if tensor.format != mc.ModelInput.FORMAT_NONE:
+            hints.append(f"input {tensor.name!r}: format is informational only")
+    for tensor in config.output:
+        if tensor.label_filename:
+            hints.append(f"output {tensor.name!r}: label_filename ignored (classification extension not implemented)")
+    for group in config.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            hints.append("instance_group KIND_GPU: no GPU engine in this build, instances run on the CPU")
+        if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
+            hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
+    for name in ("dynamic_batching", "optimization", "response_cache", "model_operations"):
+        if config.HasField(name):
+            hints.append(f"{name} is not implemented yet and ignored (requests run one at a time, unbatched)"
+                         if name == "dynamic_batching" else f"{name} is ignored")
+    if config.model_warmup:
+        hints.append("model_warmup is not implemented yet and ignored")
+    if config.cc_model_filenames:
+        hints.append("cc_model_filenames ignored")
+    if config.parameters:
+        hints.append(f"parameters ignored: {', '.join(sorted(config.parameters))}")
+    if fatal:
+        raise ModelConfigError("; ".join(fatal))
+    return hints
+
+
+def _onnx_datatype(info: TensorInfo) -> DataType:
+    try:
+        return datatypes.BY_ONNX[info.onnx_type]
+    except KeyError:
+        raise ModelConfigError(f"tensor {info.name!r} has ONNX type {info.onnx_type}, which is not served") from None
+
+
+def _supports_batching(infos: Sequence[TensorInfo]) -> bool:
+    return all(len(t.shape) >= 1 and t.shape[0] is None for t in infos)
+
+
+def _fill(target: object, infos: Sequence[TensorInfo], strip_batch: bool) -> None:
+    for info in infos:
+        tensor = target.add()  # type: ignore[attr-defined]
+        tensor.name = info.name
+        tensor.data_type = mc.DataType.Value(_onnx_datatype(info).config)
+        shape = info.shape[1:] if strip_batch else info.shape
+        tensor.dims.extend(-1 if d is None else d for d in shape)
+
+
+def complete(
+    config: mc.ModelConfig,
+    *,
+    name: str,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    max_batch_size_given: bool,
+    default_max_batch_size: int,
+) -> mc.ModelConfig:
+    """Fill what config.pbtxt leaves out from the ONNX file, as Triton's auto-complete does."""
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    if done.name and done.name != name:
+        raise ModelConfigError(f"config.pbtxt names the model {done.name!r} but its directory is {name!r}")
+    done.name = name
+    if not done.platform and not done.backend:
+        done.backend = "onnxruntime"
+    if not max_batch_size_given and not done.input and not done.output:
+        if _supports_batching((*inputs, *outputs)) and default_max_batch_size > 0:
+            done.max_batch_size = default_max_batch_size
+    strip = done.max_batch_size > 0
+    if not done.input:
+        _fill(done.input, inputs, strip)
+    if not done.output:
+        _fill(done.output, outputs, strip)
+    if not done.instance_group:
+        group = done.instance_group.add()
+        group.count = 1
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    for group in done.instance_group:
+        if group.count < 1:
+            group.count = 1
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+    if not done.HasField("version_policy"):
+        done.version_policy.latest.num_versions = 1
+    return done
+
+
+def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) -> TensorSpec:
+    what = f"{kind} {spec.name!r}"
+    actual = _onnx_datatype(info)
+    if actual != spec.datatype:
+        raise ModelConfigError(
+            f"{what} is {spec.datatype.config} in config.pbtxt but {actual.config} in the ONNX file"
+        )
+    shape = info.shape
+    if batched:
+        if not shape or shape[0] is not None:
+            first = shape[0] if shape else "a scalar"
+            raise ModelConfigError(
+                f"{what}: max_batch_size > 0 needs a dynamic first dimension in the ONNX file, which has {first}; "
+                "set max_batch_size: 0 or export the model with a dynamic batch axis"
+            )
+        shape = shape[1:]
+    if len(shape) != len(spec.dims):
+        raise ModelConfigError(
+            f"{what} has dims {list(spec.dims)} in config.pbtxt but the ONNX file's shape "
+            f"{['?' if d is None else d for d in shape]} has rank {len(shape)}"
+            + (" (after the batch dimension)" if batched else "")
+        )
+    dims: list[int] = []
+    for want, have in zip(spec.dims, shape, strict=True):
+        if want != -1 and have is not None and want != have:
+            raise ModelConfigError(
+                f"{what} has dims {list(spec.dims)} in config.pbtxt, which contradicts the ONNX file's "
+                f"{['?' if d is None else d for d in shape]}"
+            )
+        dims.append(have if want == -1 and have is not None else want)
+    return TensorSpec(spec.name, spec.datatype, tuple(dims), spec.optional)
+
+
+def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
+    type_name = mc.DataType.Name(tensor.data_type)
+    if type_name not in datatypes.BY_CONFIG:
+        raise ModelConfigError(f"tensor {tensor.name!r} has data_type {type_name}, which is not supported")
+    for d in tensor.dims:
+        if d < -1:
+            raise ModelConfigError(f"tensor {tensor.name!r} has invalid dim {d}")
+    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], tuple(tensor.dims), optional)
+
+
+def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> ModelSpec:
+    """Check a completed config against the ONNX file and build the request-path view."""
+    if config.max_batch_size < 0:
+        raise ModelConfigError(f"max_batch_size must be >= 0, not {config.max_batch_size}")
+    batched = config.max_batch_size > 0
+    onnx_inputs = {t.name: t for t in inputs}
+    onnx_outputs = {t.name: t for t in outputs}
+    spec_inputs: dict[str, TensorSpec] = {}
+    for tensor in config.input:
+        if tensor.name in spec_inputs:
+            raise ModelConfigError(f"input {tensor.name!r} appears twice in config.pbtxt")
+        if tensor.name not in onnx_inputs:
+            raise ModelConfigError(
+                f"config.pbtxt declares input {tensor.name!r}, which the ONNX file does not have "
+                f"(it has {sorted(onnx_inputs)})"
+            )
+        spec_inputs[tensor.name] = _check_tensor(
+            "input", _spec_of(tensor, tensor.optional), onnx_inputs[tensor.name], batched
+        )
+    missing = sorted(set(onnx_inputs) - set(spec_inputs))
+    if missing:
+        raise ModelConfigError(f"the ONNX file needs inputs {missing}, which config.pbtxt does not declare")
+    spec_outputs: dict[str, TensorSpec] = {}
+    for tensor in config.output:
+        if tensor.name in spec_outputs:
+            raise ModelConfigError(f"output {tensor.name!r} appears twice in config.pbtxt")
+        if tensor.name not in onnx_outputs:
+            raise ModelConfigError(
+                f"config.pbtxt declares output {tensor.name!r}, which the ONNX file does not have "
+                f"(it has {sorted(onnx_outputs)})"
+            )
+        spec_outputs[tensor.name] = _check_tensor("output", _spec_of(tensor, False), onnx_outputs[tensor.name], batched)
+    return ModelSpec(config.name, config.max_batch_size, spec_inputs, spec_outputs, config)
+
+
+def model_filename(config: mc.ModelConfig) -> str:
+    name = config.default_model_filename or DEFAULT_MODEL_FILE
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ModelConfigError(f"default_model_filename {name!r} must be a plain file name")
+    return name
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    return sum(max(1, g.count) for g in config.instance_group) or 1

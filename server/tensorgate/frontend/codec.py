@@ -1,0 +1,203 @@
+"""ModelInferRequest to numpy and numpy to ModelInferResponse, checking every tensor on the way in.
+
+Nothing below the frontend sees protobuf. Every error names the tensor and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tensorgate import datatypes
+from tensorgate.config import ModelSpec, TensorSpec
+from tensorgate.datatypes import DataType
+from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.proto import inference_pb2 as pb
+from tensorgate.scheduler import InferRequest
+
+# Which InferTensorContents field holds each datatype (FP16 and BF16 have none: raw only).
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS_FIELDS = sorted(set(_CONTENTS_FIELD.values()))
+_UNSUPPORTED_TENSOR_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _expected_shape(spec: TensorSpec, model: ModelSpec) -> str:
+    dims = ["-1" if d == -1 else str(d) for d in spec.dims]
+    return "[" + ",".join((["batch<=%d" % model.max_batch_size] if model.batched else []) + dims) + "]"
+
+
+def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec, model: ModelSpec) -> int:
+    """Validate one input's shape; returns its batch size (1 for models without batching)."""
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"input '{name}' has shape {_shape_text(shape)}: dimensions cannot be negative")
+    dims = list(shape)
+    batch = 1
+    if model.batched:
+        if not dims:
+            raise InvalidArgument(
+                f"input '{name}' has shape []: model '{model.name}' batches, so the first dimension is the "
+                f"batch size; expected {_expected_shape(spec, model)}"
+            )
+        batch = dims.pop(0)
+        if batch < 1 or batch > model.max_batch_size:
+            raise InvalidArgument(
+                f"input '{name}' has batch size {batch} but model '{model.name}' takes 1 to "
+                f"{model.max_batch_size} (max_batch_size); split the request"
+            )
+    if len(dims) != len(spec.dims) or any(w != -1 and w != d for w, d in zip(spec.dims, dims, strict=False)):
+        raise InvalidArgument(
+            f"input '{name}' has shape {_shape_text(shape)} but model '{model.name}' expects "
+            f"{_expected_shape(spec, model)}"
+        )
+    return batch
+
+
+def _from_contents(name: str, tensor: pb.ModelInferRequest.InferInputTensor, dtype: DataType, count: int) -> np.ndarray:
+    used = [f for f in _ALL_CONTENTS_FIELDS if len(getattr(tensor.contents, f))]
+    field = _CONTENTS_FIELD.get(dtype.v2)
+    if field is None:
+        raise InvalidArgument(f"input '{name}' is {dtype.v2}, which has no typed contents field; send it in raw_input_contents")
+    if used != [field]:
+        raise InvalidArgument(
+            f"input '{name}' is {dtype.v2}, so its data goes in contents.{field}"
+            + (f", not {', '.join(used)}" if used else "; it has no data")
+        )
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input '{name}' has {len(values)} elements in contents.{field} but its shape "
+            f"{_shape_text(tensor.shape)} needs {count}"
+        )
+    if dtype.is_bytes:
+        return np.array(list(values), dtype=np.object_)
+    try:
+        return np.array(values, dtype=dtype.numpy)
+    except OverflowError:
+        raise InvalidArgument(f"input '{name}': a value in contents.{field} does not fit {dtype.v2}") from None
+
+
+def _from_raw(name: str, raw: bytes, shape: Sequence[int], dtype: DataType, count: int) -> np.ndarray:
+    if dtype.is_bytes:
+        try:
+            return datatypes.deserialize_bytes(raw, count)
+        except ValueError as exc:
+            raise InvalidArgument(f"input '{name}' (BYTES, shape {_shape_text(shape)}): raw contents {exc}") from None
+    needed = count * dtype.itemsize
+    if len(raw) != needed:
+        raise InvalidArgument(
+            f"input '{name}' has {len(raw)} bytes of raw contents but shape {_shape_text(shape)} of "
+            f"{dtype.v2} needs {needed} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype.numpy)
+
+
+def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
+    """Check a request against the model and turn its tensors into numpy arrays (views where raw)."""
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidArgument(
+            f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents; "
+            "send one raw_input_contents entry per input, in the order of inputs"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    batch_from = ""
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        spec = model.inputs.get(name)
+        if spec is None:
+            raise InvalidArgument(
+                f"unexpected input '{name}' for model '{model.name}'; its inputs are {sorted(model.inputs)}"
+            )
+        if name in arrays:
+            raise InvalidArgument(f"input '{name}' appears more than once in the request")
+        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
+            if key in tensor.parameters:
+                raise Unimplemented(
+                    f"input '{name}' uses shared memory ({key}), which tensorgate does not support yet; "
+                    "send the tensor in raw_input_contents"
+                )
+        if tensor.datatype != spec.datatype.v2:
+            raise InvalidArgument(
+                f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{model.name}' "
+                f"expects {spec.datatype.v2}"
+            )
+        rows = _check_shape(name, tensor.shape, spec, model)
+        if batch is None:
+            batch, batch_from = rows, name
+        elif rows != batch:
+            raise InvalidArgument(
+                f"input '{name}' has batch size {rows} but input '{batch_from}' has {batch}; "
+                "all inputs of a request share the batch size"
+            )
+        count = math.prod(tensor.shape)
+        if raw_contents:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(f"input '{name}' has both contents and raw_input_contents; send one")
+            flat = _from_raw(name, raw_contents[index], tensor.shape, spec.datatype, count)
+        else:
+            flat = _from_contents(name, tensor, spec.datatype, count)
+        arrays[name] = flat.reshape(tuple(tensor.shape))
+    missing = [n for n, s in model.inputs.items() if n not in arrays and not s.optional]
+    if missing:
+        raise InvalidArgument(
+            f"model '{model.name}' needs input{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}, which the request does not have"
+        )
+    outputs: list[str] = []
+    for requested in request.outputs:
+        if requested.name not in model.outputs:
+            raise InvalidArgument(
+                f"unexpected output '{requested.name}' requested from model '{model.name}'; "
+                f"its outputs are {sorted(model.outputs)}"
+            )
+        if "classification" in requested.parameters:
+            raise Unimplemented(f"output '{requested.name}': the classification extension is not supported")
+        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
+            if key in requested.parameters:
+                raise Unimplemented(f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet")
+        if requested.name not in outputs:
+            outputs.append(requested.name)
+    return InferRequest(
+        id=request.id,
+        inputs=arrays,
+        outputs=tuple(outputs) if outputs else tuple(model.outputs),
+        batch_size=batch if batch is not None else 1,
+    )
+
+
+def encode_response(
+    model: ModelSpec, version: int, request_id: str, outputs: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model.name, model_version=str(version), id=request_id)
+    raw = response.raw_output_contents
+    for name, array in outputs.items():
+        spec = model.outputs[name]
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = spec.datatype.v2
+        tensor.shape.extend(array.shape)
+        if spec.datatype.is_bytes:
+            raw.append(datatypes.serialize_bytes(array))
+        else:
+            raw.append(np.ascontiguousarray(array, dtype=spec.datatype.numpy).tobytes())
+    return response

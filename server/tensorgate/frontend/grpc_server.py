@@ -1,0 +1,48 @@
+"""Builds the grpc.aio server: the V2 inference service and the standard gRPC health service."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tensorgate.frontend.service import SERVICE_NAME, InferenceService, generic_handler
+from tensorgate.settings import Settings
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+class GrpcFrontend:
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        limit = settings.grpc_max_message_bytes
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1 if settings.grpc_so_reuseport else 0),
+            ]
+        )
+        self.server.add_generic_rpc_handlers((generic_handler(service),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise PortInUse(f"cannot listen on {address}: {exc}") from None
+        if self.port == 0:
+            raise PortInUse(f"cannot listen on {address} (port in use?)")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(False)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and wait up to ``grace`` seconds for those in flight."""
+        await self.server.stop(grace)

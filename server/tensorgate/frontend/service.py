@@ -1,0 +1,291 @@
+"""The KServe V2 gRPC service (Triton's ``inference.GRPCInferenceService``) on grpc.aio.
+
+Handlers turn protobuf into calls on the repository and back. A :class:`ServerError` becomes the
+gRPC status it names; anything else is our bug: logged with the request id, counted, INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from tensorgate import __version__
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented
+from tensorgate.frontend import codec
+from tensorgate.proto import inference_pb2 as pb
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository import ModelVersion, Repository
+from tensorgate.settings import ControlMode
+from tensorgate.stats import Duration, ModelStats
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "tensorgate"
+EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics")
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class ServerState:
+    """Readiness as the frontend reports it: off until models are loaded, off again on shutdown."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.internal_errors = 0
+
+
+def _duration(target: pb.StatisticDuration, source: Duration) -> None:
+    target.count = source.count
+    target.ns = source.ns
+
+
+def _model_statistics(version: ModelVersion) -> pb.ModelStatistics:
+    s: ModelStats = version.stats
+    out = pb.ModelStatistics(
+        name=version.name,
+        version=str(version.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+    )
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _duration(getattr(out.inference_stats, field), getattr(s, field))
+    for size, batch in sorted(s.batches.items()):
+        row = out.batch_stats.add(batch_size=size)
+        _duration(row.compute_input, batch.compute_input)
+        _duration(row.compute_infer, batch.compute_infer)
+        _duration(row.compute_output, batch.compute_output)
+    return out
+
+
+class InferenceService:
+    def __init__(self, repository: Repository, state: ServerState) -> None:
+        self.repository = repository
+        self.state = state
+
+    # ---- health and metadata ----
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.ready)
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version))
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        served = self.repository.get(request.name, request.version)
+        spec = served.spec
+        ready = sorted(v.version for v in self.repository.ready_versions() if v.name == request.name)
+        response = pb.ModelMetadataResponse(
+            name=spec.name, versions=[str(v) for v in ready], platform="onnxruntime_onnx"
+        )
+        prefix = [-1] if spec.batched else []
+        for target, tensors in ((response.inputs, spec.inputs), (response.outputs, spec.outputs)):
+            for tensor in tensors.values():
+                target.add(name=tensor.name, datatype=tensor.datatype.v2, shape=[*prefix, *tensor.dims])
+        return response
+
+    async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        served = self.repository.get(request.name, request.version)
+        response = pb.ModelConfigResponse()
+        response.config.MergeFromString(served.spec.config.SerializeToString())
+        return response
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            if request.version:
+                chosen = [self.repository.get(request.name, request.version)]
+            else:
+                self.repository.get(request.name)  # NotFound / Unavailable if it is not served
+                chosen = [v for v in self.repository.ready_versions() if v.name == request.name]
+        else:
+            chosen = self.repository.ready_versions()
+        chosen.sort(key=lambda v: (v.name, v.version))
+        return pb.ModelStatisticsResponse(model_stats=[_model_statistics(v) for v in chosen])
+
+    # ---- repository ----
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for row in self.repository.index(ready_only=request.ready):
+            response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
+        return response
+
+    def _check_explicit(self, what: str) -> None:
+        mode = self.repository.settings.model_control_mode
+        if mode is not ControlMode.EXPLICIT:
+            raise ServerError(
+                f"{what} is not allowed in model control mode '{mode.value}'; start the server with "
+                "--model-control-mode=explicit",
+                Code.FAILED_PRECONDITION,
+            )
+
+    async def repository_model_load(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._check_explicit("loading a model")
+        override: mc.ModelConfig | None = None
+        for key, value in request.parameters.items():
+            if key == "config":
+                override = mc.ModelConfig()
+                try:
+                    json_format.Parse(value.string_param, override)
+                except (json_format.ParseError, json.JSONDecodeError) as exc:
+                    raise InvalidArgument(f"load parameter 'config' is not a valid model config in JSON: {exc}") from None
+            elif key.startswith("file:"):
+                raise Unimplemented("loading model files sent in the request (file: parameters) is not supported")
+            else:
+                raise InvalidArgument(f"unknown load parameter '{key}' (supported: config)")
+        await self.repository.load(request.model_name, override)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._check_explicit("unloading a model")
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- inference ----
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        served = self.repository.get(request.model_name, request.model_version)
+        decoded = codec.decode_request(request, served.spec)
+        outputs = await served.scheduler.infer(decoded)
+        return codec.encode_response(served.spec, served.version, request.id, outputs)
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request is answered as it completes (not necessarily in order); errors travel in
+        ``error_message`` and the stream stays open, as Triton does."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except ServerError as exc:
+                response = pb.ModelStreamInferResponse(error_message=exc.message)
+                response.infer_response.id = request.id
+                response.infer_response.model_name = request.model_name
+            except Exception as exc:
+                self.state.internal_errors += 1
+                log.exception("event=internal_error rpc=ModelStreamInfer request_id=%r", request.id)
+                response = pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
+            answers.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    # ---- not implemented ----
+
+    async def unimplemented(self, request: Message, context: Any) -> Message:
+        raise Unimplemented(
+            f"{type(request).__name__.removesuffix('Request')} is not supported by tensorgate yet "
+            "(shared memory, trace and log settings); send tensors in raw_input_contents"
+        )
+
+
+def _unary(
+    state: ServerState, handler: Callable[[Req, Any], Awaitable[Resp]], response_type: type[Resp]
+) -> Callable[[Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a handler so errors become statuses (set, not raised: cheaper than abort)."""
+
+    async def call(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await handler(request, context)
+        except ServerError as exc:
+            context.set_code(grpc.StatusCode[exc.code.value])
+            context.set_details(exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            state.internal_errors += 1
+            log.exception("event=internal_error rpc=%s request_id=%r", handler.__name__, getattr(request, "id", ""))
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details(f"internal error: {exc}")
+        return response_type()
+
+    return call
+
+
+def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    """Register every RPC under Triton's method paths (/inference.GRPCInferenceService/...)."""
+    unary: dict[str, tuple[Callable[..., Awaitable[Any]], type[Message], type[Message]]] = {
+        "ServerLive": (service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": (service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": (service.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": (service.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": (service.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelConfig": (service.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "ModelStatistics": (service.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "RepositoryIndex": (service.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": (
+            service.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+        ),
+        "RepositoryModelUnload": (
+            service.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+        ),
+    }
+    for name in ("SystemSharedMemory", "CudaSharedMemory"):
+        for verb in ("Status", "Register", "Unregister"):
+            rpc = f"{name}{verb}"
+            unary[rpc] = (service.unimplemented, getattr(pb, f"{rpc}Request"), getattr(pb, f"{rpc}Response"))
+    unary["TraceSetting"] = (service.unimplemented, pb.TraceSettingRequest, pb.TraceSettingResponse)
+    unary["LogSettings"] = (service.unimplemented, pb.LogSettingsRequest, pb.LogSettingsResponse)
+
+    handlers: dict[str, grpc.RpcMethodHandler] = {
+        rpc: grpc.unary_unary_rpc_method_handler(
+            _unary(service.state, fn, resp), request_deserializer=req.FromString,
+            response_serializer=resp.SerializeToString,
+        )
+        for rpc, (fn, req, resp) in unary.items()
+    }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.model_stream_infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

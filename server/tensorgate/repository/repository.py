@@ -1,0 +1,322 @@
+"""Loads, reloads and unloads models from the repository directory while the server runs.
+
+Each model name has an entry with its served versions. A (re)load builds the new versions off the
+event loop, then swaps them in at once; versions it replaces stop taking requests, finish the ones
+in flight and only then release their instances. One model failing to load never touches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorgate import config as model_config
+from tensorgate.backends import onnxruntime_cpu
+from tensorgate.backends.base import Backend, BackendLoader, BackendLoadError, BackendOptions
+from tensorgate.config import ModelSpec
+from tensorgate.errors import Code, ModelConfigError, NotFound, ServerError, Unavailable
+from tensorgate.instance import Instance
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository import layout, versions
+from tensorgate.scheduler import Scheduler
+from tensorgate.settings import ControlMode, Settings
+from tensorgate.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    """Triton's model states as RepositoryIndex reports them."""
+
+    UNKNOWN = "UNKNOWN"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ModelVersion:
+    """One served version: its spec, what runs it and its scheduler."""
+
+    name: str
+    version: int
+    spec: ModelSpec
+    engine: str
+    scheduler: Scheduler
+    stats: ModelStats
+    state: ModelState = ModelState.READY
+
+    async def retire(self) -> None:
+        self.state = ModelState.UNLOADING
+        await self.scheduler.close()
+        self.state = ModelState.UNAVAILABLE
+        log.info("event=model_unloaded model=%s version=%d", self.name, self.version)
+
+
+@dataclass
+class ModelEntry:
+    """A model name: its served versions, or why it has none."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    state: ModelState = ModelState.UNKNOWN
+    reason: str = ""
+    failed_versions: dict[int, str] = field(default_factory=dict)
+    fingerprint: tuple[tuple[str, int, int], ...] = ()
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+def _instance_options(config: mc.ModelConfig) -> BackendOptions:
+    count = model_config.instance_count(config)
+    cores = os.cpu_count() or 1
+    # One instance lets ONNX Runtime use every core; several share them so they don't oversubscribe.
+    return BackendOptions(intra_op_threads=0 if count == 1 else max(1, cores // count))
+
+
+class Repository:
+    def __init__(self, settings: Settings, loader: BackendLoader = onnxruntime_cpu.load) -> None:
+        self.root = Path(settings.model_repository)
+        self.settings = settings
+        self._loader = loader
+        self._entries: dict[str, ModelEntry] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # ---- lookups on the request path (event loop, no awaits) ----
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version that serves a request, or a NotFound/Unavailable error saying why not."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(f"model '{name}' is not in the repository (see RepositoryIndex for the models served)")
+        if version:
+            try:
+                number = int(version)
+            except ValueError:
+                raise NotFound(f"model '{name}' has no version '{version}': versions are positive integers") from None
+            found = entry.versions.get(number)
+            if found is None:
+                if number in entry.failed_versions:
+                    raise Unavailable(f"model '{name}' version {number} failed to load: {entry.failed_versions[number]}")
+                raise NotFound(f"model '{name}' has no version {number} loaded (served: {sorted(entry.versions)})")
+            if found.state is not ModelState.READY:
+                raise Unavailable(f"model '{name}' version {number} is {found.state.value}")
+            return found
+        ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
+        if not ready:
+            state = entry.state.value if entry.state is not ModelState.UNKNOWN else "not loaded"
+            why = f": {entry.reason}" if entry.reason else ""
+            raise Unavailable(f"model '{name}' is {state}{why}")
+        return max(ready, key=lambda v: v.version)
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServerError:
+            return False
+        return True
+
+    def ready_versions(self) -> list[ModelVersion]:
+        return [v for e in self._entries.values() for v in e.versions.values() if v.state is ModelState.READY]
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        names = set(layout.model_names(self.root)) | set(self._entries)
+        rows: list[IndexEntry] = []
+        for name in sorted(names):
+            entry = self._entries.get(name)
+            if entry is None:
+                if not ready_only:
+                    rows.append(IndexEntry(name, "", "", ""))
+                continue
+            versions_seen = False
+            for number, served in sorted(entry.versions.items()):
+                versions_seen = True
+                if not ready_only or served.state is ModelState.READY:
+                    rows.append(IndexEntry(name, str(number), served.state.value, ""))
+            for number, reason in sorted(entry.failed_versions.items()):
+                versions_seen = True
+                if not ready_only:
+                    rows.append(IndexEntry(name, str(number), ModelState.UNAVAILABLE.value, reason))
+            if not versions_seen and not ready_only:
+                rows.append(IndexEntry(name, "", entry.state.value, entry.reason))
+        return rows
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        mode = self.settings.model_control_mode
+        if not self.root.is_dir():
+            log.warning("event=repository_missing path=%s", self.root)
+        names = layout.model_names(self.root)
+        if mode is ControlMode.EXPLICIT:
+            wanted = self.settings.load_model
+            names = names if "*" in wanted else [n for n in wanted]
+        log.info("event=repository_scan path=%s mode=%s models=%s", self.root, mode.value, ",".join(names) or "-")
+        await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        if mode is ControlMode.POLL:
+            self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            try:
+                await self._poll_task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(*(self.unload(name) for name in list(self._entries)), return_exceptions=True)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
+        """Load (or reload) a model from disk; raises ServerError if it cannot serve any version."""
+        directory = layout.model_dir(self.root, name)
+        if directory is None:
+            raise NotFound(f"no model directory '{name}' in the repository {self.root}")
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            if not entry.versions:
+                entry.state, entry.reason = ModelState.LOADING, ""
+            started = time.perf_counter()
+            fingerprint = layout.fingerprint(directory)
+            try:
+                loaded, failed = await asyncio.to_thread(self._build, name, directory, override)
+            except (ModelConfigError, BackendLoadError, OSError) as exc:
+                reason = str(exc)
+                log.error("event=model_load_failed model=%s reason=%r", name, reason)
+                entry.fingerprint = fingerprint
+                if not entry.versions:
+                    entry.state, entry.reason = ModelState.UNAVAILABLE, reason
+                    entry.failed_versions = {}
+                raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
+            old = entry.versions
+            entry.versions = {v.version: v for v in loaded}
+            entry.failed_versions = failed
+            entry.fingerprint = fingerprint
+            if loaded:
+                entry.state, entry.reason = ModelState.READY, ""
+            else:
+                entry.state = ModelState.UNAVAILABLE
+                entry.reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
+            for v in loaded:
+                log.info("event=model_ready model=%s version=%d engine=%s instances=%d max_batch_size=%d seconds=%.2f",
+                         name, v.version, v.engine, len(v.scheduler.instances), v.spec.max_batch_size,
+                         time.perf_counter() - started)
+            self._retire(old.values())
+            if not loaded:
+                raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
+
+    async def unload(self, name: str) -> None:
+        entry = self._entries.get(name)
+        if entry is None:
+            if layout.model_dir(self.root, name) is None:
+                raise NotFound(f"no model '{name}' in the repository")
+            return
+        async with entry.lock:
+            retiring = list(entry.versions.values())
+            entry.state, entry.reason = ModelState.UNLOADING, ""
+            for v in retiring:
+                v.state = ModelState.UNLOADING
+            entry.versions = {}
+            entry.failed_versions = {}
+            await asyncio.gather(*(v.retire() for v in retiring))
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+
+    def _retire(self, old: object) -> None:
+        for version in list(old):  # type: ignore[call-overload]
+            task = asyncio.create_task(version.retire())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    # ---- building (worker thread) ----
+
+    def _build(
+        self, name: str, directory: Path, override: mc.ModelConfig | None
+    ) -> tuple[list[ModelVersion], dict[int, str]]:
+        if override is not None:
+            raw, mbs_given = override, True
+        else:
+            raw, mbs_given = model_config.read_config(directory)
+        for hint in model_config.check_supported(raw):
+            log.warning("event=config_field_ignored model=%s detail=%r", name, hint)
+        filename = model_config.model_filename(raw)
+        on_disk = layout.version_dirs(directory)
+        if not on_disk:
+            raise ModelConfigError(f"no version directory (e.g. {name}/1/{filename}) in the model directory")
+        policy = raw.version_policy if raw.HasField("version_policy") else mc.ModelVersionPolicy()
+        chosen = versions.select(policy, on_disk)
+        loaded: list[ModelVersion] = []
+        failed: dict[int, str] = {}
+        for number in chosen:
+            try:
+                loaded.append(self._build_version(name, number, on_disk[number] / filename, raw, mbs_given))
+            except (ModelConfigError, BackendLoadError, OSError) as exc:
+                log.error("event=model_version_failed model=%s version=%d reason=%r", name, number, str(exc))
+                failed[number] = str(exc)
+        return loaded, failed
+
+    def _build_version(
+        self, name: str, number: int, model_file: Path, raw: mc.ModelConfig, mbs_given: bool
+    ) -> ModelVersion:
+        if not model_file.is_file():
+            raise ModelConfigError(f"version {number} has no model file {model_file.name}")
+        options = _instance_options(raw)
+        first = self._loader(model_file, options)
+        backends: list[Backend] = [first]
+        try:
+            completed = model_config.complete(
+                raw, name=name, inputs=first.inputs, outputs=first.outputs,
+                max_batch_size_given=mbs_given, default_max_batch_size=self.settings.default_max_batch_size,
+            )
+            spec = model_config.validate(completed, first.inputs, first.outputs)
+            while len(backends) < model_config.instance_count(completed):
+                backends.append(self._loader(model_file, options))
+        except BaseException:
+            for b in backends:
+                b.close()
+            raise
+        stats = ModelStats()
+        instances = [Instance(name, i, b) for i, b in enumerate(backends)]
+        scheduler = Scheduler(name, number, instances, stats)
+        return ModelVersion(name, number, spec, first.engine, scheduler, stats)
+
+    # ---- poll mode ----
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("event=repository_poll_failed")
+
+    async def poll_once(self) -> None:
+        """Load added models, reload changed ones, unload removed ones."""
+        on_disk = set(layout.model_names(self.root))
+        for name in sorted(set(self._entries) - on_disk):
+            if self._entries[name].versions or self._entries[name].state is not ModelState.UNAVAILABLE:
+                log.info("event=model_removed model=%s", name)
+                await self.unload(name)
+            del self._entries[name]
+        for name in sorted(on_disk):
+            entry = self._entries.get(name)
+            if entry is not None and entry.fingerprint == layout.fingerprint(self.root / name):
+                continue
+            log.info("event=model_%s model=%s", "changed" if entry else "added", name)
+            try:
+                await self.load(name)
+            except ServerError:
+                pass  # already logged and recorded in the index

@@ -1,0 +1,143 @@
+"""Server settings: every option has one name, one default and one place (this file).
+
+Each option is a command-line flag of ``tensorgate serve`` and a ``TENSORGATE_*`` environment
+variable of the same name (``--grpc-port`` is ``TENSORGATE_GRPC_PORT``); the flag wins over the
+variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ControlMode(enum.Enum):
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings of one server process. Field metadata drives the CLI and the environment."""
+
+    model_repository: Path = field(
+        default=Path("./model_repo"),
+        metadata={"help": "directory of models: <repo>/<model>/[config.pbtxt] and <version>/model.onnx", "type": Path},
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC and metrics servers bind"})
+    grpc_port: int = field(default=8001, metadata={"help": "port of the KServe V2 gRPC service (0 picks a free one)"})
+    metrics_port: int = field(default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"})
+    model_control_mode: ControlMode = field(
+        default=ControlMode.NONE,
+        metadata={
+            "help": "none: load every model at start; poll: also pick up added, changed and removed models "
+            "while serving; explicit: load and unload only on request (RepositoryModelLoad/Unload, --load-model)",
+            "type": ControlMode,
+        },
+    )
+    repository_poll_secs: float = field(
+        default=15.0, metadata={"help": "seconds between repository scans in poll mode"}
+    )
+    load_model: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "in explicit mode, models to load at start (comma-separated or repeated; '*' loads all)",
+            "type": _names,
+        },
+    )
+    default_max_batch_size: int = field(
+        default=4,
+        metadata={"help": "max_batch_size given to a model without config.pbtxt whose first dimension is dynamic "
+                  "(Triton's default-max-batch-size)"},
+    )
+    grpc_max_message_bytes: int = field(
+        default=2**31 - 1, metadata={"help": "largest gRPC message accepted or sent, in bytes"}
+    )
+    grpc_so_reuseport: bool = field(
+        default=False,
+        metadata={"help": "let other processes bind the same gRPC port (off: a leftover server cannot steal traffic)",
+                  "type": _bool},
+    )
+    exit_timeout_secs: float = field(
+        default=30.0, metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"}
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata={"help": "log level", "choices": ["DEBUG", "INFO", "WARNING", "ERROR"], "type": str.upper},
+    )
+
+
+def _parser_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    explicit = f.metadata.get("type")
+    if explicit is not None:
+        return explicit  # type: ignore[no-any-return]
+    return {"int": int, "float": float, "str": str}[str(f.type)]
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return "TENSORGATE_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """Add one flag per setting; defaults come from the environment where it sets them."""
+    environ = os.environ if environ is None else environ
+    for f in dataclasses.fields(Settings):
+        convert = _parser_type(f)
+        default = f.default
+        env = env_name(f.name)
+        if env in environ:
+            try:
+                default = convert(environ[env])
+            except ValueError as exc:
+                parser.error(f"{env}={environ[env]!r}: {exc}")
+        shown = default.value if isinstance(default, enum.Enum) else default
+        if f.name == "load_model":
+            parser.add_argument(
+                _flag(f), action="append", type=convert, default=None,
+                help=f"{f.metadata['help']} [env {env}]",
+            )
+            parser.set_defaults(_load_model_env=list(default))
+            continue
+        kwargs: dict[str, Any] = {"type": convert, "default": default}
+        if isinstance(default, enum.Enum):
+            kwargs["choices"] = list(type(default))
+            kwargs["metavar"] = "{" + ",".join(m.value for m in type(default)) + "}"
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(_flag(f), help=f"{f.metadata['help']} (default {shown}) [env {env}]", **kwargs)
+
+
+def from_namespace(args: argparse.Namespace) -> Settings:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "load_model":
+            given = args.load_model
+            names = [n for group in given for n in group] if given else args._load_model_env
+            values[f.name] = tuple(names)
+        else:
+            values[f.name] = getattr(args, f.name)
+    return Settings(**values)

@@ -1,0 +1,62 @@
+"""Per model-version inference statistics, in the shape of Triton's ModelStatistics.
+
+Updated only on the event loop thread, so no locks. Durations are nanoseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    inference_count: int = 0  # samples (a request of batch n counts n)
+    execution_count: int = 0  # model executions (one per batch)
+    last_inference_ms: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0, input_ns: int = 0,
+                       infer_ns: int = 0, output_ns: int = 0, samples: int = 1) -> None:
+        """One request finished (Triton counts per-request durations in these fields)."""
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        if not ok:
+            self.fail.add(total_ns)
+            return
+        self.inference_count += samples
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One model execution of ``batch_size`` samples."""
+        self.execution_count += 1
+        batch = self.batches.setdefault(batch_size, BatchStats())
+        batch.compute_input.add(input_ns)
+        batch.compute_infer.add(infer_ns)
+        batch.compute_output.add(output_ns)
