@@ -4,7 +4,7 @@
 
 add_sub        two FP32 inputs, their sum and difference; has a config.pbtxt (max_batch_size 8)
 identity       FP32 [batch, 16] echoed back; no config.pbtxt, so its config is derived from the file
-string_identity BYTES [batch] echoed back; no config.pbtxt (shows string tensors)
+string_identity BYTES [batch, 1] echoed back; no config.pbtxt (shows string tensors)
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def strings(repo: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["TEXT"], ["TEXT_OUT"])],
         "string_identity",
-        [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["batch"])],
-        [helper.make_tensor_value_info("TEXT_OUT", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("TEXT_OUT", TensorProto.STRING, ["batch", 1])],
     )
     _save(graph, repo / "string_identity" / "1" / "model.onnx")
 

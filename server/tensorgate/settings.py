@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
                 _flag(f), action="append", type=convert, default=None,
                 help=f"{f.metadata['help']} [env {env}]",
             )
-            parser.set_defaults(_load_model_env=list(default))
+            parser.set_defaults(_load_model_env=list(default))  # type: ignore[arg-type]
             continue
         kwargs: dict[str, Any] = {"type": convert, "default": default}
         if isinstance(default, enum.Enum):

@@ -234,7 +234,8 @@ def _unary(
 
     async def call(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
-            return await handler(request, context)
+            response: Resp = await handler(request, context)
+            return response
         except ServerError as exc:
             context.set_code(grpc.StatusCode[exc.code.value])
             context.set_details(exc.message)
@@ -245,7 +246,8 @@ def _unary(
             log.exception("event=internal_error rpc=%s request_id=%r", handler.__name__, getattr(request, "id", ""))
             context.set_code(grpc.StatusCode.INTERNAL)
             context.set_details(f"internal error: {exc}")
-        return response_type()
+        empty: Resp = response_type()
+        return empty
 
     return call
 

@@ -1,0 +1,110 @@
+"""Fixtures: real server processes on free loopback ports, and tritonclient clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A ``tensorgate serve`` child process; ``url`` is its gRPC address."""
+
+    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+        self.repo = repo
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log_path = repo.parent / f"server-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo),
+               "--host", "127.0.0.1", "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.client = grpcclient.InferenceServerClient(self.url)
+        if wait_ready:
+            self.wait_ready()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                if self.client.is_server_ready():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[type[Server]]:
+    """Start servers with ``start_server(repo, *flags)``; all are stopped (and must exit 0) at the end."""
+    started: list[Server] = []
+
+    def start(repo: Path, *args: str, **kwargs: object) -> Server:
+        server = Server(repo, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for server in started:
+        code = server.stop()
+        assert code == 0, f"server exited with {code}:\n{server.log}"
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+def index_of(client: grpcclient.InferenceServerClient) -> dict[str, list[tuple[str, str, str]]]:
+    """RepositoryIndex as {name: [(version, state, reason), ...]}."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for m in client.get_model_repository_index().models:
+        out.setdefault(m.name, []).append((m.version, m.state, m.reason))
+    return out
+
+
+def flags(*pairs: Sequence[str]) -> list[str]:
+    return [x for p in pairs for x in p]

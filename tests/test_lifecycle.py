@@ -1,0 +1,125 @@
+"""The process: CLI flags and environment, startup failures, graceful shutdown under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server, free_port
+from models import identity, slow, write_config
+
+SLOW_BATCH = 512  # about 80 ms a call on two cores
+
+
+def _slow_repo(root: Path) -> Path:
+    repo = root / "repo"
+    slow(repo / "slow" / "1" / "model.onnx")
+    write_config(repo / "slow", 'max_batch_size: 1024\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    identity(repo / "identity" / "1" / "model.onnx")
+    return repo
+
+
+def test_help_documents_every_flag() -> None:
+    out = subprocess.run([sys.executable, "-m", "tensorgate", "serve", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--model-repository", "--grpc-port", "--metrics-port", "--model-control-mode", "--host",
+                 "--repository-poll-secs", "--load-model", "--exit-timeout-secs", "--grpc-max-message-bytes"):
+        assert flag in out
+    assert "TENSORGATE_GRPC_PORT" in out and "default 8001" in out
+
+
+def test_environment_variables_set_options(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    identity(repo / "a" / "1" / "model.onnx")
+    identity(repo / "b" / "1" / "model.onnx")
+    server = start_server(repo, env={"TENSORGATE_MODEL_CONTROL_MODE": "explicit", "TENSORGATE_LOAD_MODEL": "b"})
+    assert server.client.is_model_ready("b") and not server.client.is_model_ready("a")
+
+
+def test_bad_environment_value_is_refused() -> None:
+    result = subprocess.run([sys.executable, "-m", "tensorgate", "serve"], capture_output=True, text=True,
+                            env={**os.environ, "TENSORGATE_GRPC_PORT": "eighty"})
+    assert result.returncode == 2 and "TENSORGATE_GRPC_PORT" in result.stderr
+
+
+def test_port_in_use_fails_clearly(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    identity(repo / "a" / "1" / "model.onnx")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+             "--grpc-port", str(port), "--metrics-port", str(free_port())],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr
+
+
+def test_startup_log_says_what_loaded_where(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    identity(repo / "a" / "1" / "model.onnx")
+    server = start_server(repo)
+    log = server.log
+    assert "event=model_ready model=a version=1 engine=onnxruntime-cpu" in log
+    assert f"event=grpc_listening" in log and f":{server.port}" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
+    server = Server(_slow_repo(tmp_path))
+    data = np.ones((SLOW_BATCH, 512), np.float32)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        try:
+            results.append(client.infer("slow", [tensor]).as_numpy("OUTPUT0"))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    # Wait until the server holds the requests (one running, the others queued behind it).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = server.client.get_inference_statistics("slow").model_stats[0]
+        if stats.inference_stats.queue.count >= 1:
+            break
+        time.sleep(0.01)
+    started = time.monotonic()
+    server.proc.send_signal(sig)
+    for t in threads:
+        t.join(30)
+    code = server.stop()
+    assert code == 0, server.log
+    assert not errors, f"requests in flight failed on shutdown: {errors}"
+    assert len(results) == 6
+    assert "event=shutdown_complete" in server.log
+    assert time.monotonic() - started < 25
+
+
+def test_new_requests_refused_after_shutdown(tmp_path: Path) -> None:
+    server = Server(_slow_repo(tmp_path))
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(30)
+    assert server.proc.returncode == 0
+    with pytest.raises(Exception, match="UNAVAILABLE|failed to connect|Connection refused"):
+        server.client.is_server_live()
+    server.stop()

@@ -1,0 +1,52 @@
+"""Triton's own load generator, perf_analyzer, runs against the server with zero errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Server
+
+PERF_ANALYZER = ROOT / "scripts" / "perf_analyzer"
+
+
+def _installed() -> bool:
+    return subprocess.run([str(PERF_ANALYZER), "--version"], capture_output=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _installed(), reason="perf_analyzer is not installed (scripts/install_perf_analyzer.sh; x86_64 only)"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    repo = tmp_path_factory.mktemp("perf") / "repo"
+    shutil.copytree(ROOT / "model_repo", repo)
+    s = Server(repo)
+    yield s
+    assert s.stop() == 0, s.log
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [("identity", []), ("add_sub", ["-b", "2"]), ("string_identity", ["--string-length", "12"])],
+)
+def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model: str, extra: list[str]) -> None:
+    report = tmp_path / "report.csv"
+    result = subprocess.run(
+        [str(PERF_ANALYZER), "-i", "grpc", "-u", server.url, "-m", model, "--concurrency-range", "1:4:3",
+         "-p", "500", "-s", "50", "-r", "6", "-f", str(report), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = list(csv.DictReader(report.open()))
+    assert [r["Concurrency"] for r in rows] == ["1", "4"]
+    assert all(float(r["Inferences/Second"]) > 0 for r in rows)
+    stats = server.client.get_inference_statistics(model).model_stats[0]
+    assert stats.inference_stats.fail.count == 0
+    assert stats.inference_stats.success.count > 0

@@ -1,0 +1,193 @@
+"""The V2 RPCs through tritonclient against the example repository, answers checked against ONNX
+Runtime run in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from conftest import ROOT, Server
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    repo = tmp_path_factory.mktemp("api") / "repo"
+    shutil.copytree(ROOT / "model_repo", repo)
+    s = Server(repo)
+    yield s
+    assert s.stop() == 0, s.log
+
+
+def _reference(repo: Path, model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(repo / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)  # type: ignore[no-any-return]
+
+
+def _add_sub_inputs(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
+    inputs = [grpcclient.InferInput("INPUT0", list(a.shape), "FP32"), grpcclient.InferInput("INPUT1", list(b.shape), "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
+def test_health_and_server_metadata(server: Server) -> None:
+    c = server.client
+    assert c.is_server_live() and c.is_server_ready()
+    assert c.is_model_ready("add_sub") and c.is_model_ready("add_sub", "1")
+    assert not c.is_model_ready("add_sub", "2") and not c.is_model_ready("nope")
+    meta = c.get_server_metadata()
+    assert meta.name == "tensorgate" and "statistics" in meta.extensions
+
+
+def test_grpc_health_service(server: Server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_model_metadata_and_config(server: Server) -> None:
+    c = server.client
+    meta = c.get_model_metadata("identity")
+    assert meta.platform == "onnxruntime_onnx" and list(meta.versions) == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT0", "FP32", [-1, 16])]
+    derived = c.get_model_config("identity").config
+    assert derived.max_batch_size == 4 and derived.backend == "onnxruntime"
+    assert [(t.name, list(t.dims)) for t in derived.output] == [("OUTPUT0", [16])]
+    given = c.get_model_config("add_sub", "1").config
+    assert given.max_batch_size == 8 and [t.name for t in given.input] == ["INPUT0", "INPUT1"]
+    strings = c.get_model_metadata("string_identity")
+    assert strings.inputs[0].datatype == "BYTES"
+
+
+def test_infer_matches_onnxruntime(server: Server) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 16), dtype=np.float32)
+    b = rng.standard_normal((3, 16), dtype=np.float32)
+    result = server.client.infer("add_sub", _add_sub_inputs(a, b), request_id="req-7")
+    want = _reference(server.repo, "add_sub", {"INPUT0": a, "INPUT1": b})
+    assert result.get_response().id == "req-7"
+    assert result.get_response().model_version == "1"
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), want[0])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), want[1])
+
+
+def test_requested_output_subset(server: Server) -> None:
+    a = np.ones((1, 16), np.float32)
+    result = server.client.infer(
+        "add_sub", _add_sub_inputs(a, a), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")]
+    )
+    assert [o.name for o in result.get_response().outputs] == ["OUTPUT1"]
+    assert result.as_numpy("OUTPUT0") is None
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.zeros((1, 16), np.float32))
+
+
+def test_bytes_round_trip(server: Server) -> None:
+    text = np.array([["héllo".encode()], [b""], [b"x" * 1000]], dtype=np.object_)
+    tensor = grpcclient.InferInput("TEXT", [3, 1], "BYTES")
+    tensor.set_data_from_numpy(text)
+    result = server.client.infer("string_identity", [tensor])
+    assert result.as_numpy("TEXT_OUT").tolist() == text.tolist()
+
+
+def test_async_infer(server: Server) -> None:
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    a = np.full((2, 16), 3, np.float32)
+    for i in range(5):
+        server.client.async_infer("add_sub", _add_sub_inputs(a, a * i), lambda result, error: answers.put((result, error)),
+                                  request_id=str(i))
+    got = {}
+    for _ in range(5):
+        result, error = answers.get(timeout=10)
+        assert error is None
+        got[result.get_response().id] = result.as_numpy("OUTPUT0")  # type: ignore[attr-defined]
+    for i in range(5):
+        np.testing.assert_array_equal(got[str(i)], a + a * i)
+
+
+def test_stream_infer_with_an_error_in_the_middle(server: Server) -> None:
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    a = np.ones((1, 16), np.float32)
+    try:
+        for i in range(4):
+            client.async_stream_infer("add_sub", _add_sub_inputs(a * i, a), request_id=f"s{i}")
+        client.async_stream_infer("no_such_model", _add_sub_inputs(a, a), request_id="bad")
+        client.async_stream_infer("add_sub", _add_sub_inputs(a, a), request_id="after")
+        results, errors = {}, []
+        for _ in range(6):
+            result, error = answers.get(timeout=10)
+            if error is not None:
+                errors.append(str(error))
+            else:
+                results[result.get_response().id] = result.as_numpy("OUTPUT0")  # type: ignore[attr-defined]
+    finally:
+        client.stop_stream()
+        client.close()
+    assert len(errors) == 1 and "no_such_model" in errors[0]
+    assert sorted(results) == ["after", "s0", "s1", "s2", "s3"]
+    for i in range(4):
+        np.testing.assert_array_equal(results[f"s{i}"], a * i + a)
+
+
+def test_asyncio_client(server: Server) -> None:
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+
+    async def run() -> np.ndarray:
+        async with aioclient.InferenceServerClient(server.url) as client:
+            assert await client.is_server_ready()
+            inputs = [aioclient.InferInput("INPUT0", [1, 16], "FP32")]
+            inputs[0].set_data_from_numpy(a)
+            result = await client.infer("identity", inputs)
+            return result.as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+
+    np.testing.assert_array_equal(asyncio.run(run()), a)
+
+
+def test_repository_index(server: Server) -> None:
+    index = server.client.get_model_repository_index()
+    rows = {(m.name, m.version, m.state) for m in index.models}
+    assert rows == {("add_sub", "1", "READY"), ("identity", "1", "READY"), ("string_identity", "1", "READY")}
+
+
+def test_statistics_count_requests(server: Server) -> None:
+    c = server.client
+    before = c.get_inference_statistics("identity").model_stats[0]
+    a = np.zeros((2, 16), np.float32)
+    tensor = grpcclient.InferInput("INPUT0", [2, 16], "FP32")
+    tensor.set_data_from_numpy(a)
+    for _ in range(3):
+        c.infer("identity", [tensor])
+    after = c.get_inference_statistics("identity", "1").model_stats[0]
+    assert after.name == "identity" and after.version == "1"
+    assert after.inference_count - before.inference_count == 6
+    assert after.execution_count - before.execution_count == 3
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
+    assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
+    assert after.last_inference > 0
+    assert any(b.batch_size == 2 for b in after.batch_stats)
+    every = c.get_inference_statistics().model_stats
+    assert {s.name for s in every} == {"add_sub", "identity", "string_identity"}
+    with pytest.raises(InferenceServerException, match="not in the repository"):
+        c.get_inference_statistics("nope")
+
+
+def test_metrics_endpoint(server: Server) -> None:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'nv_inference_request_success{model="identity",version="1"}' in text
