@@ -1,20 +1,75 @@
-"""A model instance: one loaded backend and the worker thread that runs it.
+"""A model instance: one loaded backend and the long-lived worker thread that runs it.
 
-The event loop never runs a model: it hands a batch to the instance's own long-lived thread and
-awaits the result. One thread per instance keeps the engine single-threaded from our side (the
-engine's own intra-op threads do the parallel work).
+The event loop never runs a model: it hands a batch of requests to the instance's own thread,
+which concatenates the inputs (one copy, none for a batch of one), executes, and slices each
+request's rows back out of the outputs as views. One thread per instance keeps the engine
+single-threaded from our side; the engine's own intra-op threads do the parallel work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from tensorgate.backends.base import Backend
+from tensorgate.backends.base import Backend, BackendExecuteError
+
+Outputs = dict[str, np.ndarray]
+
+
+class InferRequest(Protocol):
+    """What an instance needs of a request (the scheduler's InferRequest)."""
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
+@dataclass
+class BatchResult:
+    """Each request's outputs (in batch order), or the error that failed the whole batch."""
+
+    per_request: list[Outputs] | None = None
+    error: BaseException | None = None
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    rows: int = field(default=0)
+
+
+def gather_inputs(requests: Sequence[InferRequest], batched: bool) -> dict[str, np.ndarray]:
+    """One batch from several requests: their arrays concatenated along the batch dimension."""
+    if len(requests) == 1:
+        return requests[0].inputs
+    if not batched:
+        raise ValueError("only models with max_batch_size > 0 can batch requests")
+    return {name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs}
+
+
+def split_outputs(requests: Sequence[InferRequest], outputs: Outputs, batched: bool) -> list[Outputs]:
+    """Each request's rows of the batch outputs, as views."""
+    if len(requests) == 1:
+        return [outputs]
+    rows = sum(r.batch_size for r in requests)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise BackendExecuteError(
+                f"output '{name}' has shape {list(array.shape)}, whose first dimension is not the batch of {rows}; "
+                "the model cannot be batched (set max_batch_size: 0 or remove dynamic_batching)"
+            )
+    parts: list[Outputs] = []
+    start = 0
+    for r in requests:
+        stop = start + r.batch_size
+        parts.append({name: array[start:stop] for name, array in outputs.items()})
+        start = stop
+    return parts
 
 
 class Instance:
@@ -23,15 +78,32 @@ class Instance:
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
 
-    async def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
-        """Execute one batch on this instance's thread; returns the outputs and the compute time in ns."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._execute, inputs, outputs)
+    def submit(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool,
+               done: Callable[[BatchResult], None]) -> None:
+        """Run the batch on this instance's thread; ``done`` is called on that thread."""
+        future: Future[BatchResult] = self._executor.submit(self.run, requests, outputs, batched)
+        future.add_done_callback(lambda f: done(f.result()))
 
-    def _execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
-        start = time.perf_counter_ns()
-        result = self.backend.execute(inputs, outputs)
-        return result, time.perf_counter_ns() - start
+    def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:
+        result = BatchResult(rows=sum(r.batch_size for r in requests))
+        try:
+            t0 = time.perf_counter_ns()
+            inputs = gather_inputs(requests, batched)
+            t1 = time.perf_counter_ns()
+            produced = self.backend.execute(inputs, outputs)
+            t2 = time.perf_counter_ns()
+            result.per_request = split_outputs(requests, produced, batched)
+            t3 = time.perf_counter_ns()
+            result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
+        except Exception as exc:  # handed to every caller of the batch
+            result.error = exc
+            result.per_request = None
+        return result
+
+    def warm_up(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], count: int) -> None:
+        """Run ``count`` executions directly (at load time, before the instance takes requests)."""
+        for _ in range(max(1, count)):
+            self.backend.execute(inputs, outputs)
 
     def close(self) -> None:
         """Wait for the batch in progress (if any), then release the engine."""

@@ -1,0 +1,276 @@
+"""The scheduler on its own, with a fake backend whose speed the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+from tensorgate.backends.base import TensorInfo
+from tensorgate.errors import Code, ServerError
+from tensorgate.instance import Instance
+from tensorgate.scheduler import BatchingPolicy, InferRequest, QueuePolicy, Scheduler, TimeoutAction
+from tensorgate.stats import ModelStats
+
+
+class FakeBackend:
+    """Doubles its input; records every batch it ran; can be held (gate) to let a queue build."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.batches: list[list[int]] = []  # the first column of each batch
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running = threading.Event()
+
+    @property
+    def engine(self) -> str:
+        return "fake"
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]:
+        return (TensorInfo("x", 1, (None, None)),)
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]:
+        return (TensorInfo("y", 1, (None, None)),)
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.running.set()
+        self.gate.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
+        x = inputs["x"]
+        self.batches.append([int(v) for v in x[:, 0]])
+        return {"y": x * 2}
+
+    def close(self) -> None:
+        pass
+
+
+def request(value: int, rows: int = 1, width: int = 4, priority: int = 0, timeout_us: int = 0) -> InferRequest:
+    x = np.full((rows, width), value, np.float32)
+    return InferRequest(id=str(value), inputs={"x": x}, outputs=("y",), batch_size=rows, priority=priority,
+                        timeout_us=timeout_us)
+
+
+def policy(**kw: object) -> BatchingPolicy:
+    base: dict[str, object] = {"max_batch_size": 8, "dynamic": True}
+    base.update(kw)
+    return BatchingPolicy(**base)  # type: ignore[arg-type]
+
+
+def make(backend: FakeBackend, p: BatchingPolicy, instances: int = 1) -> Scheduler:
+    return Scheduler("fake", 1, [Instance("fake", i, backend) for i in range(instances)], ModelStats(), p)
+
+
+async def hold(backend: FakeBackend, scheduler: Scheduler) -> asyncio.Task[dict[str, np.ndarray]]:
+    """Occupy the only instance with a request so the next ones queue up."""
+    backend.gate.clear()
+    backend.running.clear()
+    task = asyncio.create_task(scheduler.infer(request(-1)))
+    await asyncio.to_thread(backend.running.wait, 5)
+    return task
+
+
+async def test_queued_requests_form_one_batch_and_each_gets_its_rows() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy())
+    first = await hold(backend, s)
+    tasks = [asyncio.create_task(s.infer(request(i, rows=1 + i % 2))) for i in range(5)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    results = await asyncio.gather(first, *tasks)
+    assert backend.batches[1] == [0, 1, 1, 2, 3, 3, 4]  # 7 rows in one batch, in order
+    for i, out in enumerate(results[1:]):
+        np.testing.assert_array_equal(out["y"], np.full((1 + i % 2, 4), 2 * i, np.float32))
+    assert s.stats.execution_count == 2 and s.stats.inference_count == 8
+
+
+async def test_batch_never_exceeds_max_batch_size() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(max_batch_size=4))
+    first = await hold(backend, s)
+    tasks = [asyncio.create_task(s.infer(request(i, rows=3))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, *tasks)
+    assert [len(b) for b in backend.batches[1:]] == [3, 3, 3]
+
+
+async def test_only_matching_shapes_share_a_batch() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy())
+    first = await hold(backend, s)
+    tasks = [asyncio.create_task(s.infer(request(i, width=4 if i % 2 else 6))) for i in range(6)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    results = await asyncio.gather(first, *tasks)
+    assert sorted(map(sorted, backend.batches[1:])) == [[0, 2, 4], [1, 3, 5]]
+    for i, out in enumerate(results[1:]):
+        assert out["y"].shape == (1, 4 if i % 2 else 6) and out["y"][0, 0] == 2 * i
+
+
+async def test_without_dynamic_batching_each_request_runs_alone() -> None:
+    backend = FakeBackend()
+    s = make(backend, BatchingPolicy(max_batch_size=8))
+    first = await hold(backend, s)
+    tasks = [asyncio.create_task(s.infer(request(i))) for i in range(4)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, *tasks)
+    assert backend.batches[1:] == [[0], [1], [2], [3]]
+
+
+async def test_preferred_batch_size_dispatches_before_the_delay() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(preferred_batch_sizes=(2,), max_queue_delay_us=5_000_000))
+    started = time.monotonic()
+    await asyncio.gather(s.infer(request(1)), s.infer(request(2)))
+    assert time.monotonic() - started < 1.0
+    assert backend.batches == [[1, 2]]
+
+
+async def test_queue_delay_waits_for_more_requests() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(max_queue_delay_us=200_000))
+    started = time.monotonic()
+    first = asyncio.create_task(s.infer(request(1)))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, s.infer(request(2)))
+    assert backend.batches == [[1, 2]]
+    assert 0.15 < time.monotonic() - started < 2.0
+
+
+async def test_priorities_go_first() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(max_batch_size=1, priority_levels=2, default_priority=2,
+                             queue_policies=(QueuePolicy(), QueuePolicy())))
+    first = await hold(backend, s)
+    low = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
+    high = [asyncio.create_task(s.infer(request(10 + i, priority=1))) for i in range(2)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, *low, *high)
+    assert [b[0] for b in backend.batches[1:]] == [10, 11, 0, 1, 2]
+
+
+async def test_bad_priority_is_refused() -> None:
+    s = make(FakeBackend(), policy())
+    with pytest.raises(ServerError, match="priority 3 is out of range"):
+        await s.infer(request(1, priority=3))
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(queue_policies=(QueuePolicy(max_queue_size=2),)))
+    first = await hold(backend, s)
+    queued = [asyncio.create_task(s.infer(request(i))) for i in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ServerError, match="queue is full") as info:
+        await s.infer(request(9))
+    assert info.value.code is Code.RESOURCE_EXHAUSTED
+    backend.gate.set()
+    await asyncio.gather(first, *queued)
+    assert s.stats.fail.count == 1 and s.stats.success.count == 3
+
+
+async def test_queue_timeout_rejects_and_never_runs() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(queue_policies=(QueuePolicy(default_timeout_us=50_000),)))
+    first = await hold(backend, s)
+    with pytest.raises(ServerError, match="timed out") as info:
+        await s.infer(request(5))
+    assert info.value.code is Code.UNAVAILABLE
+    backend.gate.set()
+    await first
+    await asyncio.sleep(0.05)
+    assert [5] not in backend.batches
+
+
+async def test_request_timeout_override_needs_permission() -> None:
+    backend = FakeBackend()
+    allowed = make(backend, policy(queue_policies=(QueuePolicy(allow_timeout_override=True),)))
+    first = await hold(backend, allowed)
+    with pytest.raises(ServerError, match="timed out"):
+        await allowed.infer(request(5, timeout_us=30_000))
+    backend.gate.set()
+    await first
+    other = FakeBackend()
+    refused = make(other, policy())
+    first = await hold(other, refused)
+    task = asyncio.create_task(refused.infer(request(6, timeout_us=30_000)))
+    await asyncio.sleep(0.1)
+    other.gate.set()
+    await asyncio.gather(first, task)  # the override was ignored: no timeout
+
+
+async def test_timeout_delay_moves_behind_others() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(max_batch_size=1, queue_policies=(
+        QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),)))
+    first = await hold(backend, s)
+    late = asyncio.create_task(s.infer(request(1, timeout_us=10_000)))
+    await asyncio.sleep(0.05)  # request 1 timed out while queued
+    others = [asyncio.create_task(s.infer(request(i))) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, late, *others)
+    assert [b[0] for b in backend.batches[1:]] == [2, 3, 1]
+
+
+async def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy(queue_policies=(QueuePolicy(max_queue_size=1),)))
+    first = await hold(backend, s)
+    doomed = asyncio.create_task(s.infer(request(7)))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    kept = asyncio.create_task(s.infer(request(8)))  # the queue has room again
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, kept)
+    assert [7] not in backend.batches and [8] in backend.batches
+    assert s.in_flight == 0
+
+
+async def test_instances_run_batches_concurrently() -> None:
+    backend = FakeBackend(delay=0.2)
+    s = make(backend, BatchingPolicy(max_batch_size=8), instances=3)
+    started = time.monotonic()
+    await asyncio.gather(*(s.infer(request(i)) for i in range(3)))
+    assert time.monotonic() - started < 0.5
+
+
+async def test_backend_error_fails_only_that_batch() -> None:
+    class Failing(FakeBackend):
+        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+            if inputs["x"][0, 0] == 13:
+                raise RuntimeError("boom")
+            return super().execute(inputs, output_names)
+
+    s = make(Failing(), BatchingPolicy(max_batch_size=8))
+    with pytest.raises(ServerError, match="boom") as info:
+        await s.infer(request(13))
+    assert info.value.code is Code.INTERNAL
+    out = await s.infer(request(2))
+    assert out["y"][0, 0] == 4
+
+
+async def test_close_waits_for_queued_requests() -> None:
+    backend = FakeBackend()
+    s = make(backend, policy())
+    first = await hold(backend, s)
+    queued = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(s.close())
+    await asyncio.sleep(0.01)
+    with pytest.raises(ServerError, match="unloading"):
+        await s.infer(request(9))
+    backend.gate.set()
+    await asyncio.gather(first, *queued, closing)
