@@ -9,7 +9,6 @@ or how its requests are scheduled fail the load; performance hints are named in 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,23 @@ def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
         text_format.Parse(text, config)
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise ModelConfigError(f"{CONFIG_FILE} does not parse: {exc}") from exc
-    return config, re.search(r"\bmax_batch_size\b", text) is not None
+    return config, _sets_max_batch_size(text)
+
+
+def _sets_max_batch_size(text: str) -> bool:
+    """Whether parsed config text sets max_batch_size at its top level (a comment does not count)."""
+    tokenizer = text_format.Tokenizer(text.splitlines())
+    depth = 0
+    while not tokenizer.AtEnd():
+        token = tokenizer.token
+        if token in ("{", "[", "<"):
+            depth += 1
+        elif token in ("}", "]", ">"):
+            depth -= 1
+        elif depth == 0 and token == "max_batch_size":
+            return True
+        tokenizer.NextToken()
+    return False
 
 
 def check_supported(config: mc.ModelConfig) -> list[str]:
@@ -163,9 +178,14 @@ def complete(
     done.name = name
     if not done.platform and not done.backend:
         done.backend = "onnxruntime"
-    if not max_batch_size_given and not done.input and not done.output:
-        if _supports_batching((*inputs, *outputs)) and default_max_batch_size > 0:
-            done.max_batch_size = default_max_batch_size
+    if (
+        not max_batch_size_given
+        and not done.input
+        and not done.output
+        and _supports_batching((*inputs, *outputs))
+        and default_max_batch_size > 0
+    ):
+        done.max_batch_size = default_max_batch_size
     strip = done.max_batch_size > 0
     if not done.input:
         _fill(done.input, inputs, strip)

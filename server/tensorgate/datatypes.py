@@ -79,6 +79,10 @@ def deserialize_bytes(raw: bytes | memoryview, count: int) -> np.ndarray:
     """Inverse of :func:`serialize_bytes`; raises ValueError when ``raw`` does not hold exactly
     ``count`` elements."""
     view = memoryview(raw)
+    if 4 * count > len(view):  # before allocating: a shape can claim far more elements than were sent
+        raise ValueError(
+            f"are {len(view)} bytes, fewer than the {4 * count} that {count} length-prefixed elements need"
+        )
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):

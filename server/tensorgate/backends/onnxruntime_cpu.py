@@ -59,7 +59,12 @@ def _bf16_to_numpy(value: ort.OrtValue) -> np.ndarray:
     if count == 0:
         return np.empty(shape, dtype=np.uint16)
     buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
-    return np.frombuffer(buffer, dtype=np.uint16, count=count).reshape(shape).copy()
+    return np.frombuffer(memoryview(buffer), dtype=np.uint16, count=count).reshape(shape).copy()
+
+
+def _bf16_value(array: np.ndarray) -> ort.OrtValue:
+    """A bfloat16 OrtValue over a uint16 array of raw 16-bit patterns."""
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array, dtype=np.uint16), BFLOAT16)
 
 
 class OnnxRuntimeCpuBackend:
@@ -81,7 +86,14 @@ class OnnxRuntimeCpuBackend:
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
         self._output_types = {t.name: t.onnx_type for t in self._outputs}
-        self._needs_ort_values = any(t.onnx_type == BFLOAT16 for t in (*self._inputs, *self._outputs))
+        self._bf16_inputs = any(t.onnx_type == BFLOAT16 for t in self._inputs)
+        if any(t.onnx_type == BFLOAT16 for t in self._outputs) and STRING in self._input_types.values():
+            # bfloat16 outputs need run_with_ort_values, whose inputs must all be OrtValues, and
+            # ONNX Runtime's Python API cannot make an OrtValue of strings.
+            raise BackendLoadError(
+                f"{model_file.name} has string inputs and bfloat16 outputs, which ONNX Runtime's Python API "
+                "cannot run together; cast the bfloat16 outputs to float32 or float16"
+            )
 
     @property
     def engine(self) -> str:
@@ -113,8 +125,13 @@ class OnnxRuntimeCpuBackend:
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
         names = list(output_names)
         try:
-            if self._needs_ort_values:
+            if any(self._output_types.get(name) == BFLOAT16 for name in names):
                 results = self._run_with_ort_values(feeds, names)
+            elif self._bf16_inputs:  # run() takes OrtValues among numpy feeds (and strings, unlike OrtValues)
+                results = self._session.run(names, {
+                    name: _bf16_value(array) if self._input_types.get(name) == BFLOAT16 else array
+                    for name, array in feeds.items()
+                })
             else:
                 results = self._session.run(names, feeds)
         except BackendExecuteError:
@@ -135,9 +152,7 @@ class OnnxRuntimeCpuBackend:
         values: dict[str, ort.OrtValue] = {}
         for name, array in feeds.items():
             if self._input_types.get(name) == BFLOAT16:
-                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-                    np.ascontiguousarray(array, dtype=np.uint16), BFLOAT16
-                )
+                values[name] = _bf16_value(array)
             else:
                 values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
         results = self._session.run_with_ort_values(names, values)

@@ -42,7 +42,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def _expected_shape(spec: TensorSpec, model: ModelSpec) -> str:
     dims = ["-1" if d == -1 else str(d) for d in spec.dims]
-    return "[" + ",".join((["batch<=%d" % model.max_batch_size] if model.batched else []) + dims) + "]"
+    return "[" + ",".join(([f"batch<={model.max_batch_size}"] if model.batched else []) + dims) + "]"
 
 
 def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec, model: ModelSpec) -> int:
@@ -73,9 +73,13 @@ def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec, model: Model
 
 def _from_contents(name: str, tensor: pb.ModelInferRequest.InferInputTensor, dtype: DataType, count: int) -> np.ndarray:
     used = [f for f in _ALL_CONTENTS_FIELDS if len(getattr(tensor.contents, f))]
+    if count == 0 and not used:  # a tensor with no elements has nothing to put in any field
+        return np.empty(0, dtype=dtype.numpy)
     field = _CONTENTS_FIELD.get(dtype.v2)
     if field is None:
-        raise InvalidArgument(f"input '{name}' is {dtype.v2}, which has no typed contents field; send it in raw_input_contents")
+        raise InvalidArgument(
+            f"input '{name}' is {dtype.v2}, which has no typed contents field; send it in raw_input_contents"
+        )
     if used != [field]:
         raise InvalidArgument(
             f"input '{name}' is {dtype.v2}, so its data goes in contents.{field}"
@@ -110,9 +114,31 @@ def _from_raw(name: str, raw: bytes, shape: Sequence[int], dtype: DataType, coun
     return np.frombuffer(raw, dtype=dtype.numpy)
 
 
+def _check_utf8(name: str, flat: np.ndarray) -> None:
+    """BYTES inputs of an ONNX model are string tensors, which hold UTF-8 text. Checked here, per
+    request: found by the engine, one bad request would fail every request batched with it."""
+    for i, item in enumerate(flat):
+        try:
+            item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(
+                f"input '{name}': element {i} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                "the model's BYTES inputs are ONNX string tensors, which hold UTF-8 text"
+            ) from None
+
+
 def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
     """Check a request against the model and turn its tensors into numpy arrays (views where raw)."""
     raw_contents = request.raw_input_contents
+    # Before counting raw_input_contents: an input in shared memory has no entry there, so the
+    # count would be off and the message would hide the real reason.
+    for tensor in request.inputs:
+        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
+            if key in tensor.parameters:
+                raise Unimplemented(
+                    f"input '{tensor.name}' uses shared memory ({key}), which tensorgate does not support yet; "
+                    "send the tensor in raw_input_contents"
+                )
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise InvalidArgument(
             f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents; "
@@ -130,12 +156,6 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             )
         if name in arrays:
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
-        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
-            if key in tensor.parameters:
-                raise Unimplemented(
-                    f"input '{name}' uses shared memory ({key}), which tensorgate does not support yet; "
-                    "send the tensor in raw_input_contents"
-                )
         if tensor.datatype != spec.datatype.v2:
             raise InvalidArgument(
                 f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{model.name}' "
@@ -156,6 +176,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             flat = _from_raw(name, raw_contents[index], tensor.shape, spec.datatype, count)
         else:
             flat = _from_contents(name, tensor, spec.datatype, count)
+        if spec.datatype.is_bytes:
+            _check_utf8(name, flat)
         arrays[name] = flat.reshape(tuple(tensor.shape))
     missing = [n for n, s in model.inputs.items() if n not in arrays and not s.optional]
     if missing:
@@ -174,7 +196,9 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             raise Unimplemented(f"output '{requested.name}': the classification extension is not supported")
         for key in _UNSUPPORTED_TENSOR_PARAMETERS:
             if key in requested.parameters:
-                raise Unimplemented(f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet")
+                raise Unimplemented(
+                    f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet"
+                )
         if requested.name not in outputs:
             outputs.append(requested.name)
     return InferRequest(
@@ -182,7 +206,23 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         inputs=arrays,
         outputs=tuple(outputs) if outputs else tuple(model.outputs),
         batch_size=batch if batch is not None else 1,
+        priority=_int_parameter(request, "priority"),
+        timeout_us=_int_parameter(request, "timeout"),
     )
+
+
+def _int_parameter(request: pb.ModelInferRequest, key: str) -> int:
+    """A non-negative integer request parameter (Triton's ``priority`` and ``timeout`` in µs); 0 if absent."""
+    if key not in request.parameters:
+        return 0
+    param = request.parameters[key]
+    which = param.WhichOneof("parameter_choice")
+    if which not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"request parameter '{key}' must be an integer, not {which or 'empty'}")
+    value = int(getattr(param, which))
+    if value < 0:
+        raise InvalidArgument(f"request parameter '{key}' must be >= 0, not {value}")
+    return value
 
 
 def encode_response(

@@ -14,7 +14,7 @@ _VALID_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 
 
 def valid_model_name(name: str) -> bool:
-    return bool(_VALID_NAME.match(name)) and name not in (".", "..")
+    return bool(_VALID_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 def model_names(root: Path) -> list[str]:
@@ -44,10 +44,11 @@ def version_dirs(directory: Path) -> dict[int, Path]:
 
 def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     """Names, sizes and modification times of everything in a model directory: changes when any
-    file is added, removed or rewritten."""
+    file is added, removed or rewritten, or a directory (an empty version directory too) comes or goes."""
     items: list[tuple[str, int, int]] = []
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
         dirnames.sort()
+        items.extend((os.path.relpath(os.path.join(dirpath, d), directory) + os.sep, 0, 0) for d in dirnames)
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             try:

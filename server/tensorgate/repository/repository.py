@@ -8,6 +8,7 @@ in flight and only then release their instances. One model failing to load never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -111,7 +112,8 @@ class Repository:
             found = entry.versions.get(number)
             if found is None:
                 if number in entry.failed_versions:
-                    raise Unavailable(f"model '{name}' version {number} failed to load: {entry.failed_versions[number]}")
+                    why = entry.failed_versions[number]
+                    raise Unavailable(f"model '{name}' version {number} failed to load: {why}")
                 raise NotFound(f"model '{name}' has no version {number} loaded (served: {sorted(entry.versions)})")
             if found.state is not ModelState.READY:
                 raise Unavailable(f"model '{name}' version {number} is {found.state.value}")
@@ -142,16 +144,13 @@ class Repository:
                 if not ready_only:
                     rows.append(IndexEntry(name, "", "", ""))
                 continue
-            versions_seen = False
-            for number, served in sorted(entry.versions.items()):
-                versions_seen = True
-                if not ready_only or served.state is ModelState.READY:
-                    rows.append(IndexEntry(name, str(number), served.state.value, ""))
-            for number, reason in sorted(entry.failed_versions.items()):
-                versions_seen = True
-                if not ready_only:
-                    rows.append(IndexEntry(name, str(number), ModelState.UNAVAILABLE.value, reason))
-            if not versions_seen and not ready_only:
+            by_version = {n: (v.state.value, "") for n, v in entry.versions.items()}
+            by_version.update({n: (ModelState.UNAVAILABLE.value, r) for n, r in entry.failed_versions.items()
+                               if n not in entry.versions})
+            for number, (state, reason) in sorted(by_version.items()):  # in version order
+                if not ready_only or state == ModelState.READY.value:
+                    rows.append(IndexEntry(name, str(number), state, reason))
+            if not by_version and not ready_only:
                 rows.append(IndexEntry(name, "", entry.state.value, entry.reason))
         return rows
 
@@ -166,17 +165,21 @@ class Repository:
             wanted = self.settings.load_model
             names = names if "*" in wanted else [n for n in wanted]
         log.info("event=repository_scan path=%s mode=%s models=%s", self.root, mode.value, ",".join(names) or "-")
-        await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, NotFound):  # other load failures are logged where they happen
+                log.error("event=model_load_failed model=%s reason=%r", name, result.message)
+            elif isinstance(result, Exception) and not isinstance(result, ServerError):
+                log.error("event=model_load_failed model=%s reason=%r", name, f"internal error: {result!r}",
+                          exc_info=result)
         if mode is ControlMode.POLL:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
 
     async def stop(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
-            except asyncio.CancelledError:
-                pass
         await asyncio.gather(*(self.unload(name) for name in list(self._entries)), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -202,6 +205,14 @@ class Repository:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, reason
                     entry.failed_versions = {}
                 raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
+            if not loaded and entry.versions:
+                # A reload that would serve nothing leaves the versions already serving in place (as Triton).
+                reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
+                entry.fingerprint = fingerprint
+                log.error("event=model_load_failed model=%s reason=%r kept_versions=%s",
+                          name, reason, ",".join(str(v) for v in sorted(entry.versions)))
+                raise ServerError(f"failed to load '{name}': {reason} (the versions loaded before keep serving)",
+                                  Code.INVALID_ARGUMENT)
             old = entry.versions
             entry.versions = {v.version: v for v in loaded}
             entry.failed_versions = failed
@@ -316,7 +327,5 @@ class Repository:
             if entry is not None and entry.fingerprint == layout.fingerprint(self.root / name):
                 continue
             log.info("event=model_%s model=%s", "changed" if entry else "added", name)
-            try:
+            with contextlib.suppress(ServerError):  # already logged and recorded in the index
                 await self.load(name)
-            except ServerError:
-                pass  # already logged and recorded in the index

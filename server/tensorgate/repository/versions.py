@@ -16,6 +16,8 @@ def select(policy: mc.ModelVersionPolicy, available: Iterable[int]) -> list[int]
         return versions
     if which == "specific":
         wanted = sorted(set(policy.specific.versions))
+        if not wanted:
+            raise ModelConfigError("version_policy specific names no versions: list the versions to serve")
         missing = [v for v in wanted if v not in versions]
         if missing:
             raise ModelConfigError(

@@ -1,0 +1,393 @@
+"""Unit tests of tensorgate.config and the version policy (no server): config.pbtxt is parsed,
+completed from the ONNX file's tensors, checked against them, and unsupported fields are named."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tensorgate import config as C
+from tensorgate.backends.base import TensorInfo
+from tensorgate.errors import ModelConfigError
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository import versions
+
+FP32, INT32, INT64 = 1, 6, 7
+
+
+def t(name: str, *shape: int | None, onnx_type: int = FP32) -> TensorInfo:
+    return TensorInfo(name, onnx_type, tuple(shape))
+
+
+def parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def build(
+    text: str | None,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    *,
+    tmp_path: Path,
+    name: str = "m",
+    default_max_batch_size: int = 4,
+) -> C.ModelSpec:
+    """What the repository does with one model directory: read, complete, validate."""
+    model_dir = tmp_path / name
+    model_dir.mkdir(exist_ok=True)
+    if text is not None:
+        (model_dir / "config.pbtxt").write_text(text)
+    raw, given = C.read_config(model_dir)
+    done = C.complete(
+        raw,
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size_given=given,
+        default_max_batch_size=default_max_batch_size,
+    )
+    return C.validate(done, inputs, outputs)
+
+
+# ---- derivation without config.pbtxt ----
+
+
+def test_no_config_dynamic_first_dim_gets_default_batch(tmp_path: Path) -> None:
+    spec = build(None, [t("x", None, 3, None)], [t("y", None, 3, None)], tmp_path=tmp_path, default_max_batch_size=8)
+    assert spec.max_batch_size == 8 and spec.batched
+    assert spec.inputs["x"].dims == (3, -1)  # batch dim stripped, symbolic dim -> -1
+    assert spec.outputs["y"].dims == (3, -1)
+    assert spec.inputs["x"].datatype.config == "TYPE_FP32"
+    cfg = spec.config
+    assert cfg.name == "m" and cfg.backend == "onnxruntime"
+    assert [tuple(i.dims) for i in cfg.input] == [(3, -1)]
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+    assert cfg.version_policy.WhichOneof("policy_choice") == "latest"
+    assert cfg.version_policy.latest.num_versions == 1
+
+
+def test_no_config_fixed_first_dim_is_not_batched(tmp_path: Path) -> None:
+    spec = build(None, [t("x", 2, None)], [t("y", 2, None)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and not spec.batched
+    assert spec.inputs["x"].dims == (2, -1)
+    assert spec.outputs["y"].dims == (2, -1)
+
+
+def test_no_config_one_fixed_tensor_disables_batching(tmp_path: Path) -> None:
+    spec = build(None, [t("a", None, 4), t("b", 1, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0
+    assert spec.inputs["a"].dims == (-1, 4)
+
+
+def test_no_config_scalar_is_not_batched(tmp_path: Path) -> None:
+    spec = build(None, [t("x")], [t("y")], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == ()
+
+
+def test_default_max_batch_size_zero_disables_batching(tmp_path: Path) -> None:
+    spec = build(None, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path, default_max_batch_size=0)
+    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == (-1, 4)
+
+
+def test_unservable_onnx_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"'x' has ONNX type 23"):
+        build(None, [t("x", None, 4, onnx_type=23)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+# ---- config.pbtxt that only gives part of the config ----
+
+
+def test_explicit_max_batch_size_zero_is_kept(tmp_path: Path) -> None:
+    spec = build("max_batch_size: 0", [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0
+    assert spec.inputs["x"].dims == (-1, 4)
+
+
+def test_only_max_batch_size_fills_stripped_dims(tmp_path: Path) -> None:
+    spec = build("max_batch_size: 16", [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 16 and spec.inputs["x"].dims == (4,) and spec.outputs["y"].dims == (4,)
+
+
+def test_commented_max_batch_size_does_not_count(tmp_path: Path) -> None:
+    """A commented-out line is not a setting: the default applies as without the line."""
+    text = '# max_batch_size: 0\nname: "m"\nparameters { key: "max_batch_size" value { string_value: "1" } }\n'
+    (tmp_path / "config.pbtxt").write_text(text)
+    raw, given = C.read_config(tmp_path)
+    assert raw.name == "m" and not given
+    spec = build(text, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 4
+
+
+@pytest.mark.parametrize(
+    "text, given",
+    [
+        ("max_batch_size: 0", True),
+        ("name: 'm'\nmax_batch_size : 3  # batch", True),
+        ("name: 'm'", False),
+        ("", False),
+    ],
+)
+def test_read_config_reports_max_batch_size_given(tmp_path: Path, text: str, given: bool) -> None:
+    (tmp_path / "config.pbtxt").write_text(text)
+    assert C.read_config(tmp_path)[1] is given
+
+
+def test_read_config_without_file(tmp_path: Path) -> None:
+    raw, given = C.read_config(tmp_path)
+    assert raw == mc.ModelConfig() and not given
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: 'm' max_batch_size: {",
+        "no_such_field: 1",
+        "max_batch_size: 99999999999",
+        "input [{ name: 'x' data_type: TYPE_NOPE }]",
+    ],
+)
+def test_unparsable_config(tmp_path: Path, text: str) -> None:
+    (tmp_path / "config.pbtxt").write_text(text)
+    with pytest.raises(ModelConfigError, match=r"config\.pbtxt does not parse"):
+        C.read_config(tmp_path)
+
+
+def test_config_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "config.pbtxt").write_bytes(b"name: '\xff\xfe'")
+    with pytest.raises(ModelConfigError, match="does not parse"):
+        C.read_config(tmp_path)
+
+
+# ---- config that contradicts the model ----
+
+
+def test_config_names_another_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"names the model 'other' but its directory is 'm'"):
+        build('name: "other"', [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_config_with_same_name_is_fine(tmp_path: Path) -> None:
+    assert build('name: "m"', [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path).name == "m"
+
+
+FULL = """
+max_batch_size: {mbs}
+input [ {{ name: "{iname}" data_type: {dtype} dims: [ {dims} ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {odims} ] }} ]
+"""
+
+
+def full(mbs: int = 4, iname: str = "x", dtype: str = "TYPE_FP32", dims: str = "4", odims: str = "4") -> str:
+    return FULL.format(mbs=mbs, iname=iname, dtype=dtype, dims=dims, odims=odims)
+
+
+def test_full_config_matches(tmp_path: Path) -> None:
+    spec = build(full(dims="-1"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 4
+    assert spec.inputs["x"].dims == (4,)  # -1 in the config takes the file's size
+
+
+def test_dtype_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError) as info:
+        build(full(dtype="TYPE_INT32"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert str(info.value) == "input 'x' is TYPE_INT32 in config.pbtxt but TYPE_FP32 in the ONNX file"
+
+
+def test_output_dtype_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"output 'y' is TYPE_FP32 in config.pbtxt but TYPE_INT64"):
+        build(full(), [t("x", None, 4)], [t("y", None, 4, onnx_type=INT64)], tmp_path=tmp_path)
+
+
+def test_rank_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"'x' has dims \[4, 2\].*has rank 1 \(after the batch dimension\)"):
+        build(full(dims="4, 2"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_rank_mismatch_when_batch_dim_is_included_in_dims(tmp_path: Path) -> None:
+    """Triton's dims exclude the batch dim; a config that repeats it is one rank too many."""
+    with pytest.raises(ModelConfigError, match="rank"):
+        build(full(dims="-1, 4"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_dims_contradict(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"input 'x' has dims \[5\] .*contradicts the ONNX file's \[4\]"):
+        build(full(dims="5"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_batch_dim_not_dynamic(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"max_batch_size > 0 needs a dynamic first dimension.*which has 1"):
+        build(full(), [t("x", 1, 4)], [t("y", 1, 4)], tmp_path=tmp_path)
+
+
+def test_batched_scalar(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match="a scalar"):
+        build(full(dims=""), [t("x")], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_non_batched_config_keeps_first_dim(tmp_path: Path) -> None:
+    spec = build(full(mbs=0, dims="1, 4", odims="1, 4"), [t("x", 1, 4)], [t("y", 1, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == (1, 4)
+
+
+def test_input_not_in_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"input 'nope', which the ONNX file does not have \(it has \['x'\]\)"):
+        build(full(iname="nope"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_input_missing_from_config(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"needs inputs \['z'\]"):
+        build(full(), [t("x", None, 4), t("z", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_output_not_in_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"declares output 'y'"):
+        build(full(), [t("x", None, 4)], [t("out", None, 4)], tmp_path=tmp_path)
+
+
+def test_duplicate_input(tmp_path: Path) -> None:
+    text = full() + 'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]'
+    with pytest.raises(ModelConfigError, match=r"input 'x' appears twice"):
+        build(text, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_invalid_datatype_and_dims(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match="TYPE_INVALID"):
+        build('input [{ name: "x" dims: [4] }]', [t("x", 4)], [t("y", 4)], tmp_path=tmp_path)
+    with pytest.raises(ModelConfigError, match="invalid dim -3"):
+        build(full(dims="-3"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_negative_max_batch_size(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match="max_batch_size must be >= 0"):
+        build("max_batch_size: -2", [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_integer_types(tmp_path: Path) -> None:
+    spec = build(None, [t("x", None, 2, onnx_type=INT32)], [t("y", None, 2, onnx_type=INT64)], tmp_path=tmp_path)
+    assert spec.inputs["x"].datatype.v2 == "INT32" and spec.outputs["y"].datatype.v2 == "INT64"
+
+
+def test_instance_group_completed() -> None:
+    done = C.complete(
+        parse("instance_group [{ count: 0 kind: KIND_AUTO }, { count: 3 }]"),
+        name="m",
+        inputs=[t("x", None)],
+        outputs=[t("y", None)],
+        max_batch_size_given=False,
+        default_max_batch_size=4,
+    )
+    assert [(g.count, g.kind) for g in done.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)] * 1 + [
+        (3, mc.ModelInstanceGroup.KIND_CPU)
+    ]
+    assert C.instance_count(done) == 4
+
+
+# ---- fields we do not implement ----
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("optimization { priority: PRIORITY_MAX }", "optimization"),
+        ("response_cache { enable: true }", "response_cache"),
+        ("model_warmup [{ name: 'w' batch_size: 1 }]", "model_warmup"),
+        ("parameters { key: 'k' value { string_value: 'v' } }", "parameters ignored: k"),
+        ("instance_group [{ kind: KIND_GPU }]", "KIND_GPU"),
+        ("output [{ name: 'y' label_filename: 'labels.txt' }]", "label_filename"),
+        ("input [{ name: 'x' format: FORMAT_NCHW }]", "format"),
+    ],
+)
+def test_performance_hints_warn(text: str, named: str) -> None:
+    hints = C.check_supported(parse(text))
+    assert any(named in h for h in hints), hints
+
+
+def test_supported_config_has_no_hints() -> None:
+    cfg = parse(
+        'name: "m" backend: "onnxruntime" max_batch_size: 8 instance_group [{ count: 2 kind: KIND_CPU }]'
+        ' version_policy { all {} } input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]'
+    )
+    assert C.check_supported(cfg) == []
+    assert C.check_supported(parse('platform: "onnxruntime_onnx"')) == []
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("sequence_batching {}", "sequence_batching is not supported"),
+        (
+            "ensemble_scheduling { step [{ model_name: 'a' model_version: -1 }] }",
+            "ensemble_scheduling is not supported",
+        ),
+        ("model_transaction_policy { decoupled: true }", "decoupled"),
+        ("input [{ name: 'x' reshape { shape: [4] } }]", "tensor 'x': reshape is not supported"),
+        ("output [{ name: 'y' reshape { shape: [] } }]", "tensor 'y': reshape is not supported"),
+        ("backend: 'pytorch'", "backend 'pytorch' is not served"),
+        ("platform: 'tensorrt_plan'", "platform 'tensorrt_plan' is not served"),
+        ("runtime: 'model.py'", "runtime 'model.py'"),
+        ("instance_group [{ kind: KIND_MODEL }]", "KIND_MODEL"),
+        ("input [{ name: 'x' allow_ragged_batch: true }]", "allow_ragged_batch"),
+        ("input [{ name: 'x' is_shape_tensor: true }]", "is_shape_tensor"),
+        ("batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: 'n' }]", "batch_input"),
+    ],
+)
+def test_fields_that_change_results_are_fatal(text: str, named: str) -> None:
+    with pytest.raises(ModelConfigError, match=named):
+        C.check_supported(parse(text))
+
+
+def test_all_fatal_fields_are_named_at_once() -> None:
+    with pytest.raises(ModelConfigError) as info:
+        C.check_supported(parse("backend: 'pytorch' sequence_batching {} response_cache {}"))
+    message = str(info.value)
+    assert "pytorch" in message and "sequence_batching" in message
+    assert "response_cache" not in message
+
+
+def test_model_filename() -> None:
+    assert C.model_filename(mc.ModelConfig()) == "model.onnx"
+    assert C.model_filename(parse("default_model_filename: 'net.onnx'")) == "net.onnx"
+    for bad in ("../model.onnx", "a/b.onnx", "..", "a\\\\b"):
+        with pytest.raises(ModelConfigError, match="plain file name"):
+            C.model_filename(parse(f"default_model_filename: '{bad}'"))
+
+
+# ---- version policy ----
+
+
+def policy(text: str) -> mc.ModelVersionPolicy:
+    return text_format.Parse(text, mc.ModelVersionPolicy())
+
+
+@pytest.mark.parametrize(
+    "text, available, chosen",
+    [
+        ("", [3, 1, 2], [3]),
+        ("latest { num_versions: 1 }", [1, 2, 3], [3]),
+        ("latest { num_versions: 2 }", [1, 2, 3], [2, 3]),
+        ("latest { num_versions: 5 }", [7, 2], [2, 7]),
+        ("all {}", [3, 1, 2], [1, 2, 3]),
+        ("specific { versions: [3, 1] }", [1, 2, 3], [1, 3]),
+        ("specific { versions: [2, 2] }", [1, 2, 3], [2]),
+    ],
+)
+def test_version_policy(text: str, available: list[int], chosen: list[int]) -> None:
+    assert versions.select(policy(text), available) == chosen
+
+
+def test_version_policy_latest_zero() -> None:
+    with pytest.raises(ModelConfigError, match="num_versions >= 1"):
+        versions.select(policy("latest { num_versions: 0 }"), [1, 2])
+
+
+def test_version_policy_specific_missing() -> None:
+    with pytest.raises(ModelConfigError, match=r"names versions \[4\] that have no directory \(found \[1, 2\]\)"):
+        versions.select(policy("specific { versions: [1, 4] }"), [1, 2])
+
+
+def test_version_policy_specific_empty() -> None:
+    """An empty list would serve nothing and say nothing: it is an error that says so."""
+    with pytest.raises(ModelConfigError, match="names no versions"):
+        versions.select(policy("specific {}"), [1, 2])

@@ -1,0 +1,687 @@
+"""Bad requests get the right gRPC status and a message that names the tensor and what was expected,
+and the server keeps serving after each one.
+
+Most requests are built by hand with tritonclient's own generated protobuf (tritonclient itself
+refuses to send many of them); a few go through tritonclient to show what its users see.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server
+from models import save, write_config
+from onnx import TensorProto, helper
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+Request = Any  # service_pb2.ModelInferRequest (generated, untyped)
+MAX_BATCH = 2
+
+
+def _graph(
+    path: Path, nodes: list[Any], inputs: dict[str, tuple[int, list[Any]]], outputs: dict[str, tuple[int, list[Any]]]
+) -> None:
+    save(
+        helper.make_graph(
+            nodes,
+            path.parent.parent.name,
+            [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+            [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+        ),
+        path,
+    )
+
+
+def _identity(path: Path, elem_type: int, shape: list[Any]) -> None:
+    _graph(
+        path,
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        {"INPUT0": (elem_type, shape)},
+        {"OUTPUT0": (elem_type, shape)},
+    )
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("errors") / "repo"
+    fp32 = (TensorProto.FLOAT, ["batch", 4])
+    _graph(
+        root / "add_sub" / "1" / "model.onnx",
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        {"INPUT0": fp32, "INPUT1": fp32},
+        {"OUTPUT0": fp32, "OUTPUT1": fp32},
+    )
+    write_config(root / "add_sub", f'name: "add_sub"\nmax_batch_size: {MAX_BATCH}\n')
+    _identity(root / "strings" / "1" / "model.onnx", TensorProto.STRING, ["batch", "n"])
+    _identity(root / "strings_batched" / "1" / "model.onnx", TensorProto.STRING, ["batch", "n"])
+    write_config(
+        root / "strings_batched", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    )
+    _identity(root / "fixed" / "1" / "model.onnx", TensorProto.FLOAT, [2, 3])
+    _identity(root / "int8" / "1" / "model.onnx", TensorProto.INT8, ["batch", 4])
+    _identity(root / "fp16" / "1" / "model.onnx", TensorProto.FLOAT16, ["batch", 4])
+    _identity(root / "large" / "1" / "model.onnx", TensorProto.FLOAT, ["batch", "n"])
+    # A model that cannot load at all, and one whose version 2 cannot (version 1 serves).
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    _identity(root / "half" / "1" / "model.onnx", TensorProto.FLOAT, ["batch", 4])
+    (root / "half" / "2").mkdir(parents=True)
+    (root / "half" / "2" / "model.onnx").write_bytes(b"\x00\x01 nor is this")
+    write_config(root / "half", 'name: "half"\nversion_policy: { all {} }\n')
+    # String inputs with bfloat16 outputs: ONNX Runtime's Python API cannot run it, so it must not load.
+    save(
+        helper.make_graph(
+            [
+                helper.make_node("Identity", ["S"], ["SO"]),
+                helper.make_node("Cast", ["X"], ["BO"], to=TensorProto.BFLOAT16),
+            ],
+            "bf16_out_strings_in",
+            [
+                helper.make_tensor_value_info("S", TensorProto.STRING, ["batch", 2]),
+                helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 2]),
+            ],
+            [
+                helper.make_tensor_value_info("SO", TensorProto.STRING, ["batch", 2]),
+                helper.make_tensor_value_info("BO", TensorProto.BFLOAT16, ["batch", 2]),
+            ],
+        ),
+        root / "bf16_out_strings_in" / "1" / "model.onnx",
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[Server]:
+    s = Server(repo)
+    yield s
+    code = s.stop()
+    assert code == 0, f"server exited with {code}:\n{s.log}"
+
+
+@pytest.fixture(scope="module")
+def stub(server: Server) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.url) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+# ---- request building ----
+
+
+def _f32(rows: int = 1, cols: int = 4, start: float = 0.0) -> np.ndarray:
+    return (np.arange(rows * cols, dtype=np.float32) + start).reshape(rows, cols)
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes | None = None
+    contents: dict[str, list[Any]] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _request(
+    model: str,
+    *tensors: Tensor,
+    version: str = "",
+    outputs: tuple[str, ...] = (),
+    raw: list[bytes] | None = None,
+    request_id: str = "bad",
+) -> Request:
+    """A ModelInferRequest; each tensor's ``raw`` goes to raw_input_contents unless ``raw`` is given."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for t in tensors:
+        tensor = request.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        for key, values in t.contents.items():
+            getattr(tensor.contents, key).extend(values)
+        for key, value in t.parameters.items():
+            if isinstance(value, str):
+                tensor.parameters[key].string_param = value
+            else:
+                tensor.parameters[key].int64_param = value
+    if raw is None:
+        raw = [t.raw for t in tensors if t.raw is not None]
+    request.raw_input_contents.extend(raw)
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def _fp32(name: str, array: np.ndarray) -> Tensor:
+    return Tensor(name, "FP32", list(array.shape), raw=array.tobytes())
+
+
+def _good_add_sub(rows: int = 1) -> Request:
+    return _request("add_sub", _fp32("INPUT0", _f32(rows)), _fp32("INPUT1", _f32(rows, start=1)), request_id="good")
+
+
+def _strings(*items: bytes, shape: list[int] | None = None) -> Tensor:
+    raw = b"".join(len(b).to_bytes(4, "little") + b for b in items)
+    return Tensor("INPUT0", "BYTES", shape or [1, len(items)], raw=raw)
+
+
+def _check_serving(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    """ServerLive, then a good request that gives the right answer."""
+    assert stub.ServerLive(pb.ServerLiveRequest()).live
+    assert server.client.is_server_live()
+    result = grpcclient.InferResult(stub.ModelInfer(_good_add_sub(2)))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), _f32(2) * 2 + 1)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.full((2, 4), -1, dtype=np.float32))
+
+
+# ---- the bad requests ----
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+BadCase = tuple[str, Callable[[], Request], grpc.StatusCode, tuple[str, ...]]
+
+CASES: list[BadCase] = [
+    # model and version
+    ("unknown_model", lambda: _request("nope", _fp32("INPUT0", _f32())), grpc.StatusCode.NOT_FOUND, ("'nope'",)),
+    (
+        "unknown_version",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), version="7"),
+        grpc.StatusCode.NOT_FOUND,
+        ("'add_sub'", "7", "[1]"),
+    ),
+    (
+        "non_numeric_version",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), version="latest"),
+        grpc.StatusCode.NOT_FOUND,
+        ("'add_sub'", "'latest'"),
+    ),
+    (
+        "model_failed_to_load",
+        lambda: _request("broken", _fp32("INPUT0", _f32())),
+        grpc.StatusCode.UNAVAILABLE,
+        ("'broken'", "UNAVAILABLE", "cannot load"),
+    ),
+    (
+        "version_failed_to_load",
+        lambda: _request("half", _fp32("INPUT0", _f32()), version="2"),
+        grpc.StatusCode.UNAVAILABLE,
+        ("'half'", "version 2", "failed to load"),
+    ),
+    (
+        "engine_cannot_run_model",
+        lambda: _request("bf16_out_strings_in", _fp32("X", _f32(1, 2))),
+        grpc.StatusCode.UNAVAILABLE,
+        ("'bf16_out_strings_in'", "string inputs and bfloat16 outputs"),
+    ),
+    # datatype and shape
+    (
+        "wrong_dtype",
+        lambda: _request("add_sub", Tensor("INPUT0", "INT32", [1, 4], raw=bytes(16)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "INT32", "expects FP32"),
+    ),
+    (
+        "empty_dtype",
+        lambda: _request("add_sub", Tensor("INPUT0", "", [1, 4], raw=bytes(16)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "(empty)", "FP32"),
+    ),
+    (
+        "unknown_dtype",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP8", [1, 4], raw=bytes(4)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "FP8", "FP32"),
+    ),
+    (
+        "wrong_rank",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP32", [1, 4, 1], raw=bytes(16)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "[1,4,1]", f"[batch<={MAX_BATCH},4]"),
+    ),
+    (
+        "wrong_fixed_dim",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32(1, 5)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "[1,5]", f"[batch<={MAX_BATCH},4]"),
+    ),
+    (
+        "scalar_for_batched_model",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP32", [], raw=bytes(4)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "batch", f"[batch<={MAX_BATCH},4]"),
+    ),
+    (
+        "negative_dim",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP32", [1, -4], raw=bytes(16)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "[1,-4]", "negative"),
+    ),
+    (
+        "non_batched_wrong_dim",
+        lambda: _request("fixed", _fp32("INPUT0", _f32(3, 3))),
+        INVALID,
+        ("'INPUT0'", "[3,3]", "[2,3]"),
+    ),
+    (
+        "non_batched_extra_batch_dim",
+        lambda: _request("fixed", Tensor("INPUT0", "FP32", [1, 2, 3], raw=bytes(24))),
+        INVALID,
+        ("'INPUT0'", "[1,2,3]", "[2,3]"),
+    ),
+    (
+        "batch_above_max",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32(3)), _fp32("INPUT1", _f32(3))),
+        INVALID,
+        ("'INPUT0'", "batch size 3", f"1 to {MAX_BATCH}", "max_batch_size"),
+    ),
+    (
+        "batch_zero",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32(0)), _fp32("INPUT1", _f32(0))),
+        INVALID,
+        ("'INPUT0'", "batch size 0", "max_batch_size"),
+    ),
+    (
+        "mismatched_batch",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32(1)), _fp32("INPUT1", _f32(2))),
+        INVALID,
+        ("'INPUT1'", "batch size 2", "'INPUT0'", "has 1"),
+    ),
+    # which inputs
+    ("missing_input", lambda: _request("add_sub", _fp32("INPUT0", _f32())), INVALID, ("'INPUT1'", "'add_sub'")),
+    ("no_inputs", lambda: _request("add_sub"), INVALID, ("'INPUT0'", "'INPUT1'")),
+    (
+        "unknown_input",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), _fp32("EXTRA", _f32())),
+        INVALID,
+        ("'EXTRA'", "'INPUT0'", "'INPUT1'"),
+    ),
+    (
+        "duplicate_input",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "more than once"),
+    ),
+    # raw contents
+    (
+        "raw_too_short",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP32", [1, 4], raw=bytes(12)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "12 bytes", "needs 16 bytes"),
+    ),
+    (
+        "raw_too_long",
+        lambda: _request("add_sub", Tensor("INPUT0", "FP32", [1, 4], raw=bytes(20)), _fp32("INPUT1", _f32())),
+        INVALID,
+        ("'INPUT0'", "20 bytes", "needs 16 bytes"),
+    ),
+    (
+        "raw_for_huge_shape",
+        lambda: _request("large", Tensor("INPUT0", "FP32", [1, 2**61], raw=bytes(16))),
+        INVALID,
+        ("'INPUT0'", "16 bytes", f"needs {4 * 2**61} bytes"),
+    ),
+    (
+        "raw_count_below_inputs",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), raw=[_f32().tobytes()]),
+        INVALID,
+        ("2 inputs", "1 raw_input_contents", "one raw_input_contents entry per input"),
+    ),
+    (
+        "raw_count_above_inputs",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), raw=[_f32().tobytes()] * 3),
+        INVALID,
+        ("2 inputs", "3 raw_input_contents"),
+    ),
+    (
+        "raw_and_typed_contents",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], raw=bytes(16), contents={"fp32_contents": [1, 2, 3, 4]}),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        ("'INPUT0'", "both contents and raw_input_contents"),
+    ),
+    # BYTES raw contents
+    (
+        "bytes_length_beyond_end",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 1], raw=(100).to_bytes(4, "little") + b"abc")),
+        INVALID,
+        ("'INPUT0'", "BYTES", "element 0 claims 100 bytes", "3 remain"),
+    ),
+    (
+        "bytes_prefix_cut",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 3], raw=_strings(b"a", b"hello").raw + b"\x01\x00")),
+        INVALID,
+        ("'INPUT0'", "[1,3]", "fewer than the 3"),
+    ),
+    (
+        "bytes_shorter_than_prefixes",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 2], raw=bytes(6))),
+        INVALID,
+        ("'INPUT0'", "[1,2]", "6 bytes", "8"),
+    ),
+    (
+        "bytes_left_over",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 1], raw=_strings(b"a", b"b").raw)),
+        INVALID,
+        ("'INPUT0'", "left over"),
+    ),
+    (
+        "bytes_huge_shape",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 2**40], raw=_strings(b"a").raw)),
+        INVALID,
+        ("'INPUT0'", "BYTES", str(2**40)),
+    ),
+    (
+        "bytes_invalid_utf8",
+        lambda: _request("strings", _strings(b"ok", b"\xff\xfe bad", b"")),
+        INVALID,
+        ("'INPUT0'", "UTF-8"),
+    ),
+    # typed contents
+    (
+        "typed_wrong_field",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], contents={"int_contents": [1, 2, 3, 4]}),
+            Tensor("INPUT1", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3, 4]}),
+        ),
+        INVALID,
+        ("'INPUT0'", "FP32", "contents.fp32_contents", "not int_contents"),
+    ),
+    (
+        "typed_two_fields",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3, 4], "fp64_contents": [1, 2, 3, 4]}),
+            Tensor("INPUT1", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3, 4]}),
+        ),
+        INVALID,
+        ("'INPUT0'", "contents.fp32_contents", "fp64_contents"),
+    ),
+    (
+        "typed_wrong_count",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3]}),
+            Tensor("INPUT1", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3, 4]}),
+        ),
+        INVALID,
+        ("'INPUT0'", "3 elements", "contents.fp32_contents", "needs 4"),
+    ),
+    (
+        "typed_no_data",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4]),
+            Tensor("INPUT1", "FP32", [1, 4], contents={"fp32_contents": [1, 2, 3, 4]}),
+        ),
+        INVALID,
+        ("'INPUT0'", "contents.fp32_contents", "no data"),
+    ),
+    (
+        "typed_fp16_has_no_field",
+        lambda: _request("fp16", Tensor("INPUT0", "FP16", [1, 4], contents={"fp32_contents": [1] * 4})),
+        INVALID,
+        ("'INPUT0'", "FP16", "raw_input_contents"),
+    ),
+    (
+        "typed_out_of_range",
+        lambda: _request("int8", Tensor("INPUT0", "INT8", [1, 4], contents={"int_contents": [1, 2, 300, 4]})),
+        INVALID,
+        ("'INPUT0'", "contents.int_contents", "INT8"),
+    ),
+    (
+        "typed_bytes_wrong_field",
+        lambda: _request("strings", Tensor("INPUT0", "BYTES", [1, 1], contents={"int_contents": [1]})),
+        INVALID,
+        ("'INPUT0'", "contents.bytes_contents", "int_contents"),
+    ),
+    # outputs
+    (
+        "unknown_output",
+        lambda: _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), outputs=("OUTPUT9",)),
+        INVALID,
+        ("'OUTPUT9'", "'OUTPUT0'", "'OUTPUT1'"),
+    ),
+    # shared memory (not implemented)
+    (
+        "shm_input",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], parameters={"shared_memory_region": "r0", "shared_memory_byte_size": 16}),
+            _fp32("INPUT1", _f32()),
+            raw=[],
+        ),
+        grpc.StatusCode.UNIMPLEMENTED,
+        ("'INPUT0'", "shared memory", "raw_input_contents"),
+    ),
+]
+
+
+def _output_parameter(key: str, value: str | int) -> Callable[[], Request]:
+    def build() -> Request:
+        request = _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), outputs=("OUTPUT0",))
+        param = request.outputs[0].parameters[key]
+        if isinstance(value, str):
+            param.string_param = value
+        else:
+            param.int64_param = value
+        return request
+
+    return build
+
+
+CASES += [
+    (
+        "shm_output",
+        _output_parameter("shared_memory_region", "r0"),
+        grpc.StatusCode.UNIMPLEMENTED,
+        ("'OUTPUT0'", "shared memory"),
+    ),
+    (
+        "classification_output",
+        _output_parameter("classification", 3),
+        grpc.StatusCode.UNIMPLEMENTED,
+        ("'OUTPUT0'", "classification"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request(
+    server: Server,
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    build: Callable[[], Request],
+    code: grpc.StatusCode,
+    words: tuple[str, ...],
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(build(), timeout=30)
+    error: Any = caught.value
+    assert error.code() == code, error.details()
+    for word in words:
+        assert word in error.details(), f"{word!r} not in {error.details()!r}"
+    _check_serving(server, stub)
+
+
+def test_unknown_version_of_half_loaded_model(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    """Version 1 of 'half' serves while its version 2 failed; unversioned requests get version 1."""
+    response = stub.ModelInfer(_request("half", _fp32("INPUT0", _f32())))
+    assert response.model_version == "1"
+    index = {(m.name, m.version): (m.state, m.reason) for m in server.client.get_model_repository_index().models}
+    assert index[("half", "1")][0] == "READY"
+    assert index[("half", "2")][0] == "UNAVAILABLE" and index[("half", "2")][1]
+    broken = [state_reason for (name, _), state_reason in index.items() if name == "broken"]
+    assert broken and all(state == "UNAVAILABLE" and reason for state, reason in broken), broken
+    assert not server.client.is_model_ready("broken") and not server.client.is_model_ready("half", "2")
+
+
+def test_bad_request_does_not_fail_its_batch(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    """Invalid UTF-8 is refused on its own: good requests batched with it still succeed."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    for rid, items in (("bad", [b"\xff"]), ("good1", [b"a"]), ("good2", ["é".encode()])):
+        tensor = grpcclient.InferInput("INPUT0", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([items], dtype=object))
+        server.client.async_infer(
+            "strings_batched",
+            [tensor],
+            request_id=rid,
+            callback=lambda result, error, rid=rid: answers.put((rid, result, error)),
+        )
+    got = {rid: (result, error) for rid, result, error in (answers.get(timeout=30) for _ in range(3))}
+    assert got["bad"][1] is not None and got["bad"][1].status() == str(grpc.StatusCode.INVALID_ARGUMENT)
+    assert "'INPUT0'" in got["bad"][1].message() and "UTF-8" in got["bad"][1].message()
+    for rid, want in (("good1", b"a"), ("good2", "é".encode())):
+        result, error = got[rid]
+        assert error is None, error
+        assert result.as_numpy("OUTPUT0").tolist() == [[want]]
+    _check_serving(server, stub)
+
+
+# ---- the same through tritonclient ----
+
+
+def _client_error(call: Callable[[], Any]) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    return caught.value
+
+
+def test_tritonclient_sees_status_and_message(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    c = server.client
+    a = grpcclient.InferInput("INPUT0", [1, 4], "INT32").set_data_from_numpy(np.zeros((1, 4), np.int32))
+    b = grpcclient.InferInput("INPUT1", [1, 4], "FP32").set_data_from_numpy(_f32())
+    error = _client_error(lambda: c.infer("add_sub", [a, b]))
+    assert error.status() == str(grpc.StatusCode.INVALID_ARGUMENT)
+    assert "'INPUT0'" in error.message() and "INT32" in error.message() and "FP32" in error.message()
+
+    error = _client_error(lambda: c.infer("nope", [b]))
+    assert error.status() == str(grpc.StatusCode.NOT_FOUND) and "'nope'" in error.message()
+
+    shm = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    shm.set_shared_memory("region", 16)
+    error = _client_error(lambda: c.infer("add_sub", [shm, b]))
+    assert error.status() == str(grpc.StatusCode.UNIMPLEMENTED) and "shared memory" in error.message()
+    _check_serving(server, stub)
+
+
+def test_stream_errors_keep_the_stream_open(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.url)
+    good = [grpcclient.InferInput(n, [1, 4], "FP32").set_data_from_numpy(_f32()) for n in ("INPUT0", "INPUT1")]
+    bad = [grpcclient.InferInput("INPUT0", [1, 5], "FP32").set_data_from_numpy(_f32(1, 5)), good[1]]
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer("add_sub", bad, request_id="s-bad")
+        client.async_stream_infer("nope", good, request_id="s-nope")
+        client.async_stream_infer("add_sub", good, request_id="s-good")
+        got = [answers.get(timeout=30) for _ in range(3)]
+    finally:
+        client.stop_stream()
+        client.close()
+    errors = sorted(str(e) for r, e in got if e is not None)
+    results = [r for r, e in got if e is None]
+    assert len(errors) == 2 and len(results) == 1
+    assert "'INPUT0'" in errors[0] and "[1,5]" in errors[0]
+    assert "'nope'" in errors[1]
+    assert results[0].get_response().id == "s-good"
+    np.testing.assert_array_equal(results[0].as_numpy("OUTPUT0"), _f32() * 2)
+    _check_serving(server, stub)
+
+
+# ---- RPCs tensorgate does not implement ----
+
+UNIMPLEMENTED_RPCS = [
+    ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
+    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=16)),
+    ("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name="r")),
+    ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest()),
+    ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(name="r", byte_size=16)),
+    ("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest(name="r")),
+    ("TraceSetting", pb.TraceSettingRequest()),
+    ("LogSettings", pb.LogSettingsRequest()),
+]
+
+
+@pytest.mark.parametrize(("rpc", "request_message"), UNIMPLEMENTED_RPCS, ids=[r for r, _ in UNIMPLEMENTED_RPCS])
+def test_unimplemented_rpc(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub, rpc: str, request_message: Any
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(stub, rpc)(request_message, timeout=30)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert rpc in error.details() and "not supported" in error.details()
+    _check_serving(server, stub)
+
+
+def test_unimplemented_through_tritonclient(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    c = server.client
+    for call in (
+        c.get_system_shared_memory_status,
+        lambda: c.register_system_shared_memory("r", "/k", 16),
+        c.get_cuda_shared_memory_status,
+        lambda: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
+        lambda: c.update_log_settings(settings={"log_info": True}),
+    ):
+        error = _client_error(call)
+        assert error.status() == str(grpc.StatusCode.UNIMPLEMENTED)
+        assert "not supported" in str(error.message())
+    _check_serving(server, stub)
+
+
+# ---- limits, statistics ----
+
+
+def test_request_above_4_mib(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    """gRPC's default receive limit is 4 MiB; the server raises it, so a 6.4 MB tensor goes through."""
+    x = np.random.default_rng(0).standard_normal((4, 400_000), dtype=np.float32)
+    assert x.nbytes > 4 * 2**20
+    tensor = grpcclient.InferInput("INPUT0", list(x.shape), "FP32").set_data_from_numpy(x)
+    result = server.client.infer("large", [tensor], request_id="big")
+    assert result.get_response().id == "big"
+    out = result.as_numpy("OUTPUT0")
+    assert out is not None and out.tobytes() == x.tobytes()
+    _check_serving(server, stub)
+
+
+def _stats(server: Server, model: str) -> Any:
+    return server.client.get_inference_statistics(model).model_stats[0]
+
+
+def test_failures_leave_stats_and_process_sound(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = _stats(server, "add_sub")
+    strings_before = _stats(server, "strings")
+    for _, build, code, _words in CASES:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(build(), timeout=30)
+        assert caught.value.code() == code  # type: ignore[attr-defined]
+    for _ in range(3):
+        stub.ModelInfer(_good_add_sub(2))
+    good = stub.ModelInfer(_request("strings", _strings(b"x", "é".encode())))
+    assert grpcclient.InferResult(good).as_numpy("OUTPUT0").tolist() == [[b"x", "é".encode()]]
+    after = _stats(server, "add_sub")
+    strings_after = _stats(server, "strings")
+    # The good requests are all counted; the bad ones broke nothing.
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
+    assert after.inference_count - before.inference_count == 6
+    assert after.execution_count - before.execution_count == 3
+    assert after.inference_stats.fail.count >= before.inference_stats.fail.count
+    assert strings_after.inference_stats.success.count - strings_before.inference_stats.success.count == 1
+    assert strings_after.inference_stats.fail.count >= strings_before.inference_stats.fail.count
+    assert server.proc.poll() is None
+    assert server.client.is_server_live() and server.client.is_server_ready()
+    assert "Traceback" not in server.log
+    _check_serving(server, stub)
