@@ -33,10 +33,22 @@ class Server:
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = repo.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo),
-               "--host", "127.0.0.1", "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.client = grpcclient.InferenceServerClient(self.url)
         if wait_ready:
             self.wait_ready()

@@ -23,8 +23,13 @@ def save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def identity(path: Path, elem_type: int = TensorProto.FLOAT, shape: Sequence[Dim] = ("batch", 16),
-             in_name: str = "INPUT0", out_name: str = "OUTPUT0") -> Path:
+def identity(
+    path: Path,
+    elem_type: int = TensorProto.FLOAT,
+    shape: Sequence[Dim] = ("batch", 16),
+    in_name: str = "INPUT0",
+    out_name: str = "OUTPUT0",
+) -> Path:
     graph = helper.make_graph(
         [helper.make_node("Identity", [in_name], [out_name])],
         "identity",
@@ -36,8 +41,10 @@ def identity(path: Path, elem_type: int = TensorProto.FLOAT, shape: Sequence[Dim
 
 def add_sub(path: Path, elem_type: int = TensorProto.FLOAT, shape: Sequence[Dim] = ("batch", 16)) -> Path:
     graph = helper.make_graph(
-        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
-         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
         "add_sub",
         [helper.make_tensor_value_info(n, elem_type, list(shape)) for n in ("INPUT0", "INPUT1")],
         [helper.make_tensor_value_info(n, elem_type, list(shape)) for n in ("OUTPUT0", "OUTPUT1")],
@@ -56,7 +63,8 @@ def slow(path: Path, size: int = 512, layers: int = 64) -> Path:
         nodes.append(helper.make_node("MatMul", [last, "w"], [out]))
         last = out
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", size])],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", size])],
         initializer=[numpy_helper.from_array(w, "w")],

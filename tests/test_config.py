@@ -292,7 +292,6 @@ def test_instance_group_completed() -> None:
     [
         ("optimization { priority: PRIORITY_MAX }", "optimization"),
         ("response_cache { enable: true }", "response_cache"),
-        ("model_warmup [{ name: 'w' batch_size: 1 }]", "model_warmup"),
         ("parameters { key: 'k' value { string_value: 'v' } }", "parameters ignored: k"),
         ("instance_group [{ kind: KIND_GPU }]", "KIND_GPU"),
         ("output [{ name: 'y' label_filename: 'labels.txt' }]", "label_filename"),

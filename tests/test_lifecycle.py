@@ -23,16 +23,26 @@ SLOW_BATCH = 512  # about 80 ms a call on two cores
 def _slow_repo(root: Path) -> Path:
     repo = root / "repo"
     slow(repo / "slow" / "1" / "model.onnx")
-    write_config(repo / "slow", 'max_batch_size: 1024\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    write_config(repo / "slow", "max_batch_size: 1024\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
     identity(repo / "identity" / "1" / "model.onnx")
     return repo
 
 
 def test_help_documents_every_flag() -> None:
-    out = subprocess.run([sys.executable, "-m", "tensorgate", "serve", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ("--model-repository", "--grpc-port", "--metrics-port", "--model-control-mode", "--host",
-                 "--repository-poll-secs", "--load-model", "--exit-timeout-secs", "--grpc-max-message-bytes"):
+    out = subprocess.run(
+        [sys.executable, "-m", "tensorgate", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in (
+        "--model-repository",
+        "--grpc-port",
+        "--metrics-port",
+        "--model-control-mode",
+        "--host",
+        "--repository-poll-secs",
+        "--load-model",
+        "--exit-timeout-secs",
+        "--grpc-max-message-bytes",
+    ):
         assert flag in out
     assert "TENSORGATE_GRPC_PORT" in out and "default 8001" in out
 
@@ -46,8 +56,12 @@ def test_environment_variables_set_options(tmp_path: Path, start_server) -> None
 
 
 def test_bad_environment_value_is_refused() -> None:
-    result = subprocess.run([sys.executable, "-m", "tensorgate", "serve"], capture_output=True, text=True,
-                            env={**os.environ, "TENSORGATE_GRPC_PORT": "eighty"})
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorgate", "serve"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TENSORGATE_GRPC_PORT": "eighty"},
+    )
     assert result.returncode == 2 and "TENSORGATE_GRPC_PORT" in result.stderr
 
 
@@ -59,9 +73,23 @@ def test_port_in_use_fails_clearly(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-             "--grpc-port", str(port), "--metrics-port", str(free_port())],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "tensorgate",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(port),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr
 
@@ -72,7 +100,7 @@ def test_startup_log_says_what_loaded_where(tmp_path: Path, start_server) -> Non
     server = start_server(repo)
     log = server.log
     assert "event=model_ready model=a version=1 engine=onnxruntime-cpu" in log
-    assert f"event=grpc_listening" in log and f":{server.port}" in log
+    assert "event=grpc_listening" in log and f":{server.port}" in log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -88,7 +116,7 @@ def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
         tensor.set_data_from_numpy(data)
         try:
             results.append(client.infer("slow", [tensor]).as_numpy("OUTPUT0"))
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             client.close()
@@ -120,6 +148,6 @@ def test_new_requests_refused_after_shutdown(tmp_path: Path) -> None:
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(30)
     assert server.proc.returncode == 0
-    with pytest.raises(Exception, match="UNAVAILABLE|failed to connect|Connection refused"):
+    with pytest.raises(Exception, match=r"UNAVAILABLE|failed to connect|Connection refused"):
         server.client.is_server_live()
     server.stop()

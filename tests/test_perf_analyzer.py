@@ -39,9 +39,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model: str, extra: list[str]) -> None:
     report = tmp_path / "report.csv"
     result = subprocess.run(
-        [str(PERF_ANALYZER), "-i", "grpc", "-u", server.url, "-m", model, "--concurrency-range", "1:4:3",
-         "-p", "500", "-s", "50", "-r", "6", "-f", str(report), *extra],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(PERF_ANALYZER),
+            "-i",
+            "grpc",
+            "-u",
+            server.url,
+            "-m",
+            model,
+            "--concurrency-range",
+            "1:4:3",
+            "-p",
+            "500",
+            "-s",
+            "50",
+            "-r",
+            "6",
+            "-f",
+            str(report),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader(report.open()))

@@ -18,7 +18,8 @@ def test_stubs_are_fresh(tmp_path: Path) -> None:
     (out / "tensorgate" / "proto").mkdir(parents=True)
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "gen_protos.sh"), str(out)],
-        check=True, env={"PYTHON": sys.executable, "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
+        check=True,
+        env={"PYTHON": sys.executable, "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
     )
     generated = sorted(p.name for p in (out / "tensorgate" / "proto").iterdir())
     committed = sorted(p.name for p in STUBS.iterdir() if p.is_file())
@@ -36,8 +37,16 @@ def test_stub_check_notices_a_change(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "tensorgate" / "proto").mkdir(parents=True)
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(protos), f"--python_out={out}",
-         str(path), str(protos / "tensorgate" / "proto" / "model_config.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(protos),
+            f"--python_out={out}",
+            str(path),
+            str(protos / "tensorgate" / "proto" / "model_config.proto"),
+        ],
         check=True,
     )
     assert not filecmp.cmp(out / "tensorgate" / "proto" / "inference_pb2.py", STUBS / "inference_pb2.py", shallow=False)

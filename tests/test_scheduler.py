@@ -53,8 +53,9 @@ class FakeBackend:
 
 def request(value: int, rows: int = 1, width: int = 4, priority: int = 0, timeout_us: int = 0) -> InferRequest:
     x = np.full((rows, width), value, np.float32)
-    return InferRequest(id=str(value), inputs={"x": x}, outputs=("y",), batch_size=rows, priority=priority,
-                        timeout_us=timeout_us)
+    return InferRequest(
+        id=str(value), inputs={"x": x}, outputs=("y",), batch_size=rows, priority=priority, timeout_us=timeout_us
+    )
 
 
 def policy(**kw: object) -> BatchingPolicy:
@@ -147,8 +148,10 @@ async def test_queue_delay_waits_for_more_requests() -> None:
 
 async def test_priorities_go_first() -> None:
     backend = FakeBackend()
-    s = make(backend, policy(max_batch_size=1, priority_levels=2, default_priority=2,
-                             queue_policies=(QueuePolicy(), QueuePolicy())))
+    s = make(
+        backend,
+        policy(max_batch_size=1, priority_levels=2, default_priority=2, queue_policies=(QueuePolicy(), QueuePolicy())),
+    )
     first = await hold(backend, s)
     low = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
     high = [asyncio.create_task(s.infer(request(10 + i, priority=1))) for i in range(2)]
@@ -210,8 +213,13 @@ async def test_request_timeout_override_needs_permission() -> None:
 
 async def test_timeout_delay_moves_behind_others() -> None:
     backend = FakeBackend()
-    s = make(backend, policy(max_batch_size=1, queue_policies=(
-        QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),)))
+    s = make(
+        backend,
+        policy(
+            max_batch_size=1,
+            queue_policies=(QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),),
+        ),
+    )
     first = await hold(backend, s)
     late = asyncio.create_task(s.infer(request(1, timeout_us=10_000)))
     await asyncio.sleep(0.05)  # request 1 timed out while queued

@@ -34,7 +34,10 @@ def _reference(repo: Path, model: str, feeds: dict[str, np.ndarray]) -> list[np.
 
 
 def _add_sub_inputs(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = [grpcclient.InferInput("INPUT0", list(a.shape), "FP32"), grpcclient.InferInput("INPUT1", list(b.shape), "FP32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", list(a.shape), "FP32"),
+        grpcclient.InferInput("INPUT1", list(b.shape), "FP32"),
+    ]
     inputs[0].set_data_from_numpy(a)
     inputs[1].set_data_from_numpy(b)
     return inputs
@@ -87,9 +90,7 @@ def test_infer_matches_onnxruntime(server: Server) -> None:
 
 def test_requested_output_subset(server: Server) -> None:
     a = np.ones((1, 16), np.float32)
-    result = server.client.infer(
-        "add_sub", _add_sub_inputs(a, a), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")]
-    )
+    result = server.client.infer("add_sub", _add_sub_inputs(a, a), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
     assert [o.name for o in result.get_response().outputs] == ["OUTPUT1"]
     assert result.as_numpy("OUTPUT0") is None
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.zeros((1, 16), np.float32))
@@ -107,8 +108,9 @@ def test_async_infer(server: Server) -> None:
     answers: queue.Queue[tuple[object, object]] = queue.Queue()
     a = np.full((2, 16), 3, np.float32)
     for i in range(5):
-        server.client.async_infer("add_sub", _add_sub_inputs(a, a * i), lambda result, error: answers.put((result, error)),
-                                  request_id=str(i))
+        server.client.async_infer(
+            "add_sub", _add_sub_inputs(a, a * i), lambda result, error: answers.put((result, error)), request_id=str(i)
+        )
     got = {}
     for _ in range(5):
         result, error = answers.get(timeout=10)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 
 from tensorgate import datatypes
@@ -126,12 +127,19 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
             hints.append("instance_group KIND_GPU: no GPU engine in this build, instances run on the CPU")
         if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
             hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
-    for name in ("dynamic_batching", "optimization", "response_cache", "model_operations"):
+    for name in ("optimization", "response_cache", "model_operations"):
         if config.HasField(name):
-            hints.append(f"{name} is not implemented yet and ignored (requests run one at a time, unbatched)"
-                         if name == "dynamic_batching" else f"{name} is ignored")
-    if config.model_warmup:
-        hints.append("model_warmup is not implemented yet and ignored")
+            hints.append(f"{name} is ignored")
+    if config.HasField("dynamic_batching"):
+        fatal.extend(_batching_problems(config))
+        if config.dynamic_batching.preserve_ordering:
+            hints.append("dynamic_batching.preserve_ordering ignored (each request has its own RPC)")
+    for warmup in config.model_warmup:
+        for input_name, spec in warmup.inputs.items():
+            if spec.WhichOneof("input_data_type") is None:
+                fatal.append(
+                    f"model_warmup {warmup.name!r} input {input_name!r}: set zero_data, random_data or input_data_file"
+                )
     if config.cc_model_filenames:
         hints.append("cc_model_filenames ignored")
     if config.parameters:
@@ -139,6 +147,70 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     if fatal:
         raise ModelConfigError("; ".join(fatal))
     return hints
+
+
+def _batching_problems(config: mc.ModelConfig) -> list[str]:
+    db = config.dynamic_batching
+    problems: list[str] = []
+    if config.max_batch_size == 0:
+        return problems  # Triton ignores the dynamic batcher of a model that cannot batch
+    too_big = [p for p in db.preferred_batch_size if p < 1 or p > config.max_batch_size]
+    if too_big:
+        problems.append(
+            f"dynamic_batching preferred_batch_size {too_big} must be within 1..max_batch_size "
+            f"({config.max_batch_size})"
+        )
+    if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
+        problems.append(
+            f"dynamic_batching default_priority_level {db.default_priority_level} must be within "
+            f"1..priority_levels ({db.priority_levels})"
+        )
+    outside = sorted(k for k in db.priority_queue_policy if not 1 <= k <= max(1, db.priority_levels))
+    if outside:
+        problems.append(
+            f"dynamic_batching priority_queue_policy levels {outside} are outside 1..priority_levels "
+            f"({db.priority_levels})"
+        )
+    return problems
+
+
+def warmup_batches(
+    config: mc.ModelConfig, spec: ModelSpec, model_dir: Path
+) -> list[tuple[str, dict[str, np.ndarray], int]]:
+    """The model_warmup samples as (name, inputs, count), ready to execute. Data files are read from
+    ``<model>/warmup/``; random data is seeded, so every instance warms up on the same values."""
+    rng = np.random.default_rng(0)
+    batches: list[tuple[str, dict[str, np.ndarray], int]] = []
+    for warmup in config.model_warmup:
+        rows = max(1, warmup.batch_size)
+        if spec.batched and rows > spec.max_batch_size:
+            raise ModelConfigError(f"model_warmup {warmup.name!r}: batch_size {rows} exceeds max_batch_size")
+        arrays: dict[str, np.ndarray] = {}
+        for name, sample in warmup.inputs.items():
+            tensor = spec.inputs.get(name)
+            if tensor is None:
+                raise ModelConfigError(f"model_warmup {warmup.name!r} names input {name!r}, which the model lacks")
+            shape = ((rows,) if spec.batched else ()) + tuple(sample.dims)
+            dtype = tensor.datatype
+            which = sample.WhichOneof("input_data_type")
+            count = int(np.prod(shape, dtype=np.int64))
+            if which == "input_data_file":
+                path = model_dir / "warmup" / sample.input_data_file
+                if "/" in sample.input_data_file or not path.is_file():
+                    raise ModelConfigError(f"model_warmup {warmup.name!r}: no file warmup/{sample.input_data_file}")
+                raw = path.read_bytes()
+                if dtype.is_bytes:
+                    arrays[name] = datatypes.deserialize_bytes(raw, count).reshape(shape)
+                else:
+                    arrays[name] = np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
+            elif which == "random_data" and not dtype.is_bytes and dtype.v2 != "BOOL":
+                arrays[name] = rng.integers(0, 8, size=shape).astype(dtype.numpy)
+            elif dtype.is_bytes:
+                arrays[name] = np.full(shape, b"", dtype=np.object_)
+            else:
+                arrays[name] = np.zeros(shape, dtype=dtype.numpy)
+        batches.append((warmup.name, arrays, max(1, warmup.count)))
+    return batches
 
 
 def _onnx_datatype(info: TensorInfo) -> DataType:
@@ -186,6 +258,9 @@ def complete(
         and default_max_batch_size > 0
     ):
         done.max_batch_size = default_max_batch_size
+        if not done.HasField("dynamic_batching") and default_max_batch_size > 1:
+            # As Triton's auto-complete: a model that batches by default also batches dynamically.
+            done.dynamic_batching.SetInParent()
     strip = done.max_batch_size > 0
     if not done.input:
         _fill(done.input, inputs, strip)
@@ -209,9 +284,7 @@ def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) 
     what = f"{kind} {spec.name!r}"
     actual = _onnx_datatype(info)
     if actual != spec.datatype:
-        raise ModelConfigError(
-            f"{what} is {spec.datatype.config} in config.pbtxt but {actual.config} in the ONNX file"
-        )
+        raise ModelConfigError(f"{what} is {spec.datatype.config} in config.pbtxt but {actual.config} in the ONNX file")
     shape = info.shape
     if batched:
         if not shape or shape[0] is not None:

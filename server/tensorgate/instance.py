@@ -78,8 +78,13 @@ class Instance:
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
 
-    def submit(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool,
-               done: Callable[[BatchResult], None]) -> None:
+    def submit(
+        self,
+        requests: Sequence[InferRequest],
+        outputs: Sequence[str],
+        batched: bool,
+        done: Callable[[BatchResult], None],
+    ) -> None:
         """Run the batch on this instance's thread; ``done`` is called on that thread."""
         future: Future[BatchResult] = self._executor.submit(self.run, requests, outputs, batched)
         future.add_done_callback(lambda f: done(f.result()))

@@ -23,7 +23,11 @@ _DURATIONS = (
     ("nv_inference_request_duration_us", "success", "Cumulative inference request duration in microseconds"),
     ("nv_inference_queue_duration_us", "queue", "Cumulative inference queuing duration in microseconds"),
     ("nv_inference_compute_input_duration_us", "compute_input", "Cumulative compute input duration in microseconds"),
-    ("nv_inference_compute_infer_duration_us", "compute_infer", "Cumulative compute inference duration in microseconds"),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "compute_infer",
+        "Cumulative compute inference duration in microseconds",
+    ),
     ("nv_inference_compute_output_duration_us", "compute_output", "Cumulative compute output duration in microseconds"),
 )
 

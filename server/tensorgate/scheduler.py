@@ -117,8 +117,9 @@ class _Pending:
 
     __slots__ = ("delayed", "future", "key", "level", "request", "taken", "timer")
 
-    def __init__(self, request: InferRequest, future: asyncio.Future[dict[str, np.ndarray]], level: int,
-                 key: ShapeKey) -> None:
+    def __init__(
+        self, request: InferRequest, future: asyncio.Future[dict[str, np.ndarray]], level: int, key: ShapeKey
+    ) -> None:
         self.request = request
         self.future = future
         self.level = level
@@ -138,8 +139,14 @@ def _shape_key(request: InferRequest, batched: bool) -> ShapeKey:
 
 
 class Scheduler:
-    def __init__(self, model: str, version: int, instances: list[Instance], stats: ModelStats,
-                 policy: BatchingPolicy | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        instances: list[Instance],
+        stats: ModelStats,
+        policy: BatchingPolicy | None = None,
+    ) -> None:
         self.model = model
         self.version = version
         self.instances = instances
@@ -232,8 +239,10 @@ class Scheduler:
         self._forget(entry)
         self._count_rejected(entry.request)
         entry.future.set_exception(
-            Unavailable(f"request timed out after {timeout_us} us in the queue of model '{self.model}' "
-                        "(queue policy timeout); retry or raise the timeout")
+            Unavailable(
+                f"request timed out after {timeout_us} us in the queue of model '{self.model}' "
+                "(queue policy timeout); retry or raise the timeout"
+            )
         )
 
     def _count_rejected(self, request: InferRequest) -> None:
@@ -336,16 +345,28 @@ class Scheduler:
                 if not entry.future.done():
                     entry.future.set_exception(self._error(result.error, request))
                 continue
-            self.stats.record_request(True, now - request.arrival_ns, queue_ns, result.input_ns, result.infer_ns,
-                                      result.output_ns, samples=request.batch_size)
+            self.stats.record_request(
+                True,
+                now - request.arrival_ns,
+                queue_ns,
+                result.input_ns,
+                result.infer_ns,
+                result.output_ns,
+                samples=request.batch_size,
+            )
             if not entry.future.done():
                 entry.future.set_result({name: outputs[name] for name in request.outputs})
 
     def _error(self, error: BaseException | None, request: InferRequest) -> ServerError:
         if isinstance(error, BackendInputError):
             return InvalidArgument(str(error))
-        log.error("event=execute_failed model=%s version=%d request_id=%r error=%r",
-                  self.model, self.version, request.id, str(error))
+        log.error(
+            "event=execute_failed model=%s version=%d request_id=%r error=%r",
+            self.model,
+            self.version,
+            request.id,
+            str(error),
+        )
         if isinstance(error, BackendExecuteError):
             return ServerError(f"model '{self.model}' failed to execute: {error}", Code.INTERNAL)
         return ServerError(f"model '{self.model}' failed: {error!r}", Code.INTERNAL)

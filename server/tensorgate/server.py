@@ -28,7 +28,8 @@ async def serve(settings: Settings) -> int:
     if settings.metrics_port >= 0:
         try:
             serve_metrics(
-                settings.host, settings.metrics_port,
+                settings.host,
+                settings.metrics_port,
                 lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
                 lambda: state.ready,
             )

@@ -46,7 +46,9 @@ class Settings:
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC and metrics servers bind"})
     grpc_port: int = field(default=8001, metadata={"help": "port of the KServe V2 gRPC service (0 picks a free one)"})
-    metrics_port: int = field(default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"})
+    metrics_port: int = field(
+        default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"}
+    )
     model_control_mode: ControlMode = field(
         default=ControlMode.NONE,
         metadata={
@@ -67,16 +69,20 @@ class Settings:
     )
     default_max_batch_size: int = field(
         default=4,
-        metadata={"help": "max_batch_size given to a model without config.pbtxt whose first dimension is dynamic "
-                  "(Triton's default-max-batch-size)"},
+        metadata={
+            "help": "max_batch_size given to a model without config.pbtxt whose first dimension is dynamic "
+            "(Triton's default-max-batch-size)"
+        },
     )
     grpc_max_message_bytes: int = field(
         default=2**31 - 1, metadata={"help": "largest gRPC message accepted or sent, in bytes"}
     )
     grpc_so_reuseport: bool = field(
         default=False,
-        metadata={"help": "let other processes bind the same gRPC port (off: a leftover server cannot steal traffic)",
-                  "type": _bool},
+        metadata={
+            "help": "let other processes bind the same gRPC port (off: a leftover server cannot steal traffic)",
+            "type": _bool,
+        },
     )
     exit_timeout_secs: float = field(
         default=30.0, metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"}
@@ -117,7 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         shown = default.value if isinstance(default, enum.Enum) else default
         if f.name == "load_model":
             parser.add_argument(
-                _flag(f), action="append", type=convert, default=None,
+                _flag(f),
+                action="append",
+                type=convert,
+                default=None,
                 help=f"{f.metadata['help']} [env {env}]",
             )
             parser.set_defaults(_load_model_env=list(default))  # type: ignore[arg-type]

@@ -39,8 +39,16 @@ class ModelStats:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
 
-    def record_request(self, ok: bool, total_ns: int, queue_ns: int = 0, input_ns: int = 0,
-                       infer_ns: int = 0, output_ns: int = 0, samples: int = 1) -> None:
+    def record_request(
+        self,
+        ok: bool,
+        total_ns: int,
+        queue_ns: int = 0,
+        input_ns: int = 0,
+        infer_ns: int = 0,
+        output_ns: int = 0,
+        samples: int = 1,
+    ) -> None:
         """One request finished (Triton counts per-request durations in these fields)."""
         self.last_inference_ms = time.time_ns() // 1_000_000
         if not ok:

@@ -128,10 +128,13 @@ class OnnxRuntimeCpuBackend:
             if any(self._output_types.get(name) == BFLOAT16 for name in names):
                 results = self._run_with_ort_values(feeds, names)
             elif self._bf16_inputs:  # run() takes OrtValues among numpy feeds (and strings, unlike OrtValues)
-                results = self._session.run(names, {
-                    name: _bf16_value(array) if self._input_types.get(name) == BFLOAT16 else array
-                    for name, array in feeds.items()
-                })
+                results = self._session.run(
+                    names,
+                    {
+                        name: _bf16_value(array) if self._input_types.get(name) == BFLOAT16 else array
+                        for name, array in feeds.items()
+                    },
+                )
             else:
                 results = self._session.run(names, feeds)
         except BackendExecuteError:

@@ -83,9 +83,7 @@ class InferenceService:
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version))
 
-    async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: Any
-    ) -> pb.ServerMetadataResponse:
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
@@ -107,9 +105,7 @@ class InferenceService:
         response.config.MergeFromString(served.spec.config.SerializeToString())
         return response
 
-    async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, context: Any
-    ) -> pb.ModelStatisticsResponse:
+    async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         if request.name:
             if request.version:
                 chosen = [self.repository.get(request.name, request.version)]
@@ -123,9 +119,7 @@ class InferenceService:
 
     # ---- repository ----
 
-    async def repository_index(
-        self, request: pb.RepositoryIndexRequest, context: Any
-    ) -> pb.RepositoryIndexResponse:
+    async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for row in self.repository.index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
@@ -151,7 +145,9 @@ class InferenceService:
                 try:
                     json_format.Parse(value.string_param, override)
                 except (json_format.ParseError, json.JSONDecodeError) as exc:
-                    raise InvalidArgument(f"load parameter 'config' is not a valid model config in JSON: {exc}") from None
+                    raise InvalidArgument(
+                        f"load parameter 'config' is not a valid model config in JSON: {exc}"
+                    ) from None
             elif key.startswith("file:"):
                 raise Unimplemented("loading model files sent in the request (file: parameters) is not supported")
             else:
@@ -265,10 +261,14 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         "ModelStatistics": (service.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
         "RepositoryIndex": (service.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
         "RepositoryModelLoad": (
-            service.repository_model_load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+            service.repository_model_load,
+            pb.RepositoryModelLoadRequest,
+            pb.RepositoryModelLoadResponse,
         ),
         "RepositoryModelUnload": (
-            service.repository_model_unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse
+            service.repository_model_unload,
+            pb.RepositoryModelUnloadRequest,
+            pb.RepositoryModelUnloadResponse,
         ),
     }
     for name in ("SystemSharedMemory", "CudaSharedMemory"):
@@ -280,7 +280,8 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
 
     handlers: dict[str, grpc.RpcMethodHandler] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _unary(service.state, fn, resp), request_deserializer=req.FromString,
+            _unary(service.state, fn, resp),
+            request_deserializer=req.FromString,
             response_serializer=resp.SerializeToString,
         )
         for rpc, (fn, req, resp) in unary.items()

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from tensorgate import config as model_config
 from tensorgate.backends import onnxruntime_cpu
-from tensorgate.backends.base import Backend, BackendLoader, BackendLoadError, BackendOptions
+from tensorgate.backends.base import Backend, BackendExecuteError, BackendLoader, BackendLoadError, BackendOptions
 from tensorgate.config import ModelSpec
 from tensorgate.errors import Code, ModelConfigError, NotFound, ServerError, Unavailable
 from tensorgate.instance import Instance
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository import layout, versions
-from tensorgate.scheduler import Scheduler
+from tensorgate.scheduler import BatchingPolicy, Scheduler
 from tensorgate.settings import ControlMode, Settings
 from tensorgate.stats import ModelStats
 
@@ -145,8 +145,13 @@ class Repository:
                     rows.append(IndexEntry(name, "", "", ""))
                 continue
             by_version = {n: (v.state.value, "") for n, v in entry.versions.items()}
-            by_version.update({n: (ModelState.UNAVAILABLE.value, r) for n, r in entry.failed_versions.items()
-                               if n not in entry.versions})
+            by_version.update(
+                {
+                    n: (ModelState.UNAVAILABLE.value, r)
+                    for n, r in entry.failed_versions.items()
+                    if n not in entry.versions
+                }
+            )
             for number, (state, reason) in sorted(by_version.items()):  # in version order
                 if not ready_only or state == ModelState.READY.value:
                     rows.append(IndexEntry(name, str(number), state, reason))
@@ -170,8 +175,9 @@ class Repository:
             if isinstance(result, NotFound):  # other load failures are logged where they happen
                 log.error("event=model_load_failed model=%s reason=%r", name, result.message)
             elif isinstance(result, Exception) and not isinstance(result, ServerError):
-                log.error("event=model_load_failed model=%s reason=%r", name, f"internal error: {result!r}",
-                          exc_info=result)
+                log.error(
+                    "event=model_load_failed model=%s reason=%r", name, f"internal error: {result!r}", exc_info=result
+                )
         if mode is ControlMode.POLL:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
 
@@ -209,10 +215,16 @@ class Repository:
                 # A reload that would serve nothing leaves the versions already serving in place (as Triton).
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
                 entry.fingerprint = fingerprint
-                log.error("event=model_load_failed model=%s reason=%r kept_versions=%s",
-                          name, reason, ",".join(str(v) for v in sorted(entry.versions)))
-                raise ServerError(f"failed to load '{name}': {reason} (the versions loaded before keep serving)",
-                                  Code.INVALID_ARGUMENT)
+                log.error(
+                    "event=model_load_failed model=%s reason=%r kept_versions=%s",
+                    name,
+                    reason,
+                    ",".join(str(v) for v in sorted(entry.versions)),
+                )
+                raise ServerError(
+                    f"failed to load '{name}': {reason} (the versions loaded before keep serving)",
+                    Code.INVALID_ARGUMENT,
+                )
             old = entry.versions
             entry.versions = {v.version: v for v in loaded}
             entry.failed_versions = failed
@@ -223,9 +235,15 @@ class Repository:
                 entry.state = ModelState.UNAVAILABLE
                 entry.reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
             for v in loaded:
-                log.info("event=model_ready model=%s version=%d engine=%s instances=%d max_batch_size=%d seconds=%.2f",
-                         name, v.version, v.engine, len(v.scheduler.instances), v.spec.max_batch_size,
-                         time.perf_counter() - started)
+                log.info(
+                    "event=model_ready model=%s version=%d engine=%s instances=%d max_batch_size=%d seconds=%.2f",
+                    name,
+                    v.version,
+                    v.engine,
+                    len(v.scheduler.instances),
+                    v.spec.max_batch_size,
+                    time.perf_counter() - started,
+                )
             self._retire(old.values())
             if not loaded:
                 raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
@@ -289,20 +307,50 @@ class Repository:
         backends: list[Backend] = [first]
         try:
             completed = model_config.complete(
-                raw, name=name, inputs=first.inputs, outputs=first.outputs,
-                max_batch_size_given=mbs_given, default_max_batch_size=self.settings.default_max_batch_size,
+                raw,
+                name=name,
+                inputs=first.inputs,
+                outputs=first.outputs,
+                max_batch_size_given=mbs_given,
+                default_max_batch_size=self.settings.default_max_batch_size,
             )
             spec = model_config.validate(completed, first.inputs, first.outputs)
             while len(backends) < model_config.instance_count(completed):
                 backends.append(self._loader(model_file, options))
+            self._warm_up(name, number, completed, spec, model_file.parent.parent, backends)
         except BaseException:
             for b in backends:
                 b.close()
             raise
         stats = ModelStats()
         instances = [Instance(name, i, b) for i, b in enumerate(backends)]
-        scheduler = Scheduler(name, number, instances, stats)
+        scheduler = Scheduler(name, number, instances, stats, BatchingPolicy.from_config(completed))
         return ModelVersion(name, number, spec, first.engine, scheduler, stats)
+
+    @staticmethod
+    def _warm_up(
+        name: str, number: int, config: mc.ModelConfig, spec: ModelSpec, model_dir: Path, backends: list[Backend]
+    ) -> None:
+        """Run config.pbtxt's model_warmup on every instance; the version is READY only after."""
+        samples = model_config.warmup_batches(config, spec, model_dir)
+        outputs = list(spec.outputs)
+        for sample, inputs, count in samples:
+            started = time.perf_counter()
+            for index, backend in enumerate(backends):
+                try:
+                    for _ in range(count):
+                        backend.execute(inputs, outputs)
+                except BackendExecuteError as exc:
+                    raise ModelConfigError(f"model_warmup {sample!r} failed on instance {index}: {exc}") from None
+            log.info(
+                "event=model_warmup model=%s version=%d sample=%r runs=%d instances=%d seconds=%.2f",
+                name,
+                number,
+                sample,
+                count,
+                len(backends),
+                time.perf_counter() - started,
+            )
 
     # ---- poll mode ----
 

@@ -20,9 +20,7 @@ def select(policy: mc.ModelVersionPolicy, available: Iterable[int]) -> list[int]
             raise ModelConfigError("version_policy specific names no versions: list the versions to serve")
         missing = [v for v in wanted if v not in versions]
         if missing:
-            raise ModelConfigError(
-                f"version_policy names versions {missing} that have no directory (found {versions})"
-            )
+            raise ModelConfigError(f"version_policy names versions {missing} that have no directory (found {versions})")
         return wanted
     count = policy.latest.num_versions if which == "latest" else 1
     if count < 1:
