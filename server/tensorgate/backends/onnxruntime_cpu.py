@@ -76,6 +76,7 @@ class OnnxRuntimeCpuBackend:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.log_severity_level = 3
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]

@@ -1,0 +1,237 @@
+"""Dynamic batching end to end: a real server, real clients, answers checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server
+from models import save, slow, write_config
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
+
+SLOW_ROWS = 512  # rows that keep the slow model busy for tens of ms
+
+
+def seq_model(path: Path) -> Path:
+    """FP32 [batch, seq, 8] -> MatMul [8, 4] + 1 -> [batch, seq, 4]: batches over any seq length."""
+    w = np.arange(32, dtype=np.float32).reshape(8, 4) / 10
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["h"]), helper.make_node("Add", ["h", "one"], ["Y"])],
+        "seq",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", "seq", 4])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.ones(4, np.float32), "one")],
+    )
+    return save(graph, path)
+
+
+def slow_infer(client: grpcclient.InferenceServerClient, model: str = "slow", **kw: object) -> np.ndarray:
+    data = np.ones((SLOW_ROWS, 512), np.float32)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return client.infer(model, [tensor], **kw).as_numpy("OUTPUT0")  # type: ignore[arg-type, no-any-return]
+
+
+def stats(server: Server, model: str) -> object:
+    return server.client.get_inference_statistics(model).model_stats[0]
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
+def test_300_concurrent_mixed_requests_get_their_own_rows(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    path = seq_model(repo / "seq" / "1" / "model.onnx")
+    write_config(repo / "seq", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
+    server = start_server(repo)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    sent: dict[str, np.ndarray] = {}
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.url)
+    for i in range(300):
+        rows, seq = int(rng.integers(1, 5)), int(rng.choice([3, 7, 11]))
+        x = rng.standard_normal((rows, seq, 8)).astype(np.float32)
+        sent[str(i)] = x
+        tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        client.async_infer("seq", [tensor], lambda result, error: answers.put((result, error)), request_id=str(i))
+    for _ in range(300):
+        result, error = answers.get(timeout=60)
+        assert error is None, error
+        rid = result.get_response().id  # type: ignore[attr-defined]
+        got = result.as_numpy("Y")  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(got, session.run(None, {"X": sent.pop(rid)})[0])
+    client.close()
+    assert not sent
+    s = stats(server, "seq")
+    assert s.inference_stats.success.count == 300  # type: ignore[attr-defined]
+    assert s.execution_count < 150, f"{s.execution_count} executions for 300 requests: batching did not batch"  # type: ignore[attr-defined]
+    assert max(b.batch_size for b in s.batch_stats) > 4  # type: ignore[attr-defined]
+    assert all(b.batch_size <= 16 for b in s.batch_stats)  # type: ignore[attr-defined]
+
+
+def test_derived_config_batches_dynamically(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    seq_model(repo / "seq" / "1" / "model.onnx")
+    server = start_server(repo)
+    config = server.client.get_model_config("seq").config
+    assert config.max_batch_size == 4 and config.HasField("dynamic_batching")
+
+
+def _slow_repo(tmp_path: Path, config: str) -> Path:
+    repo = tmp_path / "repo"
+    slow(repo / "slow" / "1" / "model.onnx")
+    write_config(repo / "slow", f"max_batch_size: 1024\n{config}\n")
+    return repo
+
+
+def test_full_queue_answers_resource_exhausted(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = _slow_repo(
+        tmp_path, "dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 1 } }"
+    )
+    server = start_server(repo)
+    codes: list[str] = []
+
+    def send(_: int) -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        try:
+            slow_infer(client)
+            codes.append("OK")
+        except InferenceServerException as exc:
+            assert "queue is full" in str(exc) and "max_queue_size 1" in str(exc)
+            codes.append(str(exc.status()))
+        finally:
+            client.close()
+
+    run_threads(8, send)
+    assert "StatusCode.RESOURCE_EXHAUSTED" in codes and "OK" in codes
+    s = stats(server, "slow")
+    assert s.inference_stats.fail.count == codes.count("StatusCode.RESOURCE_EXHAUSTED")  # type: ignore[attr-defined]
+    assert server.client.is_server_live()
+    slow_infer(server.client)
+
+
+def test_queue_timeout_answers_unavailable(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = _slow_repo(
+        tmp_path,
+        "dynamic_batching { default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 1000 "
+        "allow_timeout_override: true } }",
+    )
+    server = start_server(repo)
+    outcomes: list[str] = []
+
+    def send(_: int) -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        try:
+            slow_infer(client)
+            outcomes.append("OK")
+        except InferenceServerException as exc:
+            assert "timed out" in str(exc), exc
+            outcomes.append(str(exc.status()))
+        finally:
+            client.close()
+
+    run_threads(6, send)
+    assert "StatusCode.UNAVAILABLE" in outcomes and "OK" in outcomes
+
+
+def test_priority_parameter(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = _slow_repo(tmp_path, "dynamic_batching { priority_levels: 2 default_priority_level: 2 }")
+    server = start_server(repo)
+    slow_infer(server.client, priority=1)
+    with pytest.raises(InferenceServerException, match="priority 5 is out of range") as info:
+        slow_infer(server.client, priority=5)
+    assert "INVALID_ARGUMENT" in str(info.value.status())
+
+
+def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = _slow_repo(tmp_path, "dynamic_batching { }")
+    server = start_server(repo)
+    busy = threading.Thread(target=lambda: [slow_infer(grpcclient.InferenceServerClient(server.url)) for _ in range(3)])
+    busy.start()
+    time.sleep(0.05)
+    client = grpcclient.InferenceServerClient(server.url)
+    data = np.full((SLOW_ROWS, 512), 2, np.float32)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    errors: queue.Queue[object] = queue.Queue()
+    call = client.async_infer("slow", [tensor], lambda result, error: errors.put(error))
+    call.cancel()
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        client.infer("slow", [tensor], client_timeout=0.001)
+    busy.join(30)
+    time.sleep(0.3)
+    s = stats(server, "slow")
+    # Only the three 'busy' requests ran: the cancelled one and the expired one never did.
+    assert s.inference_count == 3 * SLOW_ROWS, s  # type: ignore[attr-defined]
+    client.close()
+
+
+def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    one = _slow_repo(tmp_path / "one", "instance_group [ { count: 1 kind: KIND_CPU } ]")
+    two = _slow_repo(tmp_path / "two", "instance_group [ { count: 2 kind: KIND_CPU } ]")
+    servers = {"one": start_server(one), "two": start_server(two)}
+    for name, server in servers.items():
+        run_threads(4, lambda _: slow_infer(grpcclient.InferenceServerClient(server.url)))
+        busy = [b.batch_size for b in stats(server, "slow").batch_stats]  # type: ignore[attr-defined]
+        assert busy == [SLOW_ROWS], (name, busy)
+    assert "instances=2" in servers["two"].log
+
+
+def test_warmup_runs_on_every_instance_before_ready(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    seq_model(repo / "seq" / "1" / "model.onnx")
+    (repo / "seq" / "warmup").mkdir()
+    (repo / "seq" / "warmup" / "x.bin").write_bytes(np.ones((2, 3, 8), np.float32).tobytes())
+    write_config(
+        repo / "seq",
+        """max_batch_size: 8
+instance_group [ { count: 2 kind: KIND_CPU } ]
+model_warmup [
+  { name: "zeros" batch_size: 4 count: 3 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 5, 8 ] zero_data: true } } },
+  { name: "file" batch_size: 2 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 3, 8 ] input_data_file: "x.bin" } } }
+]""",
+    )
+    seq_model(repo / "broken" / "1" / "model.onnx")
+    write_config(
+        repo / "broken",
+        'max_batch_size: 8\nmodel_warmup [ { name: "w" batch_size: 1 inputs { key: "X" value: { data_type: TYPE_FP32 '
+        'dims: [ 3, 8 ] input_data_file: "missing.bin" } } } ]',
+    )
+    server = start_server(repo)
+    assert "event=model_warmup model=seq version=1 sample='zeros' runs=3 instances=2" in server.log
+    assert "sample='file'" in server.log
+    assert server.client.is_model_ready("seq") and not server.client.is_model_ready("broken")
+    reasons = {m.name: m.reason for m in server.client.get_model_repository_index().models}
+    assert "missing.bin" in reasons["broken"]
+    assert stats(server, "seq").inference_count == 0  # type: ignore[attr-defined]
+
+
+def test_timeout_parameter_must_be_an_integer(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    repo = tmp_path / "repo"
+    seq_model(repo / "seq" / "1" / "model.onnx")
+    server = start_server(repo)
+    request = service_pb2.ModelInferRequest(model_name="seq")
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 1, 8])
+    request.raw_input_contents.append(np.zeros(8, np.float32).tobytes())
+    request.parameters["timeout"].string_param = "soon"
+    with grpc.insecure_channel(server.url) as channel, pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'timeout'" in info.value.details()
