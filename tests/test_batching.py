@@ -187,7 +187,7 @@ def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # ty
     two = _slow_repo(tmp_path / "two", "instance_group [ { count: 2 kind: KIND_CPU } ]")
     servers = {"one": start_server(one), "two": start_server(two)}
     for name, server in servers.items():
-        run_threads(4, lambda _: slow_infer(grpcclient.InferenceServerClient(server.url)))
+        run_threads(4, lambda _, url=server.url: slow_infer(grpcclient.InferenceServerClient(url)))
         busy = [b.batch_size for b in stats(server, "slow").batch_stats]  # type: ignore[attr-defined]
         assert busy == [SLOW_ROWS], (name, busy)
     assert "instances=2" in servers["two"].log
@@ -203,8 +203,10 @@ def test_warmup_runs_on_every_instance_before_ready(tmp_path: Path, start_server
         """max_batch_size: 8
 instance_group [ { count: 2 kind: KIND_CPU } ]
 model_warmup [
-  { name: "zeros" batch_size: 4 count: 3 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 5, 8 ] zero_data: true } } },
-  { name: "file" batch_size: 2 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 3, 8 ] input_data_file: "x.bin" } } }
+  { name: "zeros" batch_size: 4 count: 3
+    inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 5, 8 ] zero_data: true } } },
+  { name: "file" batch_size: 2
+    inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 3, 8 ] input_data_file: "x.bin" } } }
 ]""",
     )
     seq_model(repo / "broken" / "1" / "model.onnx")
