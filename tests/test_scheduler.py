@@ -282,3 +282,32 @@ async def test_close_waits_for_queued_requests() -> None:
         await s.infer(request(9))
     backend.gate.set()
     await asyncio.gather(first, *queued, closing)
+
+
+class ThreadRecorder(FakeBackend):
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(delay)
+        self.threads: list[str] = []
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().execute(inputs, output_names)
+
+
+async def test_cheap_batches_run_inline_after_measuring() -> None:
+    fast = ThreadRecorder()
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_below_us=50_000)
+    for i in range(Instance.WARMUP_EXECUTIONS + 4):
+        out = await s.infer(request(i))
+        assert out["y"][0, 0] == 2 * i
+    main = threading.current_thread().name
+    assert all(t != main for t in fast.threads[: Instance.WARMUP_EXECUTIONS])
+    assert all(t == main for t in fast.threads[Instance.WARMUP_EXECUTIONS :])
+
+
+async def test_costly_batches_stay_on_the_worker_thread() -> None:
+    slow = ThreadRecorder(delay=0.002)
+    s = Scheduler("fake", 1, [Instance("fake", 0, slow)], ModelStats(), policy(), inline_below_us=1_000)
+    for i in range(Instance.WARMUP_EXECUTIONS + 4):
+        await s.infer(request(i))
+    assert threading.current_thread().name not in slow.threads

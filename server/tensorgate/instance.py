@@ -73,10 +73,21 @@ def split_outputs(requests: Sequence[InferRequest], outputs: Outputs, batched: b
 
 
 class Instance:
+    # Executions measured before an instance may run batches inline, and the weight of each new one.
+    WARMUP_EXECUTIONS = 16
+    EWMA_WEIGHT = 0.1
+
     def __init__(self, model: str, index: int, backend: Backend) -> None:
         self.name = f"{model}_{index}"
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
+        self.executions = 0
+        self.typical_ns = 0.0  # moving average of a whole batch (gather + execute + split)
+
+    def cheap(self, limit_ns: int) -> bool:
+        """Whether batches here typically take under ``limit_ns``: then handing one to the worker
+        thread (two thread wake-ups and GIL hand-overs, ~100 us here) costs more than running it."""
+        return limit_ns > 0 and self.executions >= self.WARMUP_EXECUTIONS and self.typical_ns < limit_ns
 
     def submit(
         self,
@@ -100,6 +111,9 @@ class Instance:
             result.per_request = split_outputs(requests, produced, batched)
             t3 = time.perf_counter_ns()
             result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
+            self.executions += 1
+            weight = 1.0 if self.executions == 1 else self.EWMA_WEIGHT
+            self.typical_ns += weight * ((t3 - t0) - self.typical_ns)
         except Exception as exc:  # handed to every caller of the batch
             result.error = exc
             result.per_request = None

@@ -146,8 +146,10 @@ class Scheduler:
         instances: list[Instance],
         stats: ModelStats,
         policy: BatchingPolicy | None = None,
+        inline_below_us: int = 0,
     ) -> None:
         self.model = model
+        self.inline_below_ns = inline_below_us * 1000
         self.version = version
         self.instances = instances
         self.stats = stats
@@ -311,11 +313,23 @@ class Scheduler:
             for entry in batch:
                 self._forget(entry)
             instance = self._idle.pop()
+            if instance.cheap(self.inline_below_ns):
+                # A batch that typically runs in a few tens of microseconds costs less on the loop
+                # than the hop to the worker thread and back (measured: bench/RESULTS.md).
+                started = time.perf_counter_ns()
+                result = instance.run([e.request for e in batch], self._outputs(batch), self._batched)
+                self._idle.append(instance)
+                self._finish(batch, result, started)
+                continue
             self._dispatch(instance, batch)
+
+    @staticmethod
+    def _outputs(batch: list[_Pending]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for e in batch for name in e.request.outputs))
 
     def _dispatch(self, instance: Instance, batch: list[_Pending]) -> None:
         requests = [e.request for e in batch]
-        outputs = tuple(dict.fromkeys(name for r in requests for name in r.outputs))
+        outputs = self._outputs(batch)
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
 

@@ -84,6 +84,14 @@ class Settings:
             "type": _bool,
         },
     )
+    inline_execution_us: int = field(
+        default=100,
+        metadata={
+            "help": "run a batch on the event loop instead of the instance's worker thread when the "
+            "instance's batches typically take less than this many microseconds (the hop to a thread and "
+            "back costs ~100 us); 0 always uses the worker thread"
+        },
+    )
     exit_timeout_secs: float = field(
         default=30.0, metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"}
     )

@@ -324,7 +324,9 @@ class Repository:
             raise
         stats = ModelStats()
         instances = [Instance(name, i, b) for i, b in enumerate(backends)]
-        scheduler = Scheduler(name, number, instances, stats, BatchingPolicy.from_config(completed))
+        scheduler = Scheduler(
+            name, number, instances, stats, BatchingPolicy.from_config(completed), self.settings.inline_execution_us
+        )
         return ModelVersion(name, number, spec, first.engine, scheduler, stats)
 
     @staticmethod
