@@ -97,7 +97,11 @@ class Instance:
         done: Callable[[BatchResult], None],
     ) -> None:
         """Run the batch on this instance's thread; ``done`` is called on that thread."""
-        future: Future[BatchResult] = self._executor.submit(self.run, requests, outputs, batched)
+        try:
+            future: Future[BatchResult] = self._executor.submit(self.run, requests, outputs, batched)
+        except RuntimeError as exc:  # closed: fail this batch rather than leave its callers waiting
+            done(BatchResult(error=BackendExecuteError(f"instance {self.name} is closed ({exc})")))
+            return
         future.add_done_callback(lambda f: done(f.result()))
 
     def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:

@@ -81,6 +81,15 @@ class IndexEntry:
     reason: str
 
 
+def _expected(exc: BaseException) -> bool:
+    """Errors a model's files or config cause, as opposed to our bugs (which get a traceback)."""
+    return isinstance(exc, (ModelConfigError, BackendLoadError, OSError))
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if _expected(exc) else f"internal error while loading: {exc!r}"
+
+
 def _instance_options(config: mc.ModelConfig) -> BackendOptions:
     count = model_config.instance_count(config)
     cores = os.cpu_count() or 1
@@ -201,11 +210,12 @@ class Repository:
                 entry.state, entry.reason = ModelState.LOADING, ""
             started = time.perf_counter()
             fingerprint = layout.fingerprint(directory)
+            log.info("event=model_loading model=%s path=%s", name, directory)
             try:
                 loaded, failed = await asyncio.to_thread(self._build, name, directory, override)
-            except (ModelConfigError, BackendLoadError, OSError) as exc:
-                reason = str(exc)
-                log.error("event=model_load_failed model=%s reason=%r", name, reason)
+            except Exception as exc:
+                reason = _reason(exc)
+                log.error("event=model_load_failed model=%s reason=%r", name, reason, exc_info=not _expected(exc))
                 entry.fingerprint = fingerprint
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, reason
@@ -292,9 +302,15 @@ class Repository:
         for number in chosen:
             try:
                 loaded.append(self._build_version(name, number, on_disk[number] / filename, raw, mbs_given))
-            except (ModelConfigError, BackendLoadError, OSError) as exc:
-                log.error("event=model_version_failed model=%s version=%d reason=%r", name, number, str(exc))
-                failed[number] = str(exc)
+            except Exception as exc:
+                log.error(
+                    "event=model_version_failed model=%s version=%d reason=%r",
+                    name,
+                    number,
+                    _reason(exc),
+                    exc_info=not _expected(exc),
+                )
+                failed[number] = _reason(exc)
         return loaded, failed
 
     def _build_version(
