@@ -5,8 +5,10 @@
 One run builds the model repository (bench/make_models.py), starts ``tensorgate serve`` on a free port,
 checks that every model answers exactly what raw ONNX Runtime answers, sweeps closed-loop load with
 perf_analyzer (``--repeats`` times, medians reported), drives open-loop (fixed-rate) load with a
-tritonclient.grpc.aio generator, stops the server with SIGTERM (it must exit 0), measures raw in-process
-ONNX Runtime with nothing else running, prints the tables and appends them to bench/RESULTS.md.
+tritonclient.grpc.aio generator, stops the server with SIGTERM (it must exit 0), sweeps the same
+concurrencies on a bare grpc.aio echo of ``identity`` (bench/echo_server.py, the peer baseline: what any
+Python gRPC server does on the day's machine), measures raw in-process ONNX Runtime with nothing else
+running, prints the tables and appends them to bench/RESULTS.md.
 
 It is a benchmark, not a test: missed targets are reported, not failed. The exit status is 1 only when
 the server answered differently from ONNX Runtime, a perf_analyzer run failed, or the server did not
@@ -73,6 +75,7 @@ class Settings:
     repo: Path
     results: Path | None
     quick: bool
+    peer: bool  # also sweep the bare grpc.aio echo (bench/echo_server.py) when identity is measured
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -98,6 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--repo", type=Path, default=make_models.DEFAULT_REPO, help="model repository to (re)write")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file the run is appended to")
     p.add_argument("--no-results", action="store_true", help="do not append to the results file")
+    p.add_argument(
+        "--no-peer", action="store_true", help="skip the bare grpc.aio echo peer baseline (bench/echo_server.py)"
+    )
     a = p.parse_args(argv)
     quick = bool(a.quick)
     models = tuple(m for m in a.models.split(",") if m)
@@ -120,6 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         repo=a.repo,
         results=None if a.no_results else a.results,
         quick=quick,
+        peer=not a.no_peer,
     )
 
 
@@ -188,29 +195,41 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m tensorgate serve`` as a child process on a fresh loopback port."""
+    """A server under test as a child process on a fresh loopback port: ``python -m tensorgate serve``
+    (:meth:`tensorgate`) or the bare grpc.aio echo peer, bench/echo_server.py (:meth:`echo`)."""
 
-    def __init__(self, repo: Path, log_path: Path) -> None:
+    def __init__(self, command: Callable[[int], list[str]], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.command = [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--grpc-port",
-            str(self.port),
-            "--metrics-port",
-            "-1",
-            "--host",
-            "127.0.0.1",
-        ]
+        self.command = command(self.port)
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.client = grpcclient.InferenceServerClient(self.url)
+
+    @classmethod
+    def tensorgate(cls, repo: Path, log_path: Path) -> Server:
+        return cls(
+            lambda port: [
+                sys.executable,
+                "-m",
+                "tensorgate",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--grpc-port",
+                str(port),
+                "--metrics-port",
+                "-1",
+                "--host",
+                "127.0.0.1",
+            ],
+            log_path,
+        )
+
+    @classmethod
+    def echo(cls, log_path: Path) -> Server:
+        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port)], log_path)
 
     @property
     def pid(self) -> int:
@@ -405,8 +424,8 @@ def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: 
     ]
 
 
-def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, tmp: Path) -> PaRun:
-    out = tmp / f"pa-{model}-c{c}-r{repeat}.csv"
+def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, tmp: Path, label: str = "") -> PaRun:
+    out = tmp / f"pa-{label}{model}-c{c}-r{repeat}.csv"
     stability = s.stability_pct
     retried = False
     for attempt in range(2):
@@ -434,8 +453,8 @@ def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, 
                 float(row["p50 latency"]),
                 float(row["p90 latency"]),
                 float(row["p99 latency"]),
-                float(row["Server Queue"]),
-                float(row["Server Compute Infer"]),
+                float(row.get("Server Queue", "nan")),  # absent when the server has no statistics extension
+                float(row.get("Server Compute Infer", "nan")),
                 stats,
                 cpu,
                 retried,
@@ -627,6 +646,9 @@ class Report:
     open_loop_base_c: int = 16  # open-loop rates are fractions of closed-loop infer/s at this concurrency
     raw_foreign_pct: float = 0.0  # the most CPU other processes took while raw ORT was timed
     server_exit: int | None = None
+    peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
+    peer_exit: int | None = None  # None: the peer was not run
+    peer_error: str = ""  # the echo server did not start
     load_before: str = ""
     seconds: float = 0.0
 
@@ -635,6 +657,16 @@ class Report:
 
     def med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.cell(model, c)])
+
+    def peer_cell(self, c: int) -> list[PaRun]:
+        return [r for r in self.peer_runs if r.concurrency == c and r.ok]
+
+    def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.peer_cell(c)])
+
+    @property
+    def peer_ran(self) -> bool:
+        return self.peer_exit is not None or bool(self.peer_error)
 
     def raw_at(self, model: str, batch: float) -> tuple[int, float]:
         b = formed_batch(batch)
@@ -721,6 +753,45 @@ class Report:
                 "machine idle",
                 "other procs",
                 "loose -s",
+            ],
+            rows,
+        )
+
+    def peer_table(self) -> str:
+        rows = []
+        for c in self.settings.concurrency:
+            runs = self.peer_cell(c)
+            echo_ips = self.peer_med(c, lambda r: r.infer_per_s)
+            echo_p50 = self.peer_med(c, lambda r: r.p50_us)
+            spread = (max(r.infer_per_s for r in runs) - min(r.infer_per_s for r in runs)) / echo_ips if runs else 0
+            tg_ips = self.med("identity", c, lambda r: r.infer_per_s)
+            tg_p50 = self.med("identity", c, lambda r: r.p50_us)
+            rows.append(
+                [
+                    str(c),
+                    fmt_int(echo_ips) if runs else "failed",
+                    f"{100 * spread:.0f}%" if len(runs) > 1 else "-",
+                    fmt_ms(echo_p50),
+                    fmt_int(self.peer_med(c, lambda r: r.server_cpu_us)),
+                    fmt_int(tg_ips),
+                    fmt_ms(tg_p50),
+                    fmt_int(self.med("identity", c, lambda r: r.server_cpu_us)),
+                    fmt_x(tg_ips / echo_ips),
+                    fmt_x(tg_p50 / echo_p50),
+                ]
+            )
+        return table(
+            [
+                "c",
+                "echo infer/s",
+                "echo spread",
+                "echo p50 ms",
+                "echo server CPU µs/req",
+                "tensorgate identity infer/s",
+                "tensorgate p50 ms",
+                "tensorgate server CPU µs/req",
+                "tensorgate/echo infer/s",
+                "tensorgate/echo p50",
             ],
             rows,
         )
@@ -815,8 +886,28 @@ class Report:
         out.append(("mlp c16 batching on >= 3 x off", fmt_x(on_off), verdict(on_off, on_off >= 3)))
         ident = self.med("identity", 16, lambda r: r.infer_per_s)
         out.append(("identity c16 >= 6,000 infer/s", fmt_int(ident), verdict(ident, ident >= 6000)))
+        if self.peer_ran:  # the two identity targets scaled by the bare echo measured in this run
+            echo16 = self.peer_med(16, lambda r: r.infer_per_s)
+            share = ident / echo16
+            out.append(
+                (
+                    "identity c16 >= 0.75 x bare echo (6,000 / 8,000 as in the note), scaled to the day's machine",
+                    f"{fmt_int(ident)} / {fmt_int(echo16)} = {fmt_x(share)}",
+                    verdict(share, share >= 0.75),
+                )
+            )
         p50 = self.med("identity", 1, lambda r: r.p50_us)
         out.append(("identity c1 p50 <= 0.4 ms", fmt_ms(p50), verdict(p50, p50 <= 400)))
+        if self.peer_ran:
+            echo_p50 = self.peer_med(1, lambda r: r.p50_us)
+            slower = p50 / echo_p50
+            out.append(
+                (
+                    "identity c1 p50 <= 1.33 x bare echo p50 (0.4 / 0.3 ms), scaled to the day's machine",
+                    f"{fmt_ms(p50)} / {fmt_ms(echo_p50)} ms = {fmt_x(slower)}",
+                    verdict(slower, slower <= 0.4 / 0.3),
+                )
+            )
         if self.checks:
             bad = [c.model for c in self.checks if not c.exact]
             out.append(
@@ -829,7 +920,11 @@ class Report:
         return out
 
     def failures(self) -> list[str]:
-        return [f"{r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        out = [f"{r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
+        if self.peer_error:
+            out.append(f"echo server: {self.peer_error}")
+        return out
 
     def markdown(self) -> str:
         s = self.settings
@@ -851,6 +946,14 @@ class Report:
             "- raw ORT: `InferenceSession.run` in process, CPUExecutionProvider, default options and threads, measured "
             "after the server exited (nothing else of ours running)",
             f"- server exit status on SIGTERM: {self.server_exit}",
+        ]
+        if self.peer_ran:
+            parts.append(
+                "- peer: bench/echo_server.py (bare grpc.aio echo, np.frombuffer / tobytes, no tensorgate code) "
+                "swept like identity with the same perf_analyzer settings after the tensorgate server exited; "
+                f"exit status on SIGTERM: {self.peer_exit}"
+            )
+        parts += [
             "",
             "### Targets",
             "",
@@ -861,6 +964,16 @@ class Report:
             self.closed_loop_table(),
             "",
         ]
+        if self.peer_ran:
+            parts += [
+                "### Peer: bare grpc.aio echo (same machine, same run)",
+                "",
+                self.peer_table(),
+                "",
+                "tensorgate/echo p50 above 1 means slower than the echo; the scaled targets above read identity "
+                "against this table.",
+                "",
+            ]
         on_off = self.on_off_table()
         if on_off:
             parts += ["### Batching on / off", "", on_off, ""]
@@ -939,6 +1052,40 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def log_pa(what: str, run: PaRun) -> None:
+    log(
+        f"{what} c{run.concurrency}: "
+        + (
+            f"{run.infer_per_s:,.0f} infer/s p50 {run.p50_us / 1000:.3f} ms avg batch "
+            f"{run.avg_batch:.2f} server CPU {run.server_cpu_us:.0f} µs/req" + (" (loose -s)" if run.retried else "")
+            if run.ok
+            else f"FAILED {run.error}"
+        )
+    )
+
+
+def run_peer(report: Report, s: Settings, tmp: Path) -> None:
+    """The same-run peer: bench/echo_server.py alone on the machine (tensorgate has exited), swept with
+    perf_analyzer at identity's concurrencies and repeats. A failure is reported, never fatal to the run."""
+    echo = Server.echo(tmp / "echo.log")
+    try:
+        echo.wait_ready(timeout=30)
+        log(f"echo server ready on {echo.url} (pid {echo.pid})")
+        for rep in range(s.repeats):
+            for c in s.concurrency:
+                run = perf_analyzer(echo, "identity", c, rep, s, tmp, label="echo-")
+                report.peer_runs.append(run)
+                log_pa(f"peer sweep {rep + 1}/{s.repeats} echo identity", run)
+    except Exception as exc:  # the echo did not start or answer: the tensorgate results still stand
+        report.peer_error = f"{type(exc).__name__}: {exc}"
+        log(f"echo server failed: {report.peer_error}")
+    finally:
+        report.peer_exit = echo.stop()
+        log(f"echo server stopped with SIGTERM: exit status {report.peer_exit}")
+        if report.peer_exit != 0:
+            print(echo.log_tail(), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     s = parse_args(argv)
     if subprocess.run([str(PERF_ANALYZER), "--version"], capture_output=True).returncode != 0:
@@ -953,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        server = Server(s.repo, tmp / "server.log")
+        server = Server.tensorgate(s.repo, tmp / "server.log")
         try:
             server.wait_ready()
             log(f"server ready on {server.url} (pid {server.pid})")
@@ -969,16 +1116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for c in s.concurrency:
                         run = perf_analyzer(server, model, c, rep, s, tmp)
                         report.runs.append(run)
-                        log(
-                            f"sweep {rep + 1}/{s.repeats} {model} c{c}: "
-                            + (
-                                f"{run.infer_per_s:,.0f} infer/s p50 {run.p50_us / 1000:.3f} ms avg batch "
-                                f"{run.avg_batch:.2f} server CPU {run.server_cpu_us:.0f} µs/req"
-                                + (" (loose -s)" if run.retried else "")
-                                if run.ok
-                                else f"FAILED {run.error}"
-                            )
-                        )
+                        log_pa(f"sweep {rep + 1}/{s.repeats} {model}", run)
             base_c = report.open_loop_base_c = 16 if 16 in s.concurrency else max(s.concurrency)
             for i, model in enumerate(s.models):
                 base = report.med(model, base_c, lambda r: r.infer_per_s)
@@ -997,6 +1135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"server stopped with SIGTERM: exit status {report.server_exit}")
             if report.server_exit != 0:
                 print(server.log_tail(), file=sys.stderr)
+        if s.peer and "identity" in s.models:
+            run_peer(report, s, tmp)
 
     # Raw ORT with nothing else of ours running: batch 1, 16, and every batch size the server formed.
     wanted: set[tuple[str, int]] = set()
