@@ -133,6 +133,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     # Before counting raw_input_contents: an input in shared memory has no entry there, so the
     # count would be off and the message would hide the real reason.
     for tensor in request.inputs:
+        if not tensor.parameters:
+            continue
         for key in _UNSUPPORTED_TENSOR_PARAMETERS:
             if key in tensor.parameters:
                 raise Unimplemented(
@@ -161,7 +163,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{model.name}' "
                 f"expects {spec.datatype.v2}"
             )
-        rows = _check_shape(name, tensor.shape, spec, model)
+        shape = tuple(tensor.shape)
+        rows = _check_shape(name, shape, spec, model)
         if batch is None:
             batch, batch_from = rows, name
         elif rows != batch:
@@ -169,16 +172,16 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 f"input '{name}' has batch size {rows} but input '{batch_from}' has {batch}; "
                 "all inputs of a request share the batch size"
             )
-        count = math.prod(tensor.shape)
+        count = math.prod(shape)
         if raw_contents:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{name}' has both contents and raw_input_contents; send one")
-            flat = _from_raw(name, raw_contents[index], tensor.shape, spec.datatype, count)
+            flat = _from_raw(name, raw_contents[index], shape, spec.datatype, count)
         else:
             flat = _from_contents(name, tensor, spec.datatype, count)
         if spec.datatype.is_bytes:
             _check_utf8(name, flat)
-        arrays[name] = flat.reshape(tuple(tensor.shape))
+        arrays[name] = flat.reshape(shape)
     missing = [n for n, s in model.inputs.items() if n not in arrays and not s.optional]
     if missing:
         raise InvalidArgument(
@@ -192,13 +195,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 f"unexpected output '{requested.name}' requested from model '{model.name}'; "
                 f"its outputs are {sorted(model.outputs)}"
             )
-        if "classification" in requested.parameters:
-            raise Unimplemented(f"output '{requested.name}': the classification extension is not supported")
-        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
-            if key in requested.parameters:
-                raise Unimplemented(
-                    f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet"
-                )
+        if requested.parameters:
+            _check_output_parameters(requested)
         if requested.name not in outputs:
             outputs.append(requested.name)
     return InferRequest(
@@ -206,9 +204,17 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         inputs=arrays,
         outputs=tuple(outputs) if outputs else tuple(model.outputs),
         batch_size=batch if batch is not None else 1,
-        priority=_int_parameter(request, "priority"),
-        timeout_us=_int_parameter(request, "timeout"),
+        priority=_int_parameter(request, "priority") if request.parameters else 0,
+        timeout_us=_int_parameter(request, "timeout") if request.parameters else 0,
     )
+
+
+def _check_output_parameters(requested: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:
+    if "classification" in requested.parameters:
+        raise Unimplemented(f"output '{requested.name}': the classification extension is not supported")
+    for key in _UNSUPPORTED_TENSOR_PARAMETERS:
+        if key in requested.parameters:
+            raise Unimplemented(f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet")
 
 
 def _int_parameter(request: pb.ModelInferRequest, key: str) -> int:
