@@ -25,8 +25,11 @@ WANT="tritonclient==$TRITONCLIENT_VERSION nvidia-cuda-runtime-cu12==$CUDART_VERS
 if ! ldconfig -p | grep 'libb64\.so\.0d' >/dev/null; then  # no -q: SIGPIPE+pipefail
     echo "install_perf_analyzer: installing libb64-0d with apt-get" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null; }
+    SUDO=()
+    if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null; then SUDO=(sudo -E); fi
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null \
+        || { "${SUDO[@]}" apt-get update -qq \
+             && "${SUDO[@]}" apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null; }
 fi
 
 # 2. Fast path: already installed with the pinned versions.
