@@ -9,7 +9,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e ".[test]"
+"$venv/bin/python" -m pip install --quiet -e ".[cpu,test]"
 if [[ "$(uname -m)" == "x86_64" ]]; then
   bash scripts/install_perf_analyzer.sh
 else

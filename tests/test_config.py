@@ -63,7 +63,7 @@ def test_no_config_dynamic_first_dim_gets_default_batch(tmp_path: Path) -> None:
     cfg = spec.config
     assert cfg.name == "m" and cfg.backend == "onnxruntime"
     assert [tuple(i.dims) for i in cfg.input] == [(3, -1)]
-    assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, mc.ModelInstanceGroup.KIND_AUTO)]
     assert cfg.version_policy.WhichOneof("policy_choice") == "latest"
     assert cfg.version_policy.latest.num_versions == 1
 
@@ -278,8 +278,9 @@ def test_instance_group_completed() -> None:
         max_batch_size_given=False,
         default_max_batch_size=4,
     )
-    assert [(g.count, g.kind) for g in done.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)] * 1 + [
-        (3, mc.ModelInstanceGroup.KIND_CPU)
+    # KIND_AUTO stays until the engine is chosen (the repository then sets KIND_CPU or KIND_GPU).
+    assert [(g.count, g.kind) for g in done.instance_group] == [(1, mc.ModelInstanceGroup.KIND_AUTO)] * 1 + [
+        (3, mc.ModelInstanceGroup.KIND_AUTO)
     ]
     assert C.instance_count(done) == 4
 
@@ -293,7 +294,6 @@ def test_instance_group_completed() -> None:
         ("optimization { priority: PRIORITY_MAX }", "optimization"),
         ("response_cache { enable: true }", "response_cache"),
         ("parameters { key: 'k' value { string_value: 'v' } }", "parameters ignored: k"),
-        ("instance_group [{ kind: KIND_GPU }]", "KIND_GPU"),
         ("output [{ name: 'y' label_filename: 'labels.txt' }]", "label_filename"),
         ("input [{ name: 'x' format: FORMAT_NCHW }]", "format"),
     ],

@@ -62,3 +62,24 @@ def test_imports_beside_tritonclient() -> None:
         "assert pb.DESCRIPTOR.services_by_name['GRPCInferenceService'].methods_by_name['ModelInfer']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_and_gpu_installs_never_mix_onnxruntime_packages() -> None:
+    """onnxruntime and onnxruntime-gpu are one import name: each extra must bring exactly one."""
+    from importlib.metadata import requires
+
+    requirements = requires("tensorgate") or []
+
+    def names(extra: str | None) -> set[str]:
+        out = set()
+        for line in requirements:
+            spec, _, marker = line.partition(";")
+            in_extra = f'extra == "{extra}"' in marker if extra else "extra ==" not in marker
+            if in_extra:
+                out.add(spec.split(">")[0].split("=")[0].split("<")[0].strip().lower())
+        return out
+
+    assert not {"onnxruntime", "onnxruntime-gpu"} & names(None)
+    assert "onnxruntime" in names("cpu") and "onnxruntime-gpu" not in names("cpu")
+    assert "onnxruntime-gpu" in names("gpu") and "onnxruntime" not in names("gpu")
+    assert "onnxruntime-gpu" not in names("test")

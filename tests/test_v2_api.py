@@ -69,6 +69,7 @@ def test_model_metadata_and_config(server: Server) -> None:
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT0", "FP32", [-1, 16])]
     derived = c.get_model_config("identity").config
     assert derived.max_batch_size == 4 and derived.backend == "onnxruntime"
+    assert [g.kind for g in derived.instance_group] == [2]  # KIND_CPU: the engine chosen on this machine
     assert [(t.name, list(t.dims)) for t in derived.output] == [("OUTPUT0", [16])]
     given = c.get_model_config("add_sub", "1").config
     assert given.max_batch_size == 8 and [t.name for t in given.input] == ["INPUT0", "INPUT1"]

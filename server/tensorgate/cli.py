@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         config = settings.from_namespace(args)
         logs.configure(config.log_level)
+        if importlib.util.find_spec("onnxruntime") is None:
+            print(
+                "tensorgate: ONNX Runtime is not installed; install tensorgate[cpu] (or tensorgate[gpu] on an "
+                "NVIDIA machine)",
+                file=sys.stderr,
+            )
+            return 2
         from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
 
         return asyncio.run(serve(config))

@@ -123,13 +123,16 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     for group in config.instance_group:
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")
-        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
-            hints.append("instance_group KIND_GPU: no GPU engine in this build, instances run on the CPU")
         if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
             hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
-    for name in ("optimization", "response_cache", "model_operations"):
+    for name in ("response_cache", "model_operations"):
         if config.HasField(name):
             hints.append(f"{name} is ignored")
+    optimization = mc.ModelOptimizationPolicy()
+    optimization.CopyFrom(config.optimization)
+    optimization.ClearField("execution_accelerators")  # chooses the engine (engines.py)
+    if optimization.ListFields():
+        hints.append(f"optimization {', '.join(f.name for f, _ in optimization.ListFields())} ignored")
     if config.HasField("dynamic_batching"):
         fatal.extend(_batching_problems(config))
         if config.dynamic_batching.preserve_ordering:
@@ -269,12 +272,10 @@ def complete(
     if not done.instance_group:
         group = done.instance_group.add()
         group.count = 1
-        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        group.kind = mc.ModelInstanceGroup.KIND_AUTO  # resolved once the engine is chosen
     for group in done.instance_group:
         if group.count < 1:
             group.count = 1
-        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
-            group.kind = mc.ModelInstanceGroup.KIND_CPU
     if not done.HasField("version_policy"):
         done.version_policy.latest.num_versions = 1
     return done

@@ -68,7 +68,12 @@ def _bf16_value(array: np.ndarray) -> ort.OrtValue:
 
 
 class OnnxRuntimeCpuBackend:
-    """One ONNX Runtime inference session on the CPU."""
+    """One ONNX Runtime inference session on the CPU (subclasses change the execution provider)."""
+
+    ENGINE = "onnxruntime-cpu"
+
+    def providers(self, options: BackendOptions) -> list[str | tuple[str, dict[str, str]]]:
+        return ["CPUExecutionProvider"]
 
     def __init__(self, model_file: Path, options: BackendOptions) -> None:
         session_options = ort.SessionOptions()
@@ -78,11 +83,15 @@ class OnnxRuntimeCpuBackend:
         session_options.log_severity_level = 3
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(
-                str(model_file), sess_options=session_options, providers=["CPUExecutionProvider"]
-            )
+            providers = self.providers(options)
+            self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)
         except Exception as exc:  # ORT raises its own pybind exception types
             raise BackendLoadError(f"ONNX Runtime cannot load {model_file.name}: {exc}") from exc
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        active = self._session.get_providers()
+        if not active or active[0] != wanted:
+            # ONNX Runtime silently falls back to the CPU when e.g. the CUDA libraries are missing.
+            raise BackendLoadError(f"ONNX Runtime did not start {wanted} (it runs {active}); see its log for why")
         self._inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
@@ -98,7 +107,7 @@ class OnnxRuntimeCpuBackend:
 
     @property
     def engine(self) -> str:
-        return "onnxruntime-cpu"
+        return self.ENGINE
 
     @property
     def inputs(self) -> Sequence[TensorInfo]:

@@ -13,13 +13,16 @@ import enum
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorgate import config as model_config
+from tensorgate import engines
 from tensorgate.backends import onnxruntime_cpu
 from tensorgate.backends.base import Backend, BackendExecuteError, BackendLoader, BackendLoadError, BackendOptions
 from tensorgate.config import ModelSpec
+from tensorgate.engines import Candidate, Capabilities, Engine
 from tensorgate.errors import Code, ModelConfigError, NotFound, ServerError, Unavailable
 from tensorgate.instance import Instance
 from tensorgate.proto import model_config_pb2 as mc
@@ -90,18 +93,38 @@ def _reason(exc: BaseException) -> str:
     return str(exc) if _expected(exc) else f"internal error while loading: {exc!r}"
 
 
-def _instance_options(config: mc.ModelConfig) -> BackendOptions:
+def _instance_options(config: mc.ModelConfig, candidate: Candidate) -> BackendOptions:
     count = model_config.instance_count(config)
     cores = os.cpu_count() or 1
+    device = "cpu" if candidate.device is None else f"cuda:{candidate.device}"
     # One instance lets ONNX Runtime use every core; several share them so they don't oversubscribe.
-    return BackendOptions(intra_op_threads=0 if count == 1 else max(1, cores // count))
+    return BackendOptions(intra_op_threads=0 if count == 1 else max(1, cores // count), device=device)
+
+
+def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
+    from tensorgate.backends import onnxruntime_cuda  # only where onnxruntime-gpu is installed
+
+    return onnxruntime_cuda.load(model_file, options)
+
+
+def _tensorrt_not_built() -> str:
+    return "TensorRT engines are not built by this version of tensorgate yet"
 
 
 class Repository:
-    def __init__(self, settings: Settings, loader: BackendLoader = onnxruntime_cpu.load) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loaders: Mapping[Engine, BackendLoader] | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.root = Path(settings.model_repository)
         self.settings = settings
-        self._loader = loader
+        self._loaders: Mapping[Engine, BackendLoader] = loaders or {
+            Engine.ORT_CPU: onnxruntime_cpu.load,
+            Engine.ORT_CUDA: _load_ort_cuda,
+        }
+        self._capabilities = capabilities
         self._entries: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -318,8 +341,7 @@ class Repository:
     ) -> ModelVersion:
         if not model_file.is_file():
             raise ModelConfigError(f"version {number} has no model file {model_file.name}")
-        options = _instance_options(raw)
-        first = self._loader(model_file, options)
+        loader, options, first = self._choose_engine(name, number, model_file, raw)
         backends: list[Backend] = [first]
         try:
             completed = model_config.complete(
@@ -331,8 +353,12 @@ class Repository:
                 default_max_batch_size=self.settings.default_max_batch_size,
             )
             spec = model_config.validate(completed, first.inputs, first.outputs)
+            gpu = first.engine != Engine.ORT_CPU.value
+            for group in completed.instance_group:
+                if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+                    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
             while len(backends) < model_config.instance_count(completed):
-                backends.append(self._loader(model_file, options))
+                backends.append(loader(model_file, options))
             self._warm_up(name, number, completed, spec, model_file.parent.parent, backends)
         except BaseException:
             for b in backends:
@@ -344,6 +370,51 @@ class Repository:
             name, number, instances, stats, BatchingPolicy.from_config(completed), self.settings.inline_execution_us
         )
         return ModelVersion(name, number, spec, first.engine, scheduler, stats)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            self._capabilities = Capabilities.detect()
+            caps = self._capabilities
+            log.info(
+                "event=engines_detected gpus=%s tensorrt=%s onnxruntime_providers=%s",
+                ",".join(caps.gpus) or f"none ({caps.no_gpu_reason})",
+                caps.tensorrt_version or f"none ({caps.no_tensorrt_reason})",
+                ",".join(caps.ort_providers),
+            )
+        return self._capabilities
+
+    def _choose_engine(
+        self, name: str, number: int, model_file: Path, raw: mc.ModelConfig
+    ) -> tuple[BackendLoader, BackendOptions, Backend]:
+        """Load the first instance on the best engine that works, logging every step down and why."""
+        chosen = engines.plan(raw, self.capabilities, tensorrt_available=_tensorrt_not_built)
+        for engine, reason in chosen.passed_over:
+            log.info(
+                "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
+            )
+        failures: list[str] = []
+        for candidate in chosen.candidates:
+            loader = self._loaders.get(candidate.engine)
+            if loader is None:
+                reason = f"no {candidate.engine.value} engine in this build"
+            else:
+                options = _instance_options(raw, candidate)
+                try:
+                    return loader, options, loader(model_file, options)
+                except BackendLoadError as exc:
+                    reason = str(exc)
+                    if candidate.engine is Engine.ORT_CPU:
+                        raise
+            failures.append(f"{candidate.engine.value}: {reason}")
+            log.warning(
+                "event=engine_fallback model=%s version=%d engine=%s reason=%r",
+                name,
+                number,
+                candidate.engine.value,
+                reason,
+            )
+        raise BackendLoadError("no engine could load the model: " + "; ".join(failures))
 
     @staticmethod
     def _warm_up(
