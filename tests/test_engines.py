@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from models import identity
@@ -20,6 +22,7 @@ from tensorgate.engines import Capabilities, Engine, Precision
 from tensorgate.errors import ModelConfigError
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository import Repository
+from tensorgate.scheduler import InferRequest
 from tensorgate.settings import Settings
 
 GPU = Capabilities(
@@ -128,3 +131,106 @@ def test_repository_falls_back_when_an_engine_fails_to_load(tmp_path: Path, capl
     text = caplog.text
     assert "event=engine_passed_over model=m version=1 engine=tensorrt" in text
     assert "event=engine_fallback model=m version=1 engine=onnxruntime-cuda" in text and "libcudnn" in text
+
+
+class SlowBuiltEngine(onnxruntime_cpu.OnnxRuntimeCpuBackend):
+    """Stands in for an engine that takes long to build (TensorRT): same answers, slow to load."""
+
+    ENGINE = "tensorrt"
+    build_seconds = 1.0
+    fail = False
+
+    def __init__(self, model_file: Path, options: BackendOptions) -> None:
+        time.sleep(self.build_seconds)
+        if self.fail:
+            raise BackendLoadError("engine build failed: out of workspace memory")
+        super().__init__(model_file, options)
+
+
+def _gpu_repository(repo: Path, engine: type[SlowBuiltEngine]) -> Repository:
+    def no_cuda(model_file: Path, options: BackendOptions) -> Backend:
+        raise BackendLoadError("ONNX Runtime did not start CUDAExecutionProvider")
+
+    return Repository(
+        Settings(model_repository=repo),
+        loaders={Engine.TENSORRT: engine, Engine.ORT_CUDA: no_cuda, Engine.ORT_CPU: onnxruntime_cpu.load},
+        capabilities=GPU,
+    )
+
+
+async def _traffic(repo: Repository, stop: asyncio.Event, seen: list[str]) -> None:
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    while not stop.is_set():
+        served = repo.get("m")
+        out = await served.scheduler.infer(InferRequest(id="", inputs={"INPUT0": x}, outputs=("OUTPUT0",)))
+        np.testing.assert_array_equal(out["OUTPUT0"], x)
+        seen.append(served.engine)
+        await asyncio.sleep(0)
+
+
+def test_serves_on_the_fallback_while_the_engine_builds_then_moves_without_dropping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    repo = _gpu_repository(tmp_path / "repo", SlowBuiltEngine)
+
+    async def run() -> list[str]:
+        started = time.monotonic()
+        await repo.start()
+        assert time.monotonic() - started < SlowBuiltEngine.build_seconds  # READY before the build ends
+        assert repo.get("m").engine == "onnxruntime-cpu"
+        stop, seen = asyncio.Event(), []
+        workers = [asyncio.create_task(_traffic(repo, stop, seen)) for _ in range(4)]
+        while repo.get("m").engine != "tensorrt" and time.monotonic() - started < 20:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*workers)  # any failed request would raise here
+        await repo.stop()
+        return seen
+
+    with caplog.at_level(logging.INFO):
+        seen = asyncio.run(run())
+    assert seen[0] == "onnxruntime-cpu" and seen[-1] == "tensorrt"
+    switch = seen.index("tensorrt")
+    assert all(engine == "tensorrt" for engine in seen[switch:]), "traffic went back to the old engine"
+    assert "event=engine_switched model=m version=1 from=onnxruntime-cpu to=tensorrt" in caplog.text
+
+
+def test_a_failed_background_build_keeps_the_fallback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+
+    class Failing(SlowBuiltEngine):
+        build_seconds = 0.2
+        fail = True
+
+    repo = _gpu_repository(tmp_path / "repo", Failing)
+
+    async def run() -> None:
+        await repo.start()
+        await asyncio.sleep(1.0)
+        assert repo.get("m").engine == "onnxruntime-cpu" and repo.is_ready("m")
+        await repo.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    assert "event=engine_fallback model=m version=1 engine=tensorrt" in caplog.text
+    assert "out of workspace memory" in caplog.text and "keeps=onnxruntime-cpu" in caplog.text
+
+
+def test_unload_during_the_build_drops_it(tmp_path: Path) -> None:
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+
+    class Slow(SlowBuiltEngine):
+        build_seconds = 0.5
+
+    repo = _gpu_repository(tmp_path / "repo", Slow)
+
+    async def run() -> None:
+        await repo.start()
+        await repo.unload("m")
+        await asyncio.sleep(1.0)
+        assert not repo.is_ready("m")
+        await repo.stop()
+
+    asyncio.run(run())

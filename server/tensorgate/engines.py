@@ -88,6 +88,8 @@ class Candidate:
     engine: Engine
     precision: Precision = Precision.FP32
     device: int | None = None  # GPU index for GPU engines
+    # Built off the request path: the model serves on the next engine meanwhile, then moves over.
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def plan(
         if trt_missing:
             passed.append((Engine.TENSORRT, trt_missing))
         else:
-            candidates.append(Candidate(Engine.TENSORRT, precision, device))
+            candidates.append(Candidate(Engine.TENSORRT, precision, device, background=True))
         if caps.ort_cuda:
             candidates.append(Candidate(Engine.ORT_CUDA, Precision.FP32, device))
         else:

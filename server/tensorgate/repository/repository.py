@@ -13,9 +13,10 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorgate import config as model_config
 from tensorgate import engines
@@ -55,6 +56,9 @@ class ModelVersion:
     scheduler: Scheduler
     stats: ModelStats
     state: ModelState = ModelState.READY
+    # Better engines still to build in the background (best first), and what building needs.
+    upgrades: tuple[Candidate, ...] = ()
+    source: tuple[Path, mc.ModelConfig, bool] | None = None
 
     async def retire(self) -> None:
         self.state = ModelState.UNLOADING
@@ -128,6 +132,7 @@ class Repository:
         self._entries: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._upgrades: set[asyncio.Task[None]] = set()
 
     # ---- lookups on the request path (event loop, no awaits) ----
 
@@ -218,6 +223,8 @@ class Repository:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
+        for task in list(self._upgrades):  # an engine still building is abandoned, not awaited
+            task.cancel()
         await asyncio.gather(*(self.unload(name) for name in list(self._entries)), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -278,6 +285,9 @@ class Repository:
                     time.perf_counter() - started,
                 )
             self._retire(old.values())
+            for v in loaded:
+                if v.upgrades:
+                    self._track(self._upgrade(entry, v))
             if not loaded:
                 raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
@@ -297,8 +307,60 @@ class Repository:
             await asyncio.gather(*(v.retire() for v in retiring))
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
-    def _retire(self, old: object) -> None:
-        for version in list(old):  # type: ignore[call-overload]
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._upgrades.add(task)
+        task.add_done_callback(self._upgrades.discard)
+
+    async def _upgrade(self, entry: ModelEntry, serving: ModelVersion) -> None:
+        """Build the better engines of a serving version off the request path, best first; the first
+        that loads replaces the version at once (new requests go to it, requests already queued on
+        the old one finish there), unless the model was reloaded or unloaded meanwhile."""
+        assert serving.source is not None
+        model_file, raw, mbs_given = serving.source
+        for candidate in serving.upgrades:
+            started = time.perf_counter()
+            log.info(
+                "event=engine_build_started model=%s version=%d engine=%s precision=%s serving_on=%s",
+                serving.name,
+                serving.version,
+                candidate.engine.value,
+                candidate.precision.value,
+                serving.engine,
+            )
+            try:
+                better = await asyncio.to_thread(
+                    self._build_version, serving.name, serving.version, model_file, raw, mbs_given, candidate
+                )
+            except Exception as exc:
+                log.warning(
+                    "event=engine_fallback model=%s version=%d engine=%s reason=%r keeps=%s",
+                    serving.name,
+                    serving.version,
+                    candidate.engine.value,
+                    _reason(exc),
+                    serving.engine,
+                    exc_info=not _expected(exc),
+                )
+                continue
+            async with entry.lock:
+                if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
+                    await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
+                    return
+                entry.versions[serving.version] = better
+                self._retire([serving])
+            log.info(
+                "event=engine_switched model=%s version=%d from=%s to=%s build_seconds=%.1f",
+                serving.name,
+                serving.version,
+                serving.engine,
+                better.engine,
+                time.perf_counter() - started,
+            )
+            return
+
+    def _retire(self, old: Iterable[ModelVersion]) -> None:
+        for version in list(old):
             task = asyncio.create_task(version.retire())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -337,11 +399,25 @@ class Repository:
         return loaded, failed
 
     def _build_version(
-        self, name: str, number: int, model_file: Path, raw: mc.ModelConfig, mbs_given: bool
+        self,
+        name: str,
+        number: int,
+        model_file: Path,
+        raw: mc.ModelConfig,
+        mbs_given: bool,
+        engine: Candidate | None = None,
     ) -> ModelVersion:
+        """Load one version on the best engine that loads now (or on ``engine``), with its instances,
+        warmup and scheduler."""
         if not model_file.is_file():
             raise ModelConfigError(f"version {number} has no model file {model_file.name}")
-        loader, options, first = self._choose_engine(name, number, model_file, raw)
+        upgrades: tuple[Candidate, ...] = ()
+        if engine is None:
+            loader, options, first, upgrades = self._choose_engine(name, number, model_file, raw)
+        else:
+            loader = self._loaders[engine.engine]
+            options = _instance_options(raw, engine)
+            first = loader(model_file, options)
         backends: list[Backend] = [first]
         try:
             completed = model_config.complete(
@@ -369,7 +445,9 @@ class Repository:
         scheduler = Scheduler(
             name, number, instances, stats, BatchingPolicy.from_config(completed), self.settings.inline_execution_us
         )
-        return ModelVersion(name, number, spec, first.engine, scheduler, stats)
+        return ModelVersion(
+            name, number, spec, first.engine, scheduler, stats, upgrades=upgrades, source=(model_file, raw, mbs_given)
+        )
 
     @property
     def capabilities(self) -> Capabilities:
@@ -386,22 +464,38 @@ class Repository:
 
     def _choose_engine(
         self, name: str, number: int, model_file: Path, raw: mc.ModelConfig
-    ) -> tuple[BackendLoader, BackendOptions, Backend]:
-        """Load the first instance on the best engine that works, logging every step down and why."""
-        chosen = engines.plan(raw, self.capabilities, tensorrt_available=_tensorrt_not_built)
+    ) -> tuple[BackendLoader, BackendOptions, Backend, tuple[Candidate, ...]]:
+        """Load the first instance on the best engine that loads now, logging every step down and
+        why; engines that build slowly (TensorRT) are returned to be built in the background."""
+        chosen = engines.plan(
+            raw,
+            self.capabilities,
+            tensorrt_available=None if Engine.TENSORRT in self._loaders else _tensorrt_not_built,
+        )
         for engine, reason in chosen.passed_over:
             log.info(
                 "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
             )
         failures: list[str] = []
+        later: list[Candidate] = []
         for candidate in chosen.candidates:
             loader = self._loaders.get(candidate.engine)
             if loader is None:
                 reason = f"no {candidate.engine.value} engine in this build"
+            elif candidate.background:
+                later.append(candidate)
+                log.info(
+                    "event=engine_deferred model=%s version=%d engine=%s reason=%r",
+                    name,
+                    number,
+                    candidate.engine.value,
+                    "builds in the background; serving on the next engine meanwhile",
+                )
+                continue
             else:
                 options = _instance_options(raw, candidate)
                 try:
-                    return loader, options, loader(model_file, options)
+                    return loader, options, loader(model_file, options), tuple(later)
                 except BackendLoadError as exc:
                     reason = str(exc)
                     if candidate.engine is Engine.ORT_CPU:
