@@ -186,6 +186,7 @@ def test_serves_on_the_fallback_while_the_engine_builds_then_moves_without_dropp
         await asyncio.sleep(0.2)
         stop.set()
         await asyncio.gather(*workers)  # any failed request would raise here
+        assert repo.get("m").stats.inference_count == len(seen)  # statistics continue across the switch
         await repo.stop()
         return seen
 

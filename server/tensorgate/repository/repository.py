@@ -347,6 +347,7 @@ class Repository:
                 if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
                     await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
                     return
+                better.stats = better.scheduler.stats = serving.stats  # statistics continue across the switch
                 entry.versions[serving.version] = better
                 self._retire([serving])
             log.info(
