@@ -65,7 +65,7 @@ def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader(report.open()))
-    assert [r["Concurrency"] for r in rows] == ["1", "4"]
+    assert sorted(r["Concurrency"] for r in rows) == ["1", "4"]  # perf_analyzer may write them in any order
     assert all(float(r["Inferences/Second"]) > 0 for r in rows)
     stats = server.client.get_inference_statistics(model).model_stats[0]
     assert stats.inference_stats.fail.count == 0
