@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,8 +12,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +24,14 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_command(repo: Path, port: int, metrics_port: int, *args: str) -> list[str]:
+    """``tensorgate serve`` on loopback with the given ports."""
+    return [
+        sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+        "--grpc-port", str(port), "--metrics-port", str(metrics_port), *args,
+    ]  # fmt: skip
 
 
 class Server:
@@ -33,21 +44,7 @@ class Server:
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = repo.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(self.port),
-            "--metrics-port",
-            str(self.metrics_port),
-            *args,
-        ]
+        cmd = serve_command(repo, self.port, self.metrics_port, *args)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.client = grpcclient.InferenceServerClient(self.url)
         if wait_ready:
@@ -81,6 +78,24 @@ class Server:
         self.client.close()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(repo: Path, *args: str) -> Iterator[Server]:
+    """A server for a whole module (use inside a module-scoped fixture); it must exit 0 at the end."""
+    server = Server(repo, *args)
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        assert code == 0, f"server exited with {code}:\n{server.log}"
+
+
+@pytest.fixture(scope="module")
+def stub(server: Server) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    """tritonclient's own generated stub on the module's ``server``, for requests tritonclient refuses to build."""
+    with grpc.insecure_channel(server.url) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture

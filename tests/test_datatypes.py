@@ -13,13 +13,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server
+from conftest import Server, running
 from models import save, write_config
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -144,16 +143,8 @@ def _bf16_strings(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[Server]:
-    s = Server(repo)
-    yield s
-    code = s.stop()
-    assert code == 0, f"server exited with {code}:\n{s.log}"
-
-
-@pytest.fixture(scope="module")
-def stub(server: Server) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.url) as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with running(repo) as s:
+        yield s
 
 
 _sessions: dict[Path, ort.InferenceSession] = {}

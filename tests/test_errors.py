@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server
+from conftest import Server, running
 from models import save, write_config
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2 as pb
@@ -105,16 +105,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[Server]:
-    s = Server(repo)
-    yield s
-    code = s.stop()
-    assert code == 0, f"server exited with {code}:\n{s.log}"
-
-
-@pytest.fixture(scope="module")
-def stub(server: Server) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.url) as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with running(repo) as s:
+        yield s
 
 
 # ---- request building ----

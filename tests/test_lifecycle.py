@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, free_port
+from conftest import Server, free_port, serve_command
 from models import identity, slow, write_config
 
 SLOW_BATCH = 512  # about 80 ms a call on two cores
@@ -73,20 +73,7 @@ def test_port_in_use_fails_clearly(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tensorgate",
-                "serve",
-                "--model-repository",
-                str(repo),
-                "--host",
-                "127.0.0.1",
-                "--grpc-port",
-                str(port),
-                "--metrics-port",
-                str(free_port()),
-            ],
+            serve_command(repo, port, free_port()),
             capture_output=True,
             text=True,
             timeout=60,

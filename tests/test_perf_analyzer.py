@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Server
+from conftest import ROOT, Server, running
 
 PERF_ANALYZER = ROOT / "scripts" / "perf_analyzer"
 
@@ -27,9 +27,8 @@ pytestmark = pytest.mark.skipif(
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp("perf") / "repo"
     shutil.copytree(ROOT / "model_repo", repo)
-    s = Server(repo)
-    yield s
-    assert s.stop() == 0, s.log
+    with running(repo) as s:
+        yield s
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from conftest import ROOT, Server
+from conftest import ROOT, Server, running
 from tritonclient.utils import InferenceServerException
 
 
@@ -23,9 +23,8 @@ from tritonclient.utils import InferenceServerException
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp("api") / "repo"
     shutil.copytree(ROOT / "model_repo", repo)
-    s = Server(repo)
-    yield s
-    assert s.stop() == 0, s.log
+    with running(repo) as s:
+        yield s
 
 
 def _reference(repo: Path, model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
