@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -235,3 +236,65 @@ def test_unload_during_the_build_drops_it(tmp_path: Path) -> None:
         await repo.stop()
 
     asyncio.run(run())
+
+
+class RecordingEngine(SlowBuiltEngine):
+    """The slow engine, remembering what it was asked to build."""
+
+    build_seconds = 0.1
+    built: ClassVar[list[tuple[Path, str]]] = []
+
+    def __init__(self, model_file: Path, options: BackendOptions) -> None:
+        RecordingEngine.built.append((model_file, options.precision))
+        super().__init__(model_file, options)
+
+
+def _matmul_model(path: Path, scale: float) -> None:
+    from models import save
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((16, 16)) * scale).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["INPUT0", "w"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["OUTPUT0"])],
+        "mm",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 16])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    save(graph, path)
+
+
+@pytest.mark.parametrize(("scale", "accepted"), [(0.25, True), (1e3, False)])
+def test_fp16_gate_decides_what_the_engine_builds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, scale: float, accepted: bool
+) -> None:
+    from prometheus_client import REGISTRY
+
+    _matmul_model(tmp_path / "repo" / "m" / "1" / "model.onnx", scale)
+    RecordingEngine.built = []
+    repo = Repository(
+        Settings(model_repository=tmp_path / "repo", engine_cache_dir=tmp_path / "cache"),
+        loaders={Engine.TENSORRT: RecordingEngine, Engine.ORT_CPU: onnxruntime_cpu.load},
+        capabilities=GPU,
+    )
+    refused_before = REGISTRY.get_sample_value("tensorgate_fp16_refused_total", {"model": "m", "version": "1"}) or 0
+
+    async def run() -> None:
+        await repo.start()
+        deadline = time.monotonic() + 20
+        while repo.get("m").engine != "tensorrt" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert repo.get("m").engine == "tensorrt"
+        await repo.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    (built_file, built_precision), *_ = RecordingEngine.built
+    refused = REGISTRY.get_sample_value("tensorgate_fp16_refused_total", {"model": "m", "version": "1"}) or 0
+    if accepted:
+        assert built_precision == "fp16" and built_file.is_relative_to(tmp_path / "cache" / "fp16")
+        assert "event=fp16_accepted model=m version=1" in caplog.text and refused == refused_before
+    else:
+        assert built_precision == "fp32" and built_file == tmp_path / "repo" / "m" / "1" / "model.onnx"
+        assert "event=fp16_refused model=m version=1" in caplog.text and "65504" in caplog.text
+        assert refused == refused_before + 1

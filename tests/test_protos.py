@@ -83,3 +83,17 @@ def test_cpu_and_gpu_installs_never_mix_onnxruntime_packages() -> None:
     assert "onnxruntime" in names("cpu") and "onnxruntime-gpu" not in names("cpu")
     assert "onnxruntime-gpu" in names("gpu") and "onnxruntime" not in names("gpu")
     assert "onnxruntime-gpu" not in names("test")
+
+
+def test_cpu_install_serves_without_gpu_or_build_libraries() -> None:
+    """The [cpu] extra has no onnx, tensorrt, pynvml or cuda: the server must not import them."""
+    code = (
+        "import sys\n"
+        "for name in ('onnx', 'tensorrt', 'pynvml', 'cuda'):\n"
+        "    sys.modules[name] = None  # importing them now raises ImportError\n"
+        "import tensorgate.server, tensorgate.cli, tensorgate.repository.precision\n"
+        "from tensorgate.engines import Capabilities\n"
+        "caps = Capabilities.detect()\n"
+        "assert caps.gpus == () and 'tensorrt' in caps.no_tensorrt_reason, caps\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

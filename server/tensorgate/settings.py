@@ -92,6 +92,17 @@ class Settings:
             "back costs ~100 us); 0 always uses the worker thread"
         },
     )
+    engine_cache_dir: Path = field(
+        default=Path.home() / ".cache" / "tensorgate",
+        metadata={"help": "where built engines and accepted FP16 models are kept between runs", "type": Path},
+    )
+    fp16_rtol: float = field(
+        default=1e-2,
+        metadata={
+            "help": "accuracy gate: largest error of an FP16 model's output, relative to FP32's, that is "
+            "accepted; above it the model keeps FP32"
+        },
+    )
     exit_timeout_secs: float = field(
         default=30.0, metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"}
     )

@@ -35,6 +35,7 @@ class BackendOptions:
     intra_op_threads: int = 0  # 0 lets the engine decide
     inter_op_threads: int = 1
     device: str = "cpu"
+    precision: str = "fp32"  # what the engine builds in (the model file already carries FP16 when "fp16")
 
 
 class BackendLoadError(Exception):

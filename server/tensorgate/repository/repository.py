@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tensorgate import config as model_config
 from tensorgate import engines
 from tensorgate.backends import onnxruntime_cpu
@@ -27,7 +29,7 @@ from tensorgate.engines import Candidate, Capabilities, Engine
 from tensorgate.errors import Code, ModelConfigError, NotFound, ServerError, Unavailable
 from tensorgate.instance import Instance
 from tensorgate.proto import model_config_pb2 as mc
-from tensorgate.repository import layout, versions
+from tensorgate.repository import layout, precision, versions
 from tensorgate.scheduler import BatchingPolicy, Scheduler
 from tensorgate.settings import ControlMode, Settings
 from tensorgate.stats import ModelStats
@@ -102,7 +104,8 @@ def _instance_options(config: mc.ModelConfig, candidate: Candidate) -> BackendOp
     cores = os.cpu_count() or 1
     device = "cpu" if candidate.device is None else f"cuda:{candidate.device}"
     # One instance lets ONNX Runtime use every core; several share them so they don't oversubscribe.
-    return BackendOptions(intra_op_threads=0 if count == 1 else max(1, cores // count), device=device)
+    threads = 0 if count == 1 else max(1, cores // count)
+    return BackendOptions(intra_op_threads=threads, device=device, precision=candidate.precision.value)
 
 
 def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
@@ -329,8 +332,25 @@ class Repository:
                 serving.engine,
             )
             try:
+                build_file, candidate = await asyncio.to_thread(
+                    precision.prepare,
+                    serving.name,
+                    serving.version,
+                    model_file,
+                    candidate,
+                    self._gate_samples(serving, model_file.parent.parent),
+                    self.settings.engine_cache_dir,
+                    self.settings.fp16_rtol,
+                )
                 better = await asyncio.to_thread(
-                    self._build_version, serving.name, serving.version, model_file, raw, mbs_given, candidate
+                    self._build_version,
+                    serving.name,
+                    serving.version,
+                    build_file,
+                    raw,
+                    mbs_given,
+                    candidate,
+                    model_file.parent.parent,
                 )
             except Exception as exc:
                 log.warning(
@@ -359,6 +379,12 @@ class Repository:
                 time.perf_counter() - started,
             )
             return
+
+    @staticmethod
+    def _gate_samples(serving: ModelVersion, model_dir: Path) -> list[dict[str, np.ndarray]] | None:
+        """The accuracy gate's data: the model's warmup samples, else None (random data)."""
+        samples = model_config.warmup_batches(serving.spec.config, serving.spec, model_dir)
+        return [inputs for _, inputs, _ in samples] or None
 
     def _retire(self, old: Iterable[ModelVersion]) -> None:
         for version in list(old):
@@ -407,6 +433,7 @@ class Repository:
         raw: mc.ModelConfig,
         mbs_given: bool,
         engine: Candidate | None = None,
+        model_dir: Path | None = None,
     ) -> ModelVersion:
         """Load one version on the best engine that loads now (or on ``engine``), with its instances,
         warmup and scheduler."""
@@ -436,7 +463,7 @@ class Repository:
                     group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
             while len(backends) < model_config.instance_count(completed):
                 backends.append(loader(model_file, options))
-            self._warm_up(name, number, completed, spec, model_file.parent.parent, backends)
+            self._warm_up(name, number, completed, spec, model_dir or model_file.parent.parent, backends)
         except BaseException:
             for b in backends:
                 b.close()

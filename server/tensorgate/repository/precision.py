@@ -1,0 +1,72 @@
+"""The FP16 step before an engine build: convert, check against FP32, and pick the model file.
+
+TensorRT engines are strongly typed, so FP16 must be in the ONNX graph. Before a candidate engine
+that asks for FP16 is built, the FP32 model is converted (backends/fp16.py) and its outputs are
+compared with FP32 on the model's warmup data (or random data in each input's range). Accepted:
+the FP16 graph is written next to the engine cache and built. Refused: the engine is built in
+FP32, the reason is logged and ``tensorgate_fp16_refused_total`` counts it. No silent FP16 loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import Counter
+
+from tensorgate.engines import Candidate, Precision
+
+log = logging.getLogger(__name__)
+
+FP16_REFUSED = Counter(
+    "tensorgate_fp16_refused",
+    "FP16 conversions refused by the accuracy gate (the model kept FP32)",
+    ["model", "version"],
+)
+
+
+def prepare(
+    name: str,
+    version: int,
+    model_file: Path,
+    candidate: Candidate,
+    samples: Sequence[Mapping[str, np.ndarray]] | None,
+    cache_dir: Path,
+    rtol: float,
+) -> tuple[Path, Candidate]:
+    """The model file to build ``candidate`` from, and the candidate with the precision it gets."""
+    if candidate.precision is not Precision.FP16:
+        return model_file, candidate
+    from tensorgate.backends import fp16  # needs onnx: only GPU installs (the [gpu] extra) get here
+
+    tolerance = fp16.Tolerance(rtol=rtol)
+    original = model_file.read_bytes()
+    digest = hashlib.sha256(original + repr(tolerance).encode()).hexdigest()[:24]
+    target = cache_dir / "fp16" / name / str(version) / f"{digest}.onnx"
+    if target.is_file():
+        log.info("event=fp16_reused model=%s version=%d path=%s", name, version, target)
+        return target, candidate
+    result = fp16.fp16_pipeline(original, samples, tolerance)
+    if not result.accepted or result.model is None:
+        FP16_REFUSED.labels(name, str(version)).inc()
+        log.warning(
+            "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
+            name,
+            version,
+            candidate.engine.value,
+            result.reason,
+        )
+        return model_file, replace(candidate, precision=Precision.FP32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as out:
+        out.write(result.model)
+    os.replace(tmp, target)
+    log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
+    return target, candidate
