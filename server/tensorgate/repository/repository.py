@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tensorgate import config as model_config
 from tensorgate import engines
 from tensorgate.backends import onnxruntime_cpu
@@ -332,16 +330,7 @@ class Repository:
                 serving.engine,
             )
             try:
-                build_file, candidate = await asyncio.to_thread(
-                    precision.prepare,
-                    serving.name,
-                    serving.version,
-                    model_file,
-                    candidate,
-                    self._gate_samples(serving, model_file.parent.parent),
-                    self.settings.engine_cache_dir,
-                    self.settings.fp16_rtol,
-                )
+                build_file, candidate = await asyncio.to_thread(self._prepare, serving, model_file, candidate)
                 better = await asyncio.to_thread(
                     self._build_version,
                     serving.name,
@@ -380,11 +369,19 @@ class Repository:
             )
             return
 
-    @staticmethod
-    def _gate_samples(serving: ModelVersion, model_dir: Path) -> list[dict[str, np.ndarray]] | None:
-        """The accuracy gate's data: the model's warmup samples, else None (random data)."""
-        samples = model_config.warmup_batches(serving.spec.config, serving.spec, model_dir)
-        return [inputs for _, inputs, _ in samples] or None
+    def _prepare(self, serving: ModelVersion, model_file: Path, candidate: Candidate) -> tuple[Path, Candidate]:
+        """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
+        accepts it on the model's warmup samples (else random data), otherwise the FP32 model."""
+        warmup = model_config.warmup_batches(serving.spec.config, serving.spec, model_file.parent.parent)
+        return precision.prepare(
+            serving.name,
+            serving.version,
+            model_file,
+            candidate,
+            [inputs for _, inputs, _ in warmup] or None,
+            self.settings.engine_cache_dir,
+            self.settings.fp16_rtol,
+        )
 
     def _retire(self, old: Iterable[ModelVersion]) -> None:
         for version in list(old):
