@@ -33,7 +33,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.mark.parametrize(
     ("model", "extra"),
-    [("identity", []), ("add_sub", ["-b", "2"]), ("string_identity", ["--string-length", "12"])],
+    [
+        ("identity", []),
+        ("add_sub", ["-b", "2"]),
+        ("add_sub", ["--streaming"]),  # ModelStreamInfer
+        ("string_identity", ["--string-length", "12"]),
+    ],
 )
 def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model: str, extra: list[str]) -> None:
     report = tmp_path / "report.csv"
