@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, free_port, serve_command
+from conftest import Server, free_port, serve_command, wait_for
 from models import identity, slow, write_config
 
 SLOW_BATCH = 512  # about 80 ms a call on two cores
@@ -138,3 +138,15 @@ def test_new_requests_refused_after_shutdown(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"UNAVAILABLE|failed to connect|Connection refused"):
         server.client.is_server_live()
     server.stop()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_strict_readiness(tmp_path: Path, start_server, strict: bool) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "repo"
+    identity(repo / "good" / "1" / "model.onnx")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
+    server = start_server(repo, "--strict-readiness", str(strict).lower(), wait_ready=False)
+    wait_for(lambda: "event=server_ready" in server.log)
+    assert server.client.is_server_live() and server.client.is_model_ready("good")
+    assert server.client.is_server_ready() is (not strict)

@@ -84,6 +84,14 @@ class Settings:
             "type": _bool,
         },
     )
+    strict_readiness: bool = field(
+        default=False,
+        metadata={
+            "help": "ServerReady only while every model asked to load is READY (Triton's default is true; "
+            "tensorgate's is false so that one broken model does not take a serving pod out of rotation)",
+            "type": _bool,
+        },
+    )
     inline_execution_us: int = field(
         default=100,
         metadata={

@@ -78,7 +78,8 @@ class InferenceService:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.state.ready)
+        strict = self.repository.settings.strict_readiness
+        return pb.ServerReadyResponse(ready=self.state.ready and (not strict or self.repository.all_ready()))
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version))

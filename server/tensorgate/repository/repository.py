@@ -170,6 +170,16 @@ class Repository:
             return False
         return True
 
+    def all_ready(self) -> bool:
+        """Every model asked to load serves all its versions (explicitly unloaded ones aside): Triton's
+        strict readiness."""
+        for entry in list(self._entries.values()):
+            if entry.state is ModelState.UNAVAILABLE and entry.reason == "unloaded":
+                continue
+            if entry.state is not ModelState.READY or entry.failed_versions:
+                return False
+        return True
+
     def ready_versions(self) -> list[ModelVersion]:
         return [v for e in self._entries.values() for v in e.versions.values() if v.state is ModelState.READY]
 
