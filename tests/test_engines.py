@@ -298,3 +298,21 @@ def test_fp16_gate_decides_what_the_engine_builds(
         assert built_precision == "fp32" and built_file == tmp_path / "repo" / "m" / "1" / "model.onnx"
         assert "event=fp16_refused model=m version=1" in caplog.text and "65504" in caplog.text
         assert refused == refused_before + 1
+
+
+def test_stopping_does_not_wait_for_an_engine_still_building(tmp_path: Path) -> None:
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+
+    class VerySlow(SlowBuiltEngine):
+        build_seconds = 6.0
+
+    repo = _gpu_repository(tmp_path / "repo", VerySlow)
+
+    async def run() -> None:
+        await repo.start()
+        await asyncio.sleep(0.2)  # the build has started
+        await repo.stop()
+
+    started = time.monotonic()
+    asyncio.run(run())  # asyncio.run also waits for its default executor's threads
+    assert time.monotonic() - started < 3.0

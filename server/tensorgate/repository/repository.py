@@ -12,11 +12,12 @@ import contextlib
 import enum
 import logging
 import os
+import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tensorgate import config as model_config
 from tensorgate import engines
@@ -33,6 +34,7 @@ from tensorgate.settings import ControlMode, Settings
 from tensorgate.stats import ModelStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ModelState(enum.Enum):
@@ -110,6 +112,32 @@ def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
     from tensorgate.backends import onnxruntime_cuda  # only where onnxruntime-gpu is installed
 
     return onnxruntime_cuda.load(model_file, options)
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on a daemon thread: an engine build may take minutes, and a server told to stop
+    must not wait for it at exit (asyncio.to_thread's threads are joined at interpreter exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="tg-engine-build", daemon=True).start()
+    return await future
 
 
 def _tensorrt_not_built() -> str:
@@ -340,8 +368,8 @@ class Repository:
                 serving.engine,
             )
             try:
-                build_file, candidate = await asyncio.to_thread(self._prepare, serving, model_file, candidate)
-                better = await asyncio.to_thread(
+                build_file, candidate = await _in_daemon_thread(self._prepare, serving, model_file, candidate)
+                better = await _in_daemon_thread(
                     self._build_version,
                     serving.name,
                     serving.version,
