@@ -193,3 +193,4 @@ def test_metrics_endpoint(server: Server) -> None:
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     assert 'nv_inference_request_success{model="identity",version="1"}' in text
+    assert "tensorgate_internal_errors 0.0" in text and "tensorgate_server_ready 1.0" in text

@@ -45,9 +45,10 @@ class _Counter(Metric):
 
 
 class ModelStatsCollector(Collector):
-    def __init__(self, source: StatsSource, ready: Callable[[], bool]) -> None:
+    def __init__(self, source: StatsSource, ready: Callable[[], bool], internal_errors: Callable[[], int]) -> None:
         self._source = source
         self._ready = ready
+        self._internal_errors = internal_errors
 
     def collect(self) -> Iterator[Metric]:
         success = _Counter("nv_inference_request_success", "Number of successful inference requests")
@@ -65,11 +66,17 @@ class ModelStatsCollector(Collector):
                 family.add(key, getattr(stats, field).ns // 1000)
         ready = GaugeMetricFamily("tensorgate_server_ready", "1 when the server reports ready")
         ready.add_metric([], 1.0 if self._ready() else 0.0)
-        yield from (success, failure, count, execs, *durations, ready)
+        errors = _Counter(
+            "tensorgate_internal_errors", "Requests that failed on a server bug (logged with a traceback)"
+        )
+        errors.add({}, self._internal_errors())
+        yield from (success, failure, count, execs, *durations, ready, errors)
 
 
-def serve_metrics(host: str, port: int, source: StatsSource, ready: Callable[[], bool]) -> None:
+def serve_metrics(
+    host: str, port: int, source: StatsSource, ready: Callable[[], bool], internal_errors: Callable[[], int]
+) -> None:
     """Start the /metrics HTTP endpoint on its own thread."""
-    REGISTRY.register(ModelStatsCollector(source, ready))
+    REGISTRY.register(ModelStatsCollector(source, ready, internal_errors))
     start_http_server(port, addr=host)
     log.info("event=metrics_listening address=%s:%d path=/metrics", host, port)

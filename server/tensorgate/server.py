@@ -32,6 +32,7 @@ async def serve(settings: Settings) -> int:
                 settings.metrics_port,
                 lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
                 lambda: state.ready,
+                lambda: state.internal_errors,
             )
         except OSError as exc:
             log.error("event=startup_failed reason=%r", f"cannot serve metrics on port {settings.metrics_port}: {exc}")
