@@ -188,6 +188,37 @@ def test_statistics_count_requests(server: Server) -> None:
         c.get_inference_statistics("nope")
 
 
+def test_latency_and_batch_size_histograms(server: Server) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tensor = grpcclient.InferInput("INPUT0", [3, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((3, 16), np.float32))
+    for _ in range(5):
+        server.client.infer("identity", [tensor])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    stats = server.client.get_inference_statistics("identity").model_stats[0]
+
+    def sample(family: str, suffix: str, **labels: str) -> float:
+        for s in families[family].samples:
+            if s.name == family + suffix and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        raise AssertionError(f"no {family}{suffix} {labels}")
+
+    latency = "tensorgate_request_duration_seconds"
+    inf = sample(latency, "_bucket", model="identity", le="+Inf")
+    assert inf == sample(latency, "_count", model="identity") == stats.inference_stats.success.count >= 5
+    assert sample(latency, "_bucket", model="identity", le="0.0001") <= sample(
+        latency, "_bucket", model="identity", le="1.0"
+    )
+    assert sample("tensorgate_batch_size", "_bucket", model="identity", le="2") < sample(
+        "tensorgate_batch_size", "_bucket", model="identity", le="4"
+    )  # every 3-row request ran in a batch of at least 3
+    assert sample("tensorgate_batch_size", "_bucket", model="identity", le="+Inf") == stats.execution_count
+
+
 def test_metrics_endpoint(server: Server) -> None:
     import urllib.request
 

@@ -10,10 +10,12 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from tensorgate.stats import ModelStats
+from tensorgate.stats import LATENCY_BUCKETS_NS, ModelStats
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,15 @@ class ModelStatsCollector(Collector):
         count = _Counter("nv_inference_count", "Number of inferences performed (a batch of n counts n)")
         execs = _Counter("nv_inference_exec_count", "Number of model executions")
         durations = [_Counter(name, doc) for name, _, doc in _DURATIONS]
+        labels = ["model", "version"]
+        latency = HistogramMetricFamily(
+            "tensorgate_request_duration_seconds",
+            "Successful requests by time in the server (queue + compute), for percentiles",
+            labels=labels,
+        )
+        batch = HistogramMetricFamily(
+            "tensorgate_batch_size", "Model executions by the batch size the scheduler formed", labels=labels
+        )
         for model, version, stats in list(self._source()):
             key = {"model": model, "version": str(version)}
             success.add(key, stats.success.count)
@@ -64,13 +75,37 @@ class ModelStatsCollector(Collector):
             execs.add(key, stats.execution_count)
             for family, (_, field, _) in zip(durations, _DURATIONS, strict=True):
                 family.add(key, getattr(stats, field).ns // 1000)
+            latency.add_metric(list(key.values()), _latency_buckets(stats), sum_value=stats.success.ns / 1e9)
+            sizes = {size: b.compute_infer.count for size, b in list(stats.batches.items())}
+            batch.add_metric(
+                list(key.values()), _batch_buckets(sizes), sum_value=sum(size * n for size, n in sizes.items())
+            )
         ready = GaugeMetricFamily("tensorgate_server_ready", "1 when the server reports ready")
         ready.add_metric([], 1.0 if self._ready() else 0.0)
         errors = _Counter(
             "tensorgate_internal_errors", "Requests that failed on a server bug (logged with a traceback)"
         )
         errors.add({}, self._internal_errors())
-        yield from (success, failure, count, execs, *durations, ready, errors)
+        yield from (success, failure, count, execs, *durations, latency, batch, ready, errors)
+
+
+def _latency_buckets(stats: ModelStats) -> list[tuple[str, float]]:
+    """Cumulative (upper bound in seconds, count) pairs, as Prometheus histograms want them."""
+    cumulative, buckets = 0, []
+    for bound, n in zip((*LATENCY_BUCKETS_NS, None), list(stats.latency_buckets), strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound is None else repr(bound / 1e9), float(cumulative)))
+    return buckets
+
+
+def _batch_buckets(sizes: dict[int, int]) -> list[tuple[str, float]]:
+    return [
+        (
+            "+Inf" if bound is None else str(bound),
+            float(sum(n for size, n in sizes.items() if bound is None or size <= bound)),
+        )
+        for bound in (*_BATCH_BUCKETS, None)
+    ]
 
 
 def serve_metrics(

@@ -5,6 +5,7 @@ Updated only on the event loop thread, so no locks. Durations are nanoseconds.
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,13 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
+# Upper bounds (ns) of the request-latency histogram's buckets: 100 us to 10 s, ~x2.5 apart.
+LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(
+    int(v * 1000) for v in (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+                            500_000, 1_000_000, 2_500_000, 10_000_000)
+)  # fmt: skip
+
+
 @dataclass
 class ModelStats:
     inference_count: int = 0  # samples (a request of batch n counts n)
@@ -38,6 +46,8 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    # Successful requests per latency bucket (last slot: above the largest bound), for percentiles.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
 
     def record_request(
         self,
@@ -56,6 +66,7 @@ class ModelStats:
             return
         self.inference_count += samples
         self.success.add(total_ns)
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, total_ns)] += 1
         self.queue.add(queue_ns)
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
