@@ -10,6 +10,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e ".[cpu,test]"
+bash scripts/install_prometheus.sh || echo "prometheus: not installed; its test will be skipped" >&2
 if [[ "$(uname -m)" == "x86_64" ]]; then
   bash scripts/install_perf_analyzer.sh
 else
