@@ -608,9 +608,14 @@ class Repository:
             except Exception:
                 log.exception("event=repository_poll_failed")
 
+    def _scan(self) -> dict[str, tuple[tuple[str, int, int], ...]]:
+        return {name: layout.fingerprint(self.root / name) for name in layout.model_names(self.root)}
+
     async def poll_once(self) -> None:
-        """Load added models, reload changed ones, unload removed ones."""
-        on_disk = set(layout.model_names(self.root))
+        """Load added models, reload changed ones, unload removed ones. The scan of the directory
+        runs on a worker thread: a large repository must not stall requests."""
+        fingerprints = await asyncio.to_thread(self._scan)
+        on_disk = set(fingerprints)
         for name in sorted(set(self._entries) - on_disk):
             if self._entries[name].versions or self._entries[name].state is not ModelState.UNAVAILABLE:
                 log.info("event=model_removed model=%s", name)
@@ -618,7 +623,7 @@ class Repository:
             del self._entries[name]
         for name in sorted(on_disk):
             entry = self._entries.get(name)
-            if entry is not None and entry.fingerprint == layout.fingerprint(self.root / name):
+            if entry is not None and entry.fingerprint == fingerprints[name]:
                 continue
             log.info("event=model_%s model=%s", "changed" if entry else "added", name)
             with contextlib.suppress(ServerError):  # already logged and recorded in the index
