@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -40,7 +40,6 @@ class BatchResult:
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
-    rows: int = field(default=0)
 
 
 def gather_inputs(requests: Sequence[InferRequest], batched: bool) -> dict[str, np.ndarray]:
@@ -105,7 +104,7 @@ class Instance:
         future.add_done_callback(lambda f: done(f.result()))
 
     def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:
-        result = BatchResult(rows=sum(r.batch_size for r in requests))
+        result = BatchResult()
         try:
             t0 = time.perf_counter_ns()
             inputs = gather_inputs(requests, batched)
@@ -122,11 +121,6 @@ class Instance:
             result.error = exc
             result.per_request = None
         return result
-
-    def warm_up(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], count: int) -> None:
-        """Run ``count`` executions directly (at load time, before the instance takes requests)."""
-        for _ in range(max(1, count)):
-            self.backend.execute(inputs, outputs)
 
     def close(self) -> None:
         """Wait for the batch in progress (if any), then release the engine."""

@@ -326,7 +326,7 @@ class Repository:
             self._retire(old.values())
             for v in loaded:
                 if v.upgrades:
-                    self._track(self._upgrade(entry, v))
+                    self._spawn(self._upgrade(entry, v), self._upgrades)
             if not loaded:
                 raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
@@ -346,10 +346,12 @@ class Repository:
             await asyncio.gather(*(v.retire() for v in retiring))
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
-    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+    @staticmethod
+    def _spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+        """Run ``work`` as a task kept in ``tasks`` until it ends (so stop() can find it)."""
         task = asyncio.create_task(work)
-        self._upgrades.add(task)
-        task.add_done_callback(self._upgrades.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _upgrade(self, entry: ModelEntry, serving: ModelVersion) -> None:
         """Build the better engines of a serving version off the request path, best first; the first
@@ -423,9 +425,7 @@ class Repository:
 
     def _retire(self, old: Iterable[ModelVersion]) -> None:
         for version in list(old):
-            task = asyncio.create_task(version.retire())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._spawn(version.retire(), self._retiring)
 
     # ---- building (worker thread) ----
 
