@@ -162,8 +162,14 @@ def test_priority_parameter(tmp_path: Path, start_server) -> None:  # type: igno
 def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     repo = _slow_repo(tmp_path, "dynamic_batching { }")
     server = start_server(repo)
-    busy = threading.Thread(target=lambda: [slow_infer(grpcclient.InferenceServerClient(server.url)) for _ in range(3)])
-    busy.start()
+    # Three requests at once keep the only instance busy without a gap (one batch, then the other
+    # two together): sent one after another, the instance would be idle between them, and a request
+    # arriving then would run before its cancellation reached the server.
+    busy = [
+        threading.Thread(target=slow_infer, args=(grpcclient.InferenceServerClient(server.url),)) for _ in range(3)
+    ]
+    for thread in busy:
+        thread.start()
     time.sleep(0.05)
     client = grpcclient.InferenceServerClient(server.url)
     data = np.full((SLOW_ROWS, 512), 2, np.float32)
@@ -174,7 +180,8 @@ def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) 
     call.cancel()
     with pytest.raises(InferenceServerException, match="Deadline"):
         client.infer("slow", [tensor], client_timeout=0.001)
-    busy.join(30)
+    for thread in busy:
+        thread.join(30)
     time.sleep(0.3)
     s = stats(server, "slow")
     # Only the three 'busy' requests ran: the cancelled one and the expired one never did.

@@ -311,3 +311,47 @@ async def test_costly_batches_stay_on_the_worker_thread() -> None:
     for i in range(Instance.WARMUP_EXECUTIONS + 4):
         await s.infer(request(i))
     assert threading.current_thread().name not in slow.threads
+
+
+async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
+    class Failing(ThreadRecorder):
+        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+            if inputs["x"][0, 0] == 13:
+                raise RuntimeError("boom")
+            return super().execute(inputs, output_names)
+
+    fast = Failing()
+    stats = ModelStats()
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], stats, policy(), inline_below_us=50_000)
+    for i in range(Instance.WARMUP_EXECUTIONS):
+        await s.infer(request(100 + i))
+    before = (stats.inference_count, stats.execution_count, stats.success.count)
+    out = await s.infer(request(5, rows=3))
+    assert fast.threads[-1] == threading.current_thread().name  # it ran inline
+    assert out["y"].shape == (3, 4) and out["y"][0, 0] == 10
+    assert (stats.inference_count, stats.execution_count, stats.success.count) == (
+        before[0] + 3,
+        before[1] + 1,
+        before[2] + 1,
+    )
+    assert stats.batches[3].compute_infer.count == 1
+    with pytest.raises(ServerError, match="boom") as info:
+        await s.infer(request(13))
+    assert info.value.code is Code.INTERNAL
+    assert stats.fail.count == 1
+    with pytest.raises(ServerError, match="priority 7 is out of range"):
+        await s.infer(request(1, priority=7))
+    assert (await s.infer(request(4)))["y"][0, 0] == 8  # the instance is free again
+
+
+async def test_cheap_instance_still_batches_what_queues_while_it_is_busy() -> None:
+    fast = ThreadRecorder()
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_below_us=50_000)
+    for i in range(Instance.WARMUP_EXECUTIONS):
+        await s.infer(request(i))
+    fast.batches.clear()
+    # Requests that wait together (here: all created before the loop runs any of them, with the
+    # instance taken by the first) go out as batches, not one at a time.
+    results = await asyncio.gather(*(s.infer(request(i)) for i in range(6)))
+    assert [int(r["y"][0, 0]) for r in results] == [2 * i for i in range(6)]
+    assert sum(len(b) for b in fast.batches) == 6

@@ -175,6 +175,10 @@ class Scheduler:
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
+        if self._idle and not any(self._queued) and self._idle[-1].cheap(self.inline_below_ns):
+            # Nothing queued and a free instance whose batches are cheaper than a thread hop: run it
+            # now, without the queue's bookkeeping (a future, a queue entry, a shape key).
+            return self._run_alone(request)
         entry = self._enqueue(request)
         self._in_flight += 1
         self._drained.clear()
@@ -189,7 +193,8 @@ class Scheduler:
             if self._in_flight == 0:
                 self._drained.set()
 
-    def _enqueue(self, request: InferRequest) -> _Pending:
+    def _level(self, request: InferRequest) -> int:
+        """The queue (0 = highest priority) a request goes to; InvalidArgument if out of range."""
         policy = self.policy
         priority = request.priority or policy.default_priority
         if priority < 1 or priority > policy.priority_levels:
@@ -197,7 +202,26 @@ class Scheduler:
                 f"priority {request.priority} is out of range for model '{self.model}': it has "
                 f"{policy.priority_levels} priority level(s), 1 (highest) to {policy.priority_levels}, 0 = default"
             )
-        level = priority - 1
+        return priority - 1
+
+    def _run_alone(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Run one request on the event loop at once (see infer); same statistics and errors as a batch."""
+        self._level(request)
+        instance = self._idle.pop()
+        started = time.perf_counter_ns()
+        try:
+            result = instance.run((request,), request.outputs, self._batched)
+        finally:
+            self._idle.append(instance)
+        outputs = self._record(request, result, started, time.perf_counter_ns())
+        if isinstance(outputs, ServerError):
+            raise outputs
+        return outputs
+
+    def _enqueue(self, request: InferRequest) -> _Pending:
+        policy = self.policy
+        level = self._level(request)
+        priority = level + 1
         queue_policy = policy.queue_policies[level]
         if queue_policy.max_queue_size and self._queued[level] >= queue_policy.max_queue_size:
             self._count_rejected(request)
@@ -344,32 +368,61 @@ class Scheduler:
         instance.submit(requests, outputs, self._batched, from_worker)
 
     def _finish(self, batch: list[_Pending], result: BatchResult, started_ns: int) -> None:
-        rows = sum(e.request.batch_size for e in batch)
-        if result.error is None:
-            self.stats.record_execution(rows, result.input_ns, result.infer_ns, result.output_ns)
         now = time.perf_counter_ns()
-        per_request: list[dict[str, np.ndarray] | None] = [None] * len(batch)
-        if result.per_request is not None:
-            per_request = list(result.per_request)
-        for entry, outputs in zip(batch, per_request, strict=True):
-            request = entry.request
-            queue_ns = started_ns - request.arrival_ns
-            if result.error is not None or outputs is None:
-                self.stats.record_request(False, now - request.arrival_ns)
-                if not entry.future.done():
-                    entry.future.set_exception(self._error(result.error, request))
+        if len(batch) == 1:
+            answers: list[dict[str, np.ndarray] | ServerError] = [self._record(batch[0].request, result, started_ns, now)]
+        else:
+            rows = sum(e.request.batch_size for e in batch)
+            if result.error is None:
+                self.stats.record_execution(rows, result.input_ns, result.infer_ns, result.output_ns)
+            per_request: list[dict[str, np.ndarray] | None] = [None] * len(batch)
+            if result.per_request is not None:
+                per_request = list(result.per_request)
+            answers = [
+                self._answer(e.request, result, outputs, started_ns, now)
+                for e, outputs in zip(batch, per_request, strict=True)
+            ]
+        for entry, answer in zip(batch, answers, strict=True):
+            if entry.future.done():
                 continue
-            self.stats.record_request(
-                True,
-                now - request.arrival_ns,
-                queue_ns,
-                result.input_ns,
-                result.infer_ns,
-                result.output_ns,
-                samples=request.batch_size,
-            )
-            if not entry.future.done():
-                entry.future.set_result({name: outputs[name] for name in request.outputs})
+            if isinstance(answer, ServerError):
+                entry.future.set_exception(answer)
+            else:
+                entry.future.set_result(answer)
+
+    def _record(
+        self, request: InferRequest, result: BatchResult, started_ns: int, now_ns: int
+    ) -> dict[str, np.ndarray] | ServerError:
+        """Statistics of a batch of one request, and its answer."""
+        if result.error is None:
+            self.stats.record_execution(request.batch_size, result.input_ns, result.infer_ns, result.output_ns)
+        outputs = result.per_request[0] if result.per_request else None
+        return self._answer(request, result, outputs, started_ns, now_ns)
+
+    def _answer(
+        self,
+        request: InferRequest,
+        result: BatchResult,
+        outputs: dict[str, np.ndarray] | None,
+        started_ns: int,
+        now_ns: int,
+    ) -> dict[str, np.ndarray] | ServerError:
+        """Count one request of a finished batch; its outputs, or the error to answer it with."""
+        if result.error is not None or outputs is None:
+            self.stats.record_request(False, now_ns - request.arrival_ns)
+            return self._error(result.error, request)
+        self.stats.record_request(
+            True,
+            now_ns - request.arrival_ns,
+            started_ns - request.arrival_ns,
+            result.input_ns,
+            result.infer_ns,
+            result.output_ns,
+            samples=request.batch_size,
+        )
+        if len(outputs) == len(request.outputs):
+            return outputs
+        return {name: outputs[name] for name in request.outputs}
 
     def _error(self, error: BaseException | None, request: InferRequest) -> ServerError:
         if isinstance(error, BackendInputError):
