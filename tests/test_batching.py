@@ -165,9 +165,7 @@ def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) 
     # Three requests at once keep the only instance busy without a gap (one batch, then the other
     # two together): sent one after another, the instance would be idle between them, and a request
     # arriving then would run before its cancellation reached the server.
-    busy = [
-        threading.Thread(target=slow_infer, args=(grpcclient.InferenceServerClient(server.url),)) for _ in range(3)
-    ]
+    busy = [threading.Thread(target=slow_infer, args=(grpcclient.InferenceServerClient(server.url),)) for _ in range(3)]
     for thread in busy:
         thread.start()
     time.sleep(0.05)

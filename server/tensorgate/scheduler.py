@@ -369,8 +369,9 @@ class Scheduler:
 
     def _finish(self, batch: list[_Pending], result: BatchResult, started_ns: int) -> None:
         now = time.perf_counter_ns()
+        answers: list[dict[str, np.ndarray] | ServerError]
         if len(batch) == 1:
-            answers: list[dict[str, np.ndarray] | ServerError] = [self._record(batch[0].request, result, started_ns, now)]
+            answers = [self._record(batch[0].request, result, started_ns, now)]
         else:
             rows = sum(e.request.batch_size for e in batch)
             if result.error is None:
