@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -16,6 +17,8 @@ import tritonclient.grpc as grpcclient
 from conftest import Server
 from models import save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
+from tensorgate.backends import onnxruntime_cpu
+from tensorgate.backends.base import BackendOptions
 from tritonclient.utils import InferenceServerException
 
 SLOW_ROWS = 512  # rows that keep the slow model busy for tens of ms
@@ -196,6 +199,26 @@ def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # ty
         busy = [b.batch_size for b in stats(server, "slow").batch_stats]  # type: ignore[attr-defined]
         assert busy == [SLOW_ROWS], (name, busy)
     assert "instances=2" in servers["two"].log
+    # Two instances share the cores; one gets ONNX Runtime's default (a thread per core).
+    assert f"count=2 intra_op_threads={max(1, (os.cpu_count() or 1) // 2)} " in servers["two"].log
+    assert "count=1 intra_op_threads=default " in servers["one"].log
+
+
+def test_onnxruntime_thread_parameters_reach_the_session(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    params = "".join(
+        f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n'
+        for k, v in (("intra_op_thread_count", 1), ("inter_op_thread_count", 2), ("execution_mode", 1))
+    )
+    server = start_server(_slow_repo(tmp_path, "instance_group [ { count: 2 kind: KIND_CPU } ]\n" + params))
+    assert "count=2 intra_op_threads=1 inter_op_threads=2 parallel_execution=true" in server.log
+    assert "parameters ignored" not in server.log
+    options = BackendOptions(intra_op_threads=1, inter_op_threads=2, parallel_execution=True)
+    backend = onnxruntime_cpu.load(tmp_path / "repo" / "slow" / "1" / "model.onnx", options)
+    expected = backend.execute({"INPUT0": np.ones((SLOW_ROWS, 512), np.float32)}, ["OUTPUT0"])["OUTPUT0"]
+    np.testing.assert_array_equal(slow_infer(server.client), expected)
+    got = backend._session.get_session_options()
+    assert (got.intra_op_num_threads, got.inter_op_num_threads) == (1, 2)
+    assert got.execution_mode == ort.ExecutionMode.ORT_PARALLEL
 
 
 def test_warmup_runs_on_every_instance_before_ready(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]

@@ -303,6 +303,24 @@ def test_performance_hints_warn(text: str, named: str) -> None:
     assert any(named in h for h in hints), hints
 
 
+def test_onnxruntime_parameters_are_read_not_ignored() -> None:
+    cfg = parse(
+        "parameters { key: 'intra_op_thread_count' value { string_value: '1' } }"
+        " parameters { key: 'inter_op_thread_count' value { string_value: '2' } }"
+        " parameters { key: 'execution_mode' value { string_value: '1' } }"
+        " parameters { key: 'enable_mem_arena' value { string_value: '0' } }"
+    )
+    assert C.check_supported(cfg) == ["parameters ignored: enable_mem_arena"]
+    assert C.ort_parameters(cfg) == C.OrtParameters(intra_op_threads=1, inter_op_threads=2, parallel_execution=True)
+    assert C.ort_parameters(parse("")) == C.OrtParameters()
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "", "2000"])
+def test_bad_onnxruntime_parameter_fails_the_load(value: str) -> None:
+    with pytest.raises(C.ModelConfigError, match="'intra_op_thread_count' must be an integer from 0 to 1024"):
+        C.check_supported(parse(f"parameters {{ key: 'intra_op_thread_count' value {{ string_value: '{value}' }} }}"))
+
+
 def test_supported_config_has_no_hints() -> None:
     cfg = parse(
         'name: "m" backend: "onnxruntime" max_batch_size: 8 instance_group [{ count: 2 kind: KIND_CPU }]'

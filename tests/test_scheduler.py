@@ -355,3 +355,18 @@ async def test_cheap_instance_still_batches_what_queues_while_it_is_busy() -> No
     results = await asyncio.gather(*(s.infer(request(i)) for i in range(6)))
     assert [int(r["y"][0, 0]) for r in results] == [2 * i for i in range(6)]
     assert sum(len(b) for b in fast.batches) == 6
+
+
+async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
+    fast = ThreadRecorder()
+    delayed = policy(max_queue_delay_us=50_000)
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), delayed, inline_below_us=50_000)
+    for _ in range(Instance.WARMUP_EXECUTIONS):  # full batches go at once, delay or not
+        await asyncio.gather(*(s.infer(request(i)) for i in range(8)))
+    assert s.instances[0].cheap(s.inline_below_ns)
+    fast.batches.clear()
+    first = asyncio.create_task(s.infer(request(1)))
+    await asyncio.sleep(0.005)
+    second = asyncio.create_task(s.infer(request(2)))
+    await asyncio.gather(first, second)
+    assert fast.batches == [[1, 2]]  # the first waited for the second instead of running at once

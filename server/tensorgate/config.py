@@ -145,8 +145,10 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
                 )
     if config.cc_model_filenames:
         hints.append("cc_model_filenames ignored")
-    if config.parameters:
-        hints.append(f"parameters ignored: {', '.join(sorted(config.parameters))}")
+    fatal.extend(_ort_parameter_problems(config))
+    ignored = sorted(k for k in config.parameters if k not in ORT_PARAMETERS)
+    if ignored:
+        hints.append(f"parameters ignored: {', '.join(ignored)}")
     if fatal:
         raise ModelConfigError("; ".join(fatal))
     return hints
@@ -362,6 +364,48 @@ def model_filename(config: mc.ModelConfig) -> str:
     if "/" in name or "\\" in name or name in (".", ".."):
         raise ModelConfigError(f"default_model_filename {name!r} must be a plain file name")
     return name
+
+
+# Triton's ONNX Runtime backend reads these from the model's `parameters` (string values): the
+# threads of each instance's session and whether independent operators may run in parallel.
+ORT_PARAMETERS: dict[str, tuple[int, int]] = {  # name -> allowed range
+    "intra_op_thread_count": (0, 1024),  # 0: ONNX Runtime's default (one per core)
+    "inter_op_thread_count": (0, 1024),
+    "execution_mode": (0, 1),  # 0 sequential, 1 parallel
+}
+
+
+@dataclass(frozen=True)
+class OrtParameters:
+    """The ONNX Runtime session settings a config asks for; None where it leaves the choice to us."""
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    parallel_execution: bool = False
+
+
+def _ort_parameter_problems(config: mc.ModelConfig) -> list[str]:
+    problems = []
+    for key, (low, high) in ORT_PARAMETERS.items():
+        if key not in config.parameters:
+            continue
+        text = config.parameters[key].string_value.strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            problems.append(f"parameters {key!r} must be an integer from {low} to {high} in string_value, not {text!r}")
+    return problems
+
+
+def ort_parameters(config: mc.ModelConfig) -> OrtParameters:
+    """The ONNX Runtime settings of a config already passed by check_supported."""
+
+    def value(key: str) -> int | None:
+        return int(config.parameters[key].string_value) if key in config.parameters else None
+
+    return OrtParameters(
+        intra_op_threads=value("intra_op_thread_count"),
+        inter_op_threads=value("inter_op_thread_count"),
+        parallel_execution=value("execution_mode") == 1,
+    )
 
 
 def instance_count(config: mc.ModelConfig) -> int:

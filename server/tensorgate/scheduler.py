@@ -155,6 +155,7 @@ class Scheduler:
         self.stats = stats
         self.policy = policy or BatchingPolicy()
         self._batched = self.policy.max_batch_size > 0
+        self._no_delay = not self.policy.dynamic or self.policy.max_queue_delay_us == 0
         levels = self.policy.priority_levels
         self._queues: list[deque[_Pending]] = [deque() for _ in range(levels)]
         self._delayed: list[deque[_Pending]] = [deque() for _ in range(levels)]
@@ -175,9 +176,10 @@ class Scheduler:
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
-        if self._idle and not any(self._queued) and self._idle[-1].cheap(self.inline_below_ns):
-            # Nothing queued and a free instance whose batches are cheaper than a thread hop: run it
-            # now, without the queue's bookkeeping (a future, a queue entry, a shape key).
+        if self._no_delay and self._idle and not any(self._queued) and self._idle[-1].cheap(self.inline_below_ns):
+            # Nothing queued, no queue delay to wait out, and a free instance whose batches are
+            # cheaper than a thread hop: run it now, without the queue's bookkeeping (a future, a
+            # queue entry, a shape key). The batch _form_batch would make is this request alone.
             return self._run_alone(request)
         entry = self._enqueue(request)
         self._in_flight += 1

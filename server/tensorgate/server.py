@@ -4,6 +4,7 @@ stop taking requests, finish the ones in flight, unload and return 0."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -46,6 +47,10 @@ async def serve(settings: Settings) -> int:
     await frontend.start()
     log.info("event=grpc_listening version=%s address=%s:%d", __version__, settings.host, frontend.port)
     await repository.start()
+    # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
+    # the garbage collector's full passes, each a ~9 ms pause of every request in flight here.
+    gc.collect()
+    gc.freeze()
     state.ready = True
     await frontend.set_serving(True)
     ready = [f"{v.name}:{v.version}({v.engine})" for v in repository.ready_versions()]

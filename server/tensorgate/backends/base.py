@@ -34,6 +34,7 @@ class BackendOptions:
 
     intra_op_threads: int = 0  # 0 lets the engine decide
     inter_op_threads: int = 1
+    parallel_execution: bool = False  # independent operators may run at the same time (inter-op threads)
     device: str = "cpu"
     precision: str = "fp32"  # what the engine builds in (the model file already carries FP16 when "fp16")
 

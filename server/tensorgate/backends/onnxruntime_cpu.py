@@ -80,6 +80,8 @@ class OnnxRuntimeCpuBackend:
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
+        if options.parallel_execution:
+            session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         session_options.log_severity_level = 3
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

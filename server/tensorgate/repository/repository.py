@@ -104,8 +104,16 @@ def _instance_options(config: mc.ModelConfig, candidate: Candidate) -> BackendOp
     cores = os.cpu_count() or 1
     device = "cpu" if candidate.device is None else f"cuda:{candidate.device}"
     # One instance lets ONNX Runtime use every core; several share them so they don't oversubscribe.
+    # Triton's ONNX Runtime parameters (intra_op_thread_count, ...) in the config take precedence.
+    asked = model_config.ort_parameters(config)
     threads = 0 if count == 1 else max(1, cores // count)
-    return BackendOptions(intra_op_threads=threads, device=device, precision=candidate.precision.value)
+    return BackendOptions(
+        intra_op_threads=threads if asked.intra_op_threads is None else asked.intra_op_threads,
+        inter_op_threads=1 if asked.inter_op_threads is None else asked.inter_op_threads,
+        parallel_execution=asked.parallel_execution,
+        device=device,
+        precision=candidate.precision.value,
+    )
 
 
 def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
@@ -498,6 +506,17 @@ class Repository:
                     group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
             while len(backends) < model_config.instance_count(completed):
                 backends.append(loader(model_file, options))
+            log.info(
+                "event=model_instances model=%s version=%d engine=%s count=%d intra_op_threads=%s "
+                "inter_op_threads=%d parallel_execution=%s",
+                name,
+                number,
+                first.engine,
+                len(backends),
+                options.intra_op_threads or "default",
+                options.inter_op_threads,
+                str(options.parallel_execution).lower(),
+            )
             self._warm_up(name, number, completed, spec, model_dir or model_file.parent.parent, backends)
         except BaseException:
             for b in backends:
