@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ class TensorSpec:
     dims: tuple[int, ...]
     optional: bool = False
 
+    @cached_property
+    def fixed_dims(self) -> tuple[int, ...] | None:
+        """``dims`` when none is -1 (a shape check is then one tuple comparison), else None."""
+        return None if -1 in self.dims else tuple(self.dims)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -50,7 +56,7 @@ class ModelSpec:
     outputs: dict[str, TensorSpec]
     config: mc.ModelConfig = field(compare=False)
 
-    @property
+    @cached_property
     def batched(self) -> bool:
         return self.max_batch_size > 0
 

@@ -8,6 +8,7 @@ BYTES travels as numpy object arrays of ``bytes``; BF16 has no numpy dtype and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -21,11 +22,13 @@ class DataType:
     onnx: int  # onnx.TensorProto.DataType value
     numpy: np.dtype  # storage dtype (object for BYTES, uint16 for BF16)
 
-    @property
+    # Read for every tensor of every request: computed once (cached_property writes the instance's
+    # __dict__ directly, which a frozen dataclass allows).
+    @cached_property
     def is_bytes(self) -> bool:
         return self.v2 == "BYTES"
 
-    @property
+    @cached_property
     def itemsize(self) -> int:
         """Bytes per element in raw contents (0 for BYTES, which is length-prefixed)."""
         return 0 if self.is_bytes else self.numpy.itemsize

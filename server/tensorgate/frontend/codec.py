@@ -45,8 +45,15 @@ def _expected_shape(spec: TensorSpec, model: ModelSpec) -> str:
     return "[" + ",".join(([f"batch<={model.max_batch_size}"] if model.batched else []) + dims) + "]"
 
 
-def _check_shape(name: str, shape: Sequence[int], spec: TensorSpec, model: ModelSpec) -> int:
+def _check_shape(name: str, shape: tuple[int, ...], spec: TensorSpec, model: ModelSpec) -> int:
     """Validate one input's shape; returns its batch size (1 for models without batching)."""
+    fixed = spec.fixed_dims
+    if fixed is not None:  # the common case, checked without building lists
+        if not model.batched:
+            if shape == fixed:
+                return 1
+        elif shape and 1 <= shape[0] <= model.max_batch_size and shape[1:] == fixed:
+            return shape[0]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}' has shape {_shape_text(shape)}: dimensions cannot be negative")
     dims = list(shape)
@@ -130,18 +137,10 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
 def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
     """Check a request against the model and turn its tensors into numpy arrays (views where raw)."""
     raw_contents = request.raw_input_contents
-    # Before counting raw_input_contents: an input in shared memory has no entry there, so the
-    # count would be off and the message would hide the real reason.
-    for tensor in request.inputs:
-        if not tensor.parameters:
-            continue
-        for key in _UNSUPPORTED_TENSOR_PARAMETERS:
-            if key in tensor.parameters:
-                raise Unimplemented(
-                    f"input '{tensor.name}' uses shared memory ({key}), which tensorgate does not support yet; "
-                    "send the tensor in raw_input_contents"
-                )
     if raw_contents and len(raw_contents) != len(request.inputs):
+        # An input in shared memory has no entry in raw_input_contents: say that, not the count.
+        for tensor in request.inputs:
+            _check_input_parameters(tensor)
         raise InvalidArgument(
             f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents; "
             "send one raw_input_contents entry per input, in the order of inputs"
@@ -150,6 +149,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     batch: int | None = None
     batch_from = ""
     for index, tensor in enumerate(request.inputs):
+        if tensor.parameters:
+            _check_input_parameters(tensor)
         name = tensor.name
         spec = model.inputs.get(name)
         if spec is None:
@@ -207,6 +208,15 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         priority=_int_parameter(request, "priority") if request.parameters else 0,
         timeout_us=_int_parameter(request, "timeout") if request.parameters else 0,
     )
+
+
+def _check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
+    for key in _UNSUPPORTED_TENSOR_PARAMETERS:
+        if key in tensor.parameters:
+            raise Unimplemented(
+                f"input '{tensor.name}' uses shared memory ({key}), which tensorgate does not support yet; "
+                "send the tensor in raw_input_contents"
+            )
 
 
 def _check_output_parameters(requested: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:

@@ -165,14 +165,11 @@ class InferenceService:
 
     # ---- inference ----
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest, context: Any = None) -> pb.ModelInferResponse:
         served = self.repository.get(request.model_name, request.model_version)
         decoded = codec.decode_request(request, served.spec)
         outputs = await served.scheduler.infer(decoded)
         return codec.encode_response(served.spec, served.version, request.id, outputs)
-
-    async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return await self._infer(request)
 
     async def model_stream_infer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -184,7 +181,7 @@ class InferenceService:
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                response = pb.ModelStreamInferResponse(infer_response=await self.model_infer(request))
             except ServerError as exc:
                 response = pb.ModelStreamInferResponse(error_message=exc.message)
                 response.infer_response.id = request.id
