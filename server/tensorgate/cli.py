@@ -22,24 +22,37 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the TENSORGATE_* environment variable shown.",
     )
     settings.add_arguments(serve)
+    build = commands.add_parser(
+        "build",
+        help="build and cache every model's engines ahead of time (for an init container), then exit",
+        description="Load the model repository as 'tensorgate serve' would, with the same flags and TENSORGATE_* "
+        "environment, run every engine build the server would start in the background (FP16 conversion, accuracy "
+        "gate, engine) to its end, keep the results in --engine-cache-dir and print one line per model version. "
+        "Exit status 1 if a model failed to load or a build failed.",
+    )
+    settings.add_arguments(build)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = settings.from_namespace(args)
+    logs.configure(config.log_level)
+    if importlib.util.find_spec("onnxruntime") is None:
+        print(
+            "tensorgate: ONNX Runtime is not installed; install tensorgate[cpu] (or tensorgate[gpu] on an "
+            "NVIDIA machine)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "serve":
-        config = settings.from_namespace(args)
-        logs.configure(config.log_level)
-        if importlib.util.find_spec("onnxruntime") is None:
-            print(
-                "tensorgate: ONNX Runtime is not installed; install tensorgate[cpu] (or tensorgate[gpu] on an "
-                "NVIDIA machine)",
-                file=sys.stderr,
-            )
-            return 2
         from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
 
         return asyncio.run(serve(config))
+    if args.command == "build":
+        from tensorgate.build import build
+
+        return asyncio.run(build(config, sys.stdout))
     return 2
 
 

@@ -69,6 +69,19 @@ class ModelVersion:
         log.info("event=model_unloaded model=%s version=%d", self.name, self.version)
 
 
+@dataclass(frozen=True)
+class BuildOutcome:
+    """One background engine build: what it built and whether the version moved to it."""
+
+    model: str
+    version: int
+    engine: str
+    precision: str
+    built: bool
+    detail: str  # why it failed, or what it replaced
+    seconds: float
+
+
 @dataclass
 class ModelEntry:
     """A model name: its served versions, or why it has none."""
@@ -170,6 +183,8 @@ class Repository:
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._upgrades: set[asyncio.Task[None]] = set()
+        self.builds: list[BuildOutcome] = []  # every background build that ended, in order
+        self.passed_over: dict[tuple[str, int], list[tuple[str, str]]] = {}  # engines not tried, and why
 
     # ---- lookups on the request path (event loop, no awaits) ----
 
@@ -399,10 +414,32 @@ class Repository:
                     serving.engine,
                     exc_info=not _expected(exc),
                 )
+                self.builds.append(
+                    BuildOutcome(
+                        serving.name,
+                        serving.version,
+                        candidate.engine.value,
+                        candidate.precision.value,
+                        False,
+                        _reason(exc),
+                        time.perf_counter() - started,
+                    )
+                )
                 continue
             async with entry.lock:
                 if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
                     await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
+                    self.builds.append(
+                        BuildOutcome(
+                            serving.name,
+                            serving.version,
+                            candidate.engine.value,
+                            candidate.precision.value,
+                            False,
+                            "dropped: the model was reloaded or unloaded during the build",
+                            time.perf_counter() - started,
+                        )
+                    )
                     return
                 better.stats = better.scheduler.stats = serving.stats  # statistics continue across the switch
                 entry.versions[serving.version] = better
@@ -415,7 +452,23 @@ class Repository:
                 better.engine,
                 time.perf_counter() - started,
             )
+            self.builds.append(
+                BuildOutcome(
+                    serving.name,
+                    serving.version,
+                    better.engine,
+                    candidate.precision.value,
+                    True,
+                    f"replaced {serving.engine}",
+                    time.perf_counter() - started,
+                )
+            )
             return
+
+    async def wait_for_builds(self) -> None:
+        """Until every background engine build has ended (``tensorgate build``; the server never waits)."""
+        while self._upgrades:
+            await asyncio.gather(*list(self._upgrades), return_exceptions=True)
 
     def _prepare(self, serving: ModelVersion, model_file: Path, candidate: Candidate) -> tuple[Path, Candidate]:
         """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
@@ -554,6 +607,7 @@ class Repository:
             self.capabilities,
             tensorrt_available=None if Engine.TENSORRT in self._loaders else _tensorrt_not_built,
         )
+        self.passed_over[name, number] = [(engine.value, reason) for engine, reason in chosen.passed_over]
         for engine, reason in chosen.passed_over:
             log.info(
                 "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
