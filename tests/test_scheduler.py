@@ -370,3 +370,38 @@ async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
     second = asyncio.create_task(s.infer(request(2)))
     await asyncio.gather(first, second)
     assert fast.batches == [[1, 2]]  # the first waited for the second instead of running at once
+
+
+class SlowOffTheLoop(ThreadRecorder):
+    """Slow on the worker thread (as a batch that waits there for the GIL), quick on the loop."""
+
+    def __init__(self, loop_thread: str, worker_delay: float) -> None:
+        super().__init__()
+        self.loop_thread = loop_thread
+        self.worker_delay = worker_delay
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        if threading.current_thread().name != self.loop_thread:
+            time.sleep(self.worker_delay)
+        return super().execute(inputs, output_names)
+
+
+async def test_a_batch_slow_only_on_the_worker_is_probed_inline_and_moves_there() -> None:
+    main = threading.current_thread().name
+    backend = SlowOffTheLoop(main, worker_delay=0.0015)  # 1.5 x the limit on the worker
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
+    runs = Instance.WARMUP_EXECUTIONS + Instance.PROBE_EVERY + 10
+    for i in range(runs):
+        await s.infer(request(i))
+    first_inline = backend.threads.index(main)
+    assert first_inline == Instance.PROBE_EVERY  # the probe, once enough worker runs were measured
+    assert all(t == main for t in backend.threads[first_inline:])  # measured cheap there: it stays
+
+
+async def test_a_batch_far_above_the_limit_is_never_probed() -> None:
+    main = threading.current_thread().name
+    backend = SlowOffTheLoop(main, worker_delay=0.004)  # 4 x the limit: not worth blocking the loop to try
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
+    for i in range(Instance.PROBE_EVERY + 20):
+        await s.infer(request(i))
+    assert main not in backend.threads

@@ -1,9 +1,10 @@
 """A model instance: one loaded backend and the long-lived worker thread that runs it.
 
-The event loop never runs a model: it hands a batch of requests to the instance's own thread,
-which concatenates the inputs (one copy, none for a batch of one), executes, and slices each
-request's rows back out of the outputs as views. One thread per instance keeps the engine
-single-threaded from our side; the engine's own intra-op threads do the parallel work.
+The event loop hands a batch of requests to the instance's own thread, which concatenates the
+inputs (one copy, none for a batch of one), executes, and slices each request's rows back out of
+the outputs as views; only batches measured cheaper than that hand-over run on the loop itself
+(``cheap``). One thread per instance keeps the engine single-threaded from our side; the engine's
+own intra-op threads do the parallel work.
 """
 
 from __future__ import annotations
@@ -75,18 +76,35 @@ class Instance:
     # Executions measured before an instance may run batches inline, and the weight of each new one.
     WARMUP_EXECUTIONS = 16
     EWMA_WEIGHT = 0.1
+    # A batch measured on the worker thread takes longer than the same batch on the loop (it waits
+    # there for the GIL while the loop thread holds it), so a model measured only on the worker might
+    # never get to run inline. Batches typically under PROBE_BELOW x the limit there run inline once
+    # every PROBE_EVERY executions, which measures them where the choice matters.
+    PROBE_BELOW = 3
+    PROBE_EVERY = 64
 
     def __init__(self, model: str, index: int, backend: Backend) -> None:
         self.name = f"{model}_{index}"
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
         self.executions = 0
-        self.typical_ns = 0.0  # moving average of a whole batch (gather + execute + split)
+        # Moving averages of a whole batch (gather + execute + split), on the worker thread and on
+        # the event loop; -1 until measured there.
+        self.worker_ns = -1.0
+        self.inline_ns = -1.0
+        self._since_inline = 0  # executions on the worker since the last one on the loop
 
     def cheap(self, limit_ns: int) -> bool:
-        """Whether batches here typically take under ``limit_ns``: then handing one to the worker
-        thread (two thread wake-ups and GIL hand-overs, ~100 us here) costs more than running it."""
-        return limit_ns > 0 and self.executions >= self.WARMUP_EXECUTIONS and self.typical_ns < limit_ns
+        """Whether the next batch should run on the event loop: batches here typically take under
+        ``limit_ns`` there, so handing one to the worker thread (two thread wake-ups and GIL
+        hand-overs: ~100 us idle, ~250 us of CPU under load here) would cost more than running it; or a
+        probe is due (see above)."""
+        if limit_ns <= 0 or self.executions < self.WARMUP_EXECUTIONS:
+            return False
+        known = self.inline_ns if self.inline_ns >= 0 else self.worker_ns  # the loop's figure once there is one
+        if known < limit_ns:
+            return True
+        return self.worker_ns < self.PROBE_BELOW * limit_ns and self._since_inline >= self.PROBE_EVERY
 
     def submit(
         self,
@@ -103,7 +121,10 @@ class Instance:
             return
         future.add_done_callback(lambda f: done(f.result()))
 
-    def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:
+    def run(
+        self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool, inline: bool = False
+    ) -> BatchResult:
+        """Run one batch, here and now (``inline``: on the event loop, else on the worker thread)."""
         result = BatchResult()
         try:
             t0 = time.perf_counter_ns()
@@ -115,12 +136,19 @@ class Instance:
             t3 = time.perf_counter_ns()
             result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
             self.executions += 1
-            weight = 1.0 if self.executions == 1 else self.EWMA_WEIGHT
-            self.typical_ns += weight * ((t3 - t0) - self.typical_ns)
+            if inline:
+                self._since_inline = 0
+                self.inline_ns = self._average(self.inline_ns, t3 - t0)
+            else:
+                self._since_inline += 1
+                self.worker_ns = self._average(self.worker_ns, t3 - t0)
         except Exception as exc:  # handed to every caller of the batch
             result.error = exc
             result.per_request = None
         return result
+
+    def _average(self, average: float, took: int) -> float:
+        return float(took) if average < 0 else average + self.EWMA_WEIGHT * (took - average)
 
     def close(self) -> None:
         """Wait for the batch in progress (if any), then release the engine."""
