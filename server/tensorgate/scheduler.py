@@ -341,7 +341,7 @@ class Scheduler:
                 self._forget(entry)
             instance = self._idle.pop()
             if instance.cheap(self.inline_below_ns):
-                # A batch that typically runs in a few tens of microseconds costs less on the loop
+                # A batch that typically runs in up to a few hundred microseconds costs less on the loop
                 # than the hop to the worker thread and back (measured: bench/RESULTS.md).
                 started = time.perf_counter_ns()
                 result = instance.run([e.request for e in batch], self._outputs(batch), self._batched, inline=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +184,7 @@ class Repository:
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._upgrades: set[asyncio.Task[None]] = set()
-        self.builds: list[BuildOutcome] = []  # every background build that ended, in order
+        self.builds: deque[BuildOutcome] = deque(maxlen=1024)  # the background builds that ended, in order
         self.passed_over: dict[tuple[str, int], list[tuple[str, str]]] = {}  # engines not tried, and why
 
     # ---- lookups on the request path (event loop, no awaits) ----
@@ -414,32 +415,13 @@ class Repository:
                     serving.engine,
                     exc_info=not _expected(exc),
                 )
-                self.builds.append(
-                    BuildOutcome(
-                        serving.name,
-                        serving.version,
-                        candidate.engine.value,
-                        candidate.precision.value,
-                        False,
-                        _reason(exc),
-                        time.perf_counter() - started,
-                    )
-                )
+                self._record_build(serving, candidate.engine.value, candidate, False, _reason(exc), started)
                 continue
             async with entry.lock:
                 if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
                     await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
-                    self.builds.append(
-                        BuildOutcome(
-                            serving.name,
-                            serving.version,
-                            candidate.engine.value,
-                            candidate.precision.value,
-                            False,
-                            "dropped: the model was reloaded or unloaded during the build",
-                            time.perf_counter() - started,
-                        )
-                    )
+                    why = "dropped: the model was reloaded or unloaded during the build"
+                    self._record_build(serving, candidate.engine.value, candidate, False, why, started)
                     return
                 better.stats = better.scheduler.stats = serving.stats  # statistics continue across the switch
                 entry.versions[serving.version] = better
@@ -452,18 +434,15 @@ class Repository:
                 better.engine,
                 time.perf_counter() - started,
             )
-            self.builds.append(
-                BuildOutcome(
-                    serving.name,
-                    serving.version,
-                    better.engine,
-                    candidate.precision.value,
-                    True,
-                    f"replaced {serving.engine}",
-                    time.perf_counter() - started,
-                )
-            )
+            self._record_build(serving, better.engine, candidate, True, f"replaced {serving.engine}", started)
             return
+
+    def _record_build(
+        self, serving: ModelVersion, engine: str, candidate: Candidate, built: bool, detail: str, started: float
+    ) -> None:
+        seconds = time.perf_counter() - started
+        outcome = BuildOutcome(serving.name, serving.version, engine, candidate.precision.value, built, detail, seconds)
+        self.builds.append(outcome)
 
     async def wait_for_builds(self) -> None:
         """Until every background engine build has ended (``tensorgate build``; the server never waits)."""
