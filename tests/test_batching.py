@@ -19,6 +19,7 @@ from models import save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
 from tensorgate.backends.base import BackendOptions
+from tensorgate.instance import Instance
 from tritonclient.utils import InferenceServerException
 
 SLOW_ROWS = 512  # rows that keep the slow model busy for tens of ms
@@ -265,3 +266,33 @@ def test_timeout_parameter_must_be_an_integer(tmp_path: Path, start_server) -> N
     with grpc.insecure_channel(server.url) as channel, pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'timeout'" in info.value.details()
+
+
+def test_an_engine_failure_fails_that_request_only(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A model that fails inside ONNX Runtime for some values (Gather with an index beyond its table)
+    answers INTERNAL naming the failure, on the worker thread and on the event loop, and keeps serving."""
+    repo = tmp_path / "repo"
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
+        "lookup",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(np.array([10, 11, 12, 13], np.float32), "table")],
+    )
+    save(graph, repo / "lookup" / "1" / "model.onnx")
+    write_config(repo / "lookup", "max_batch_size: 8\ndynamic_batching { }\n")
+    server = start_server(repo)
+    client = grpcclient.InferenceServerClient(server.url)
+
+    def infer(index: int) -> np.ndarray:
+        tensor = grpcclient.InferInput("INPUT0", [1, 1], "INT64")
+        tensor.set_data_from_numpy(np.array([[index]], np.int64))
+        return client.infer("lookup", [tensor]).as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+
+    for _ in range(Instance.WARMUP_EXECUTIONS + 2):  # on the worker thread first, then on the event loop
+        with pytest.raises(InferenceServerException, match="failed to execute: ONNX Runtime failed") as info:
+            infer(7)
+        assert info.value.status() == "StatusCode.INTERNAL"
+        np.testing.assert_array_equal(infer(2), [[12.0]])
+    assert "event=execute_failed model=lookup" in server.log
+    client.close()

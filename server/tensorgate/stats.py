@@ -75,7 +75,9 @@ class ModelStats:
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One model execution of ``batch_size`` samples."""
         self.execution_count += 1
-        batch = self.batches.setdefault(batch_size, BatchStats())
+        batch = self.batches.get(batch_size)
+        if batch is None:  # (setdefault would build a BatchStats on every call)
+            batch = self.batches[batch_size] = BatchStats()
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)

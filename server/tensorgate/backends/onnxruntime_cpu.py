@@ -99,6 +99,8 @@ class OnnxRuntimeCpuBackend:
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
         self._output_types = {t.name: t.onnx_type for t in self._outputs}
         self._bf16_inputs = any(t.onnx_type == BFLOAT16 for t in self._inputs)
+        # Neither strings nor bfloat16 anywhere: numpy arrays go to ONNX Runtime and come back as they are.
+        self._plain = not any(t.onnx_type in (STRING, BFLOAT16) for t in (*self._inputs, *self._outputs))
         if any(t.onnx_type == BFLOAT16 for t in self._outputs) and STRING in self._input_types.values():
             # bfloat16 outputs need run_with_ort_values, whose inputs must all be OrtValues, and
             # ONNX Runtime's Python API cannot make an OrtValue of strings.
@@ -134,8 +136,13 @@ class OnnxRuntimeCpuBackend:
         return array
 
     def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
         names = list(output_names)
+        if self._plain:
+            try:
+                return dict(zip(names, self._session.run(names, inputs), strict=True))
+            except Exception as exc:
+                raise BackendExecuteError(f"ONNX Runtime failed: {exc}") from exc
+        feeds = {name: self._feed(name, array) for name, array in inputs.items()}
         try:
             if any(self._output_types.get(name) == BFLOAT16 for name in names):
                 results = self._run_with_ort_values(feeds, names)
