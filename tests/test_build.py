@@ -24,14 +24,19 @@ from test_engines import GPU, RecordingEngine, SlowBuiltEngine, _matmul_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_build_on_a_cpu_machine_says_there_is_nothing_to_build(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tensorgate", "build", "--model-repository", str(ROOT / "model_repo")],
+def _build_command(repo: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """The real ``tensorgate build`` on ``repo``, with its engine cache in ``cache``."""
+    return subprocess.run(
+        [sys.executable, "-m", "tensorgate", "build", "--model-repository", str(repo)],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"TENSORGATE_ENGINE_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
+        env={"TENSORGATE_ENGINE_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"},
     )
+
+
+def test_build_on_a_cpu_machine_says_there_is_nothing_to_build(tmp_path: Path) -> None:
+    done = _build_command(ROOT / "model_repo", tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3, done.stdout  # add_sub, identity, string_identity: one version each
@@ -44,13 +49,7 @@ def test_build_fails_when_a_model_cannot_load(tmp_path: Path) -> None:
     identity(tmp_path / "repo" / "good" / "1" / "model.onnx")
     (tmp_path / "repo" / "bad" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "bad" / "1" / "model.onnx").write_bytes(b"not onnx")
-    done = subprocess.run(
-        [sys.executable, "-m", "tensorgate", "build", "--model-repository", str(tmp_path / "repo")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"TENSORGATE_ENGINE_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
-    )
+    done = _build_command(tmp_path / "repo", tmp_path / "cache")
     assert done.returncode == 1
     bad = [line for line in done.stdout.splitlines() if line.startswith("bad ")]
     assert bad and "UNAVAILABLE" in bad[0] and "model.onnx" in bad[0], done.stdout

@@ -256,13 +256,7 @@ async def test_instances_run_batches_concurrently() -> None:
 
 
 async def test_backend_error_fails_only_that_batch() -> None:
-    class Failing(FakeBackend):
-        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-            if inputs["x"][0, 0] == 13:
-                raise RuntimeError("boom")
-            return super().execute(inputs, output_names)
-
-    s = make(Failing(), BatchingPolicy(max_batch_size=8))
+    s = make(FailsOn13(), BatchingPolicy(max_batch_size=8))
     with pytest.raises(ServerError, match="boom") as info:
         await s.infer(request(13))
     assert info.value.code is Code.INTERNAL
@@ -294,6 +288,15 @@ class ThreadRecorder(FakeBackend):
         return super().execute(inputs, output_names)
 
 
+class FailsOn13(ThreadRecorder):
+    """Raises for a batch whose first value is 13, as an engine error would fail a whole batch."""
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        if inputs["x"][0, 0] == 13:
+            raise RuntimeError("boom")
+        return super().execute(inputs, output_names)
+
+
 async def test_cheap_batches_run_inline_after_measuring() -> None:
     fast = ThreadRecorder()
     s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_below_us=50_000)
@@ -314,13 +317,7 @@ async def test_costly_batches_stay_on_the_worker_thread() -> None:
 
 
 async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
-    class Failing(ThreadRecorder):
-        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-            if inputs["x"][0, 0] == 13:
-                raise RuntimeError("boom")
-            return super().execute(inputs, output_names)
-
-    fast = Failing()
+    fast = FailsOn13()
     stats = ModelStats()
     s = Scheduler("fake", 1, [Instance("fake", 0, fast)], stats, policy(), inline_below_us=50_000)
     for i in range(Instance.WARMUP_EXECUTIONS):

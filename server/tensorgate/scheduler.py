@@ -216,7 +216,7 @@ class Scheduler:
             result = instance.run((request,), request.outputs, self._batched, inline=True)
         finally:
             self._idle.append(instance)
-        outputs = self._record(request, result, started, time.perf_counter_ns())
+        (outputs,) = self._record([request], result, started, time.perf_counter_ns())
         if isinstance(outputs, ServerError):
             raise outputs
         return outputs
@@ -371,21 +371,7 @@ class Scheduler:
         instance.submit(requests, outputs, self._batched, from_worker)
 
     def _finish(self, batch: list[_Pending], result: BatchResult, started_ns: int) -> None:
-        now = time.perf_counter_ns()
-        answers: list[dict[str, np.ndarray] | ServerError]
-        if len(batch) == 1:
-            answers = [self._record(batch[0].request, result, started_ns, now)]
-        else:
-            rows = sum(e.request.batch_size for e in batch)
-            if result.error is None:
-                self.stats.record_execution(rows, result.input_ns, result.infer_ns, result.output_ns)
-            per_request: list[dict[str, np.ndarray] | None] = [None] * len(batch)
-            if result.per_request is not None:
-                per_request = list(result.per_request)
-            answers = [
-                self._answer(e.request, result, outputs, started_ns, now)
-                for e, outputs in zip(batch, per_request, strict=True)
-            ]
+        answers = self._record([e.request for e in batch], result, started_ns, time.perf_counter_ns())
         for entry, answer in zip(batch, answers, strict=True):
             if entry.future.done():
                 continue
@@ -395,13 +381,19 @@ class Scheduler:
                 entry.future.set_result(answer)
 
     def _record(
-        self, request: InferRequest, result: BatchResult, started_ns: int, now_ns: int
-    ) -> dict[str, np.ndarray] | ServerError:
-        """Statistics of a batch of one request, and its answer."""
+        self, requests: list[InferRequest], result: BatchResult, started_ns: int, now_ns: int
+    ) -> list[dict[str, np.ndarray] | ServerError]:
+        """Statistics of a finished batch, and each request's answer (its outputs or its error)."""
         if result.error is None:
-            self.stats.record_execution(request.batch_size, result.input_ns, result.infer_ns, result.output_ns)
-        outputs = result.per_request[0] if result.per_request else None
-        return self._answer(request, result, outputs, started_ns, now_ns)
+            rows = sum(r.batch_size for r in requests)
+            self.stats.record_execution(rows, result.input_ns, result.infer_ns, result.output_ns)
+        per_request: list[dict[str, np.ndarray] | None] = [None] * len(requests)
+        if result.per_request is not None:
+            per_request = list(result.per_request)
+        return [
+            self._answer(request, result, outputs, started_ns, now_ns)
+            for request, outputs in zip(requests, per_request, strict=True)
+        ]
 
     def _answer(
         self,
