@@ -395,6 +395,32 @@ async def test_a_batch_slow_only_on_the_worker_is_probed_inline_and_moves_there(
     assert all(t == main for t in backend.threads[first_inline:])  # measured cheap there: it stays
 
 
+class StallsSometimes(ThreadRecorder):
+    """Quick, except that the runs numbered in ``stall_at`` stall for 20 ms on the loop, as a batch
+    does when the OS preempts the thread or a profiler pauses the process."""
+
+    def __init__(self, loop_thread: str, stall_at: set[int]) -> None:
+        super().__init__()
+        self.loop_thread = loop_thread
+        self.stall_at = stall_at
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        if threading.current_thread().name == self.loop_thread and len(self.threads) in self.stall_at:
+            time.sleep(0.02)
+        return super().execute(inputs, output_names)
+
+
+async def test_a_few_stalled_batches_do_not_move_a_cheap_model_off_the_loop() -> None:
+    main = threading.current_thread().name
+    warmup = Instance.WARMUP_EXECUTIONS
+    backend = StallsSometimes(main, stall_at={warmup + 5, warmup + 30, warmup + 31, warmup + 60})
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
+    for i in range(warmup + 100):
+        await s.infer(request(i))
+    assert backend.threads[warmup:] == [main] * 100  # 20 x the limit, four times: still typically cheap
+    assert s.instances[0].inline_ns < 1_000_000
+
+
 async def test_a_batch_far_above_the_limit_is_never_probed() -> None:
     main = threading.current_thread().name
     backend = SlowOffTheLoop(main, worker_delay=0.004)  # 4 x the limit: not worth blocking the loop to try

@@ -72,10 +72,35 @@ def split_outputs(requests: Sequence[InferRequest], outputs: Outputs, batched: b
     return parts
 
 
+class RecentMedian:
+    """The median of the last ``size`` durations recorded (ns); -1 until there is one.
+
+    A median, not a moving average: one batch that the OS preempted, or a profiler paused, for
+    milliseconds would pull an average of microsecond batches over the inline limit for hundreds of
+    batches, and under load (or under py-spy) that happens every few seconds. The median follows a
+    real change of cost within half a window."""
+
+    __slots__ = ("_next", "_ring", "_size", "value")
+
+    def __init__(self, size: int = 15) -> None:
+        self._size = size
+        self._ring: list[int] = []
+        self._next = 0
+        self.value = -1
+
+    def add(self, ns: int) -> None:
+        ring = self._ring
+        if len(ring) < self._size:
+            ring.append(ns)
+        else:
+            ring[self._next] = ns
+            self._next = (self._next + 1) % self._size
+        self.value = sorted(ring)[len(ring) // 2]
+
+
 class Instance:
-    # Executions measured before an instance may run batches inline, and the weight of each new one.
+    # Executions measured before an instance may run batches inline.
     WARMUP_EXECUTIONS = 16
-    EWMA_WEIGHT = 0.1
     # A batch measured on the worker thread takes longer than the same batch on the loop (it waits
     # there for the GIL while the loop thread holds it), so a model measured only on the worker might
     # never get to run inline. Batches typically under PROBE_BELOW x the limit there run inline once
@@ -88,11 +113,20 @@ class Instance:
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
         self.executions = 0
-        # Moving averages of a whole batch (gather + execute + split), on the worker thread and on
-        # the event loop; -1 until measured there.
-        self.worker_ns = -1.0
-        self.inline_ns = -1.0
+        # Typical whole batches (gather + execute + split), on the worker thread and on the event loop.
+        self._worker = RecentMedian()
+        self._inline = RecentMedian()
         self._since_inline = 0  # executions on the worker since the last one on the loop
+
+    @property
+    def worker_ns(self) -> int:
+        """A typical batch's time on the worker thread (ns); -1 until measured there."""
+        return self._worker.value
+
+    @property
+    def inline_ns(self) -> int:
+        """A typical batch's time on the event loop (ns); -1 until measured there."""
+        return self._inline.value
 
     def cheap(self, limit_ns: int) -> bool:
         """Whether the next batch should run on the event loop: batches here typically take under
@@ -138,17 +172,14 @@ class Instance:
             self.executions += 1
             if inline:
                 self._since_inline = 0
-                self.inline_ns = self._average(self.inline_ns, t3 - t0)
+                self._inline.add(t3 - t0)
             else:
                 self._since_inline += 1
-                self.worker_ns = self._average(self.worker_ns, t3 - t0)
+                self._worker.add(t3 - t0)
         except Exception as exc:  # handed to every caller of the batch
             result.error = exc
             result.per_request = None
         return result
-
-    def _average(self, average: float, took: int) -> float:
-        return float(took) if average < 0 else average + self.EWMA_WEIGHT * (took - average)
 
     def close(self) -> None:
         """Wait for the batch in progress (if any), then release the engine."""
