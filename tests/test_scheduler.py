@@ -322,6 +322,7 @@ async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
     s = Scheduler("fake", 1, [Instance("fake", 0, fast)], stats, policy(), inline_below_us=50_000)
     for i in range(Instance.WARMUP_EXECUTIONS):
         await s.infer(request(100 + i))
+        await s.infer(request(100 + i, rows=3))  # each batch size earns its place on the loop
     before = (stats.inference_count, stats.execution_count, stats.success.count)
     out = await s.infer(request(5, rows=3))
     assert fast.threads[-1] == threading.current_thread().name  # it ran inline
@@ -331,7 +332,7 @@ async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
         before[1] + 1,
         before[2] + 1,
     )
-    assert stats.batches[3].compute_infer.count == 1
+    assert stats.batches[3].compute_infer.count == Instance.WARMUP_EXECUTIONS + 1
     with pytest.raises(ServerError, match="boom") as info:
         await s.infer(request(13))
     assert info.value.code is Code.INTERNAL
@@ -356,11 +357,13 @@ async def test_cheap_instance_still_batches_what_queues_while_it_is_busy() -> No
 
 async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
     fast = ThreadRecorder()
+    instance = Instance("fake", 0, fast)
+    warm = Scheduler("fake", 1, [instance], ModelStats(), policy(), inline_below_us=50_000)
+    for i in range(Instance.WARMUP_EXECUTIONS):  # batches of two rows, measured cheap
+        await warm.infer(request(i, rows=2))
     delayed = policy(max_queue_delay_us=50_000)
-    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), delayed, inline_below_us=50_000)
-    for _ in range(Instance.WARMUP_EXECUTIONS):  # full batches go at once, delay or not
-        await asyncio.gather(*(s.infer(request(i)) for i in range(8)))
-    assert s.instances[0].cheap(s.inline_below_ns)
+    s = Scheduler("fake", 1, [instance], ModelStats(), delayed, inline_below_us=50_000)
+    assert instance.cheap(s.inline_below_ns, 2)
     fast.batches.clear()
     first = asyncio.create_task(s.infer(request(1)))
     await asyncio.sleep(0.005)
@@ -418,7 +421,33 @@ async def test_a_few_stalled_batches_do_not_move_a_cheap_model_off_the_loop() ->
     for i in range(warmup + 100):
         await s.infer(request(i))
     assert backend.threads[warmup:] == [main] * 100  # 20 x the limit, four times: still typically cheap
-    assert s.instances[0].inline_ns < 1_000_000
+    assert s.instances[0].inline_ns(1) < 1_000_000
+
+
+class SlowPerRow(ThreadRecorder):
+    """Takes 0.1 ms a row: cheap at one row, 8 x the 1 ms limit at 80."""
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        time.sleep(0.0001 * len(inputs["x"]))
+        return super().execute(inputs, output_names)
+
+
+async def test_a_model_cheap_at_one_row_runs_big_batches_on_the_worker() -> None:
+    main = threading.current_thread().name
+    backend = SlowPerRow()
+    big = policy(max_batch_size=128)
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), big, inline_below_us=1_000)
+    warmup = Instance.WARMUP_EXECUTIONS
+    for i in range(warmup + 2):
+        await s.infer(request(i))
+    assert backend.threads[-1] == main  # one row: measured cheap, on the loop
+    before = len(backend.threads)
+    for i in range(warmup + 8):
+        out = await s.infer(request(i, rows=80))
+        assert out["y"].shape == (80, 4)
+    assert main not in backend.threads[before:]  # 80 rows: ~8 ms, never blocks the loop
+    await s.infer(request(1))
+    assert backend.threads[-1] == main  # and one row is still cheap
 
 
 async def test_a_batch_far_above_the_limit_is_never_probed() -> None:

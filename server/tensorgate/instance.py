@@ -2,8 +2,8 @@
 
 The event loop hands a batch of requests to the instance's own thread, which concatenates the
 inputs (one copy, none for a batch of one), executes, and slices each request's rows back out of
-the outputs as views; only batches measured cheaper than that hand-over run on the loop itself
-(``cheap``). One thread per instance keeps the engine single-threaded from our side; the engine's
+the outputs as views; only batches measured cheaper than that hand-over, at their size, run on
+the loop itself (``cheap``). One thread per instance keeps the engine single-threaded from our side; the engine's
 own intra-op threads do the parallel work.
 """
 
@@ -98,13 +98,28 @@ class RecentMedian:
         self.value = sorted(ring)[len(ring) // 2]
 
 
+class SizeClass:
+    """What an instance has measured of its batches of one size class: 1 row, 2-3, 4-7, 8-15, ...
+    (``rows.bit_length()``). A model cheap at one row can take milliseconds at 64, so each class
+    earns its place on the loop by itself."""
+
+    __slots__ = ("executions", "inline", "since_inline", "worker")
+
+    def __init__(self) -> None:
+        self.executions = 0
+        # Typical whole batches (gather + execute + split), on the worker thread and on the event loop.
+        self.worker = RecentMedian()
+        self.inline = RecentMedian()
+        self.since_inline = 0  # executions on the worker since the last one on the loop
+
+
 class Instance:
-    # Executions measured before an instance may run batches inline.
+    # Executions of a size class measured (on the worker thread) before its batches may run inline.
     WARMUP_EXECUTIONS = 16
     # A batch measured on the worker thread takes longer than the same batch on the loop (it waits
     # there for the GIL while the loop thread holds it), so a model measured only on the worker might
     # never get to run inline. Batches typically under PROBE_BELOW x the limit there run inline once
-    # every PROBE_EVERY executions, which measures them where the choice matters.
+    # every PROBE_EVERY executions of their class, which measures them where the choice matters.
     PROBE_BELOW = 3
     PROBE_EVERY = 64
 
@@ -112,33 +127,38 @@ class Instance:
         self.name = f"{model}_{index}"
         self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
-        self.executions = 0
-        # Typical whole batches (gather + execute + split), on the worker thread and on the event loop.
-        self._worker = RecentMedian()
-        self._inline = RecentMedian()
-        self._since_inline = 0  # executions on the worker since the last one on the loop
+        self._classes: dict[int, SizeClass] = {}
 
-    @property
-    def worker_ns(self) -> int:
-        """A typical batch's time on the worker thread (ns); -1 until measured there."""
-        return self._worker.value
+    def size_class(self, rows: int) -> SizeClass:
+        key = rows.bit_length()
+        found = self._classes.get(key)
+        if found is None:
+            found = self._classes[key] = SizeClass()
+        return found
 
-    @property
-    def inline_ns(self) -> int:
-        """A typical batch's time on the event loop (ns); -1 until measured there."""
-        return self._inline.value
+    def inline_ns(self, rows: int = 1) -> int:
+        """A typical batch of ``rows``' size class on the event loop (ns); -1 until measured there."""
+        return self.size_class(rows).inline.value
 
-    def cheap(self, limit_ns: int) -> bool:
-        """Whether the next batch should run on the event loop: batches here typically take under
-        ``limit_ns`` there, so handing one to the worker thread (two thread wake-ups and GIL
-        hand-overs: ~100 us idle, ~250 us of CPU under load here) would cost more than running it; or a
-        probe is due (see above)."""
-        if limit_ns <= 0 or self.executions < self.WARMUP_EXECUTIONS:
+    def worker_ns(self, rows: int = 1) -> int:
+        """A typical batch of ``rows``' size class on the worker thread (ns); -1 until measured there."""
+        return self.size_class(rows).worker.value
+
+    def cheap(self, limit_ns: int, rows: int) -> bool:
+        """Whether a batch of ``rows`` should run on the event loop: batches of its size class
+        typically take under ``limit_ns`` there, so handing it to the worker thread (two thread
+        wake-ups, and the worker's Python waiting for the GIL: ~100 us idle, ~250 us of CPU under load
+        here) would cost more than running it; or a probe is due (see above)."""
+        if limit_ns <= 0:
             return False
-        known = self.inline_ns if self.inline_ns >= 0 else self.worker_ns  # the loop's figure once there is one
+        size = self._classes.get(rows.bit_length())
+        if size is None or size.executions < self.WARMUP_EXECUTIONS:
+            return False
+        inline = size.inline.value
+        known = inline if inline >= 0 else size.worker.value  # the loop's figure once there is one
         if known < limit_ns:
             return True
-        return self.worker_ns < self.PROBE_BELOW * limit_ns and self._since_inline >= self.PROBE_EVERY
+        return size.worker.value < self.PROBE_BELOW * limit_ns and size.since_inline >= self.PROBE_EVERY
 
     def submit(
         self,
@@ -169,13 +189,14 @@ class Instance:
             result.per_request = split_outputs(requests, produced, batched)
             t3 = time.perf_counter_ns()
             result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
-            self.executions += 1
+            size = self.size_class(sum(r.batch_size for r in requests))
+            size.executions += 1
             if inline:
-                self._since_inline = 0
-                self._inline.add(t3 - t0)
+                size.since_inline = 0
+                size.inline.add(t3 - t0)
             else:
-                self._since_inline += 1
-                self._worker.add(t3 - t0)
+                size.since_inline += 1
+                size.worker.add(t3 - t0)
         except Exception as exc:  # handed to every caller of the batch
             result.error = exc
             result.per_request = None

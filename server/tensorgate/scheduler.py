@@ -17,8 +17,8 @@ Triton's dynamic batcher semantics, so existing config.pbtxt files mean the same
 - Without dynamic batching every request is its own batch, still queued FIFO over the instances.
 
 Each instance has its own worker thread (see instance.py); the loop forms batches and hands back
-results, and runs a batch itself only where the instance measured that cheaper than the hop to
-its thread (batches of tens to a few hundred microseconds). Each caller gets exactly its own rows,
+results, and runs a batch itself only where the instance measured batches of that size cheaper
+than the hop to its thread (tens to a few hundred microseconds). Each caller gets exactly its own rows,
 as views of the batch output.
 """
 
@@ -177,7 +177,12 @@ class Scheduler:
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         if self._closing:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
-        if self._no_delay and self._idle and not any(self._queued) and self._idle[-1].cheap(self.inline_below_ns):
+        if (
+            self._no_delay
+            and self._idle
+            and not any(self._queued)
+            and self._idle[-1].cheap(self.inline_below_ns, request.batch_size)
+        ):
             # Nothing queued, no queue delay to wait out, and a free instance whose batches are
             # cheaper than a thread hop: run it now, without the queue's bookkeeping (a future, a
             # queue entry, a shape key). The batch _form_batch would make is this request alone.
@@ -340,7 +345,7 @@ class Scheduler:
             for entry in batch:
                 self._forget(entry)
             instance = self._idle.pop()
-            if instance.cheap(self.inline_below_ns):
+            if instance.cheap(self.inline_below_ns, sum(e.request.batch_size for e in batch)):
                 # A batch that typically runs in up to a few hundred microseconds costs less on the loop
                 # than the hop to the worker thread and back (measured: bench/RESULTS.md).
                 started = time.perf_counter_ns()

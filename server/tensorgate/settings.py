@@ -96,7 +96,8 @@ class Settings:
         default=250,
         metadata={
             "help": "run a batch on the event loop instead of the instance's worker thread when the "
-            "instance's batches typically take less than this many microseconds there (the hop to a thread "
+            "instance's batches of its size (1 row, 2-3, 4-7, ...) typically take less than this many "
+            "microseconds there (the hop to a thread "
             "and back costs ~100 us on an idle 2-core machine and ~250 us of CPU under load); 0 always uses "
             "the worker thread"
         },
