@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import queue
 import threading
@@ -14,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
 from conftest import Server
-from models import save, slow, write_config
+from models import identity, save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
 from tensorgate.backends.base import BackendOptions
@@ -128,6 +131,39 @@ def test_full_queue_answers_resource_exhausted(tmp_path: Path, start_server) -> 
     assert s.inference_stats.fail.count == codes.count("StatusCode.RESOURCE_EXHAUSTED")  # type: ignore[attr-defined]
     assert server.client.is_server_live()
     slow_infer(server.client)
+
+
+async def _flood(url: str, calls: int) -> collections.Counter[str]:
+    """Send ``calls`` identity requests at once from one asyncio client; the status of each."""
+    data = np.arange(16, dtype=np.float32).reshape(1, 16)
+    tensor = aioclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_data_from_numpy(data)
+    async with aioclient.InferenceServerClient(url) as client:
+        await client.is_server_ready()
+
+        async def one() -> str:
+            try:
+                result = await client.infer("identity", [tensor])
+            except InferenceServerException as exc:
+                return str(exc.status())
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+            return "OK"
+
+        return collections.Counter(await asyncio.gather(*(one() for _ in range(calls))))
+
+
+def test_calls_above_the_grpc_pending_limit_are_cancelled_and_the_rest_served(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    identity(tmp_path / "repo" / "identity" / "1" / "model.onnx")
+    # Calls wait in gRPC until the event loop takes them; above --grpc-max-pending-calls gRPC sheds
+    # new ones. A tiny limit and 900 calls at once make it shed; the server keeps serving.
+    tight = start_server(tmp_path / "repo", "--grpc-max-pending-calls", "2")
+    codes = asyncio.run(_flood(tight.url, 900))
+    assert codes["OK"] > 0 and codes["StatusCode.CANCELLED"] > 0, codes
+    assert set(codes) == {"OK", "StatusCode.CANCELLED"}, codes
+    assert asyncio.run(_flood(tight.url, 1)) == {"OK": 1}
+    # The default (random drops above 1000 waiting, all above 3000) lets a burst under 1000 through.
+    roomy = start_server(tmp_path / "repo")
+    assert asyncio.run(_flood(roomy.url, 900)) == {"OK": 900}
 
 
 def test_queue_timeout_answers_unavailable(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]

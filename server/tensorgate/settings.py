@@ -77,6 +77,16 @@ class Settings:
     grpc_max_message_bytes: int = field(
         default=2**31 - 1, metadata={"help": "largest gRPC message accepted or sent, in bytes"}
     )
+    grpc_max_pending_calls: int = field(
+        default=1000,
+        metadata={
+            "help": "calls gRPC may hold for the server before the server takes them; above this gRPC "
+            "cancels new calls at random (the client sees CANCELLED, with no message), above 3 x this "
+            "every new call. This is the server's admission limit when it cannot keep up: those calls "
+            "wait before any model's queue, where max_queue_size cannot see them. 0: gRPC's default "
+            "(1000)"
+        },
+    )
     grpc_so_reuseport: bool = field(
         default=False,
         metadata={

@@ -16,13 +16,20 @@ class PortInUse(RuntimeError):
 class GrpcFrontend:
     def __init__(self, settings: Settings, service: InferenceService) -> None:
         limit = settings.grpc_max_message_bytes
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1 if settings.grpc_so_reuseport else 0),
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1 if settings.grpc_so_reuseport else 0),
+        ]
+        if settings.grpc_max_pending_calls > 0:
+            # gRPC core's cap on calls that arrived but that the server has not taken yet (random
+            # early drops between the two limits; its defaults are 1000 and 3000).
+            pending = settings.grpc_max_pending_calls
+            options += [
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", 3 * pending),
             ]
-        )
+        self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
