@@ -650,6 +650,7 @@ class Report:
     peer_exit: int | None = None  # None: the peer was not run
     peer_error: str = ""  # the echo server did not start
     load_before: str = ""
+    code: str = ""  # git_state() when the run started, before the server imported the code
     seconds: float = 0.0
 
     def cell(self, model: str, c: int) -> list[PaRun]:
@@ -936,7 +937,7 @@ class Report:
             f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {uname.release}; "
             f"Python {platform.python_version()}, onnxruntime {ort.__version__}, grpcio {grpc.__version__}, "
             f"numpy {np.__version__}",
-            f"- code: {git_state()}",
+            f"- code: {self.code}",
             f"- load average before the run: {self.load_before}; run took {self.seconds / 60:.1f} min",
             f"- closed loop: perf_analyzer -p {s.measurement_ms} -s {s.stability_pct} -r {s.max_trials}, "
             f"one sample per request, {s.repeats} sweep(s), medians; "
@@ -1093,6 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report = Report(s, shlex.join([sys.executable, *sys.argv]), datetime.datetime.now(datetime.timezone.utc))
     report.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    report.code = git_state()
     t_start = time.monotonic()
     log(f"building the model repository in {s.repo}")
     make_models.build(s.repo, list(s.models))
