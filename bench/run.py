@@ -47,6 +47,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -480,6 +481,7 @@ class OpenLoopRun:
     offered: float  # what the generator actually sent after warm-up, per second (Poisson: near the target)
     achieved: float  # completions of those requests per second, until the last one finished
     errors: int
+    error_codes: str  # the errors by gRPC status, most frequent first ("CANCELLED 3,679")
     p50_ms: float  # latency from the scheduled send time (no coordinated omission)
     p90_ms: float
     p99_ms: float
@@ -490,9 +492,10 @@ class OpenLoopRun:
 
 async def _open_loop(
     url: str, model: str, dims: tuple[int, ...], rate: float, seconds: float, arrival: str, seed: int
-) -> list[tuple[float, float, float, bool]]:
+) -> list[tuple[float, float, float, str]]:
     """Send ``rate * seconds`` requests on a fixed schedule, whatever the server's speed; returns
-    (scheduled, sent, done, ok) per request, in seconds from the start."""
+    (scheduled, sent, done, error) per request, in seconds from the start; error is the gRPC status
+    name of a failed request, "" for an answered one."""
     rng = np.random.default_rng(seed)
     n = max(1, int(rate * seconds))
     gaps = rng.exponential(1 / rate, n) if arrival == "poisson" else np.full(n, 1 / rate)
@@ -500,16 +503,18 @@ async def _open_loop(
     inputs = [_aio_input(rng.standard_normal((1, *dims)).astype(np.float32))]  # one request body, reused
     client = grpcaio.InferenceServerClient(url)
     loop = asyncio.get_running_loop()
-    records: list[tuple[float, float, float, bool]] = []  # (scheduled, sent, done, ok)
+    records: list[tuple[float, float, float, str]] = []  # (scheduled, sent, done, error)
 
     async def one(scheduled: float) -> None:
         sent = loop.time()
-        ok = True
+        error = ""
         try:
             await client.infer(model, inputs)
-        except Exception:
-            ok = False
-        records.append((scheduled, sent, loop.time(), ok))
+        except InferenceServerException as exc:
+            error = str(exc.status() or "no status").removeprefix("StatusCode.")
+        except Exception as exc:
+            error = type(exc).__name__
+        records.append((scheduled, sent, loop.time(), error))
 
     try:
         await client.is_server_ready()  # connect before the clock starts
@@ -529,7 +534,7 @@ async def _open_loop(
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
     finally:
         await client.close()
-    return [(a - start, b - start, c - start, ok) for a, b, c, ok in records]
+    return [(a - start, b - start, c - start, error) for a, b, c, error in records]
 
 
 def open_loop(server: Server, model: str, fraction: float, rate: float, s: Settings, seed: int) -> OpenLoopRun:
@@ -544,9 +549,9 @@ def open_loop(server: Server, model: str, fraction: float, rate: float, s: Setti
     measured = [r for r in records if r[0] >= warmup]
     first = min((r[0] for r in measured), default=warmup)
     offered = len(measured) / max(max((r[0] for r in measured), default=total) - first, 1e-9)
-    completed = [r for r in measured if r[3]]
+    completed = [r for r in measured if not r[3]]
     achieved = len(completed) / max(max((r[2] for r in completed), default=total) - first, 1e-9)
-    latencies = np.array([1e3 * (d - sch) for sch, _, d, ok in measured if ok])
+    latencies = np.array([1e3 * (d - sch) for sch, _, d, error in measured if not error])
     lags = np.array([1e3 * (snt - sch) for sch, snt, _, _ in measured])
 
     def pct(a: np.ndarray, q: float) -> float:
@@ -559,7 +564,8 @@ def open_loop(server: Server, model: str, fraction: float, rate: float, s: Setti
         len(records),
         offered,
         achieved,
-        sum(1 for r in records if not r[3]),
+        sum(1 for r in records if r[3]),
+        ", ".join(f"{code} {n:,}" for code, n in Counter(r[3] for r in records if r[3]).most_common()),
         pct(latencies, 50),
         pct(latencies, 90),
         pct(latencies, 99),
@@ -822,7 +828,7 @@ class Report:
                 fmt_x(r.p99_ms, 3),
                 fmt_x(r.lag_p99_ms, 3),
                 fmt_x(r.avg_batch),
-                str(r.errors),
+                r.error_codes or "0",
                 fmt_int(r.client_cpu_us),
                 "overloaded" if r.achieved < 0.95 * r.offered else "kept up",
             ]
