@@ -3,8 +3,8 @@
 The event loop hands a batch of requests to the instance's own thread, which concatenates the
 inputs (one copy, none for a batch of one), executes, and slices each request's rows back out of
 the outputs as views; only batches measured cheaper than that hand-over, at their size, run on
-the loop itself (``cheap``). One thread per instance keeps the engine single-threaded from our side; the engine's
-own intra-op threads do the parallel work.
+the loop itself (``cheap``). One thread per instance keeps the engine single-threaded from our
+side; the engine's own intra-op threads do the parallel work.
 """
 
 from __future__ import annotations
@@ -138,11 +138,13 @@ class Instance:
 
     def inline_ns(self, rows: int = 1) -> int:
         """A typical batch of ``rows``' size class on the event loop (ns); -1 until measured there."""
-        return self.size_class(rows).inline.value
+        size = self._classes.get(rows.bit_length())
+        return -1 if size is None else size.inline.value
 
     def worker_ns(self, rows: int = 1) -> int:
         """A typical batch of ``rows``' size class on the worker thread (ns); -1 until measured there."""
-        return self.size_class(rows).worker.value
+        size = self._classes.get(rows.bit_length())
+        return -1 if size is None else size.worker.value
 
     def cheap(self, limit_ns: int, rows: int) -> bool:
         """Whether a batch of ``rows`` should run on the event loop: batches of its size class

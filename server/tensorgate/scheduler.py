@@ -18,8 +18,8 @@ Triton's dynamic batcher semantics, so existing config.pbtxt files mean the same
 
 Each instance has its own worker thread (see instance.py); the loop forms batches and hands back
 results, and runs a batch itself only where the instance measured batches of that size cheaper
-than the hop to its thread (tens to a few hundred microseconds). Each caller gets exactly its own rows,
-as views of the batch output.
+than the hop to its thread (tens to a few hundred microseconds). Each caller gets exactly its own
+rows, as views of the batch output.
 """
 
 from __future__ import annotations
