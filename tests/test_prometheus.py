@@ -90,3 +90,5 @@ def test_prometheus_scrapes_counters_and_histograms(server: Server, prometheus: 
     assert 0 < float(p99[0]["value"][1]) < 10  # type: ignore[index]
     batches = eventually(prometheus, 'tensorgate_batch_size_count{model="identity"} > 0')
     assert batches
+    loop = eventually(prometheus, "rate(tensorgate_event_loop_cpu_seconds_total[10s]) >= 0")
+    assert 0 <= float(loop[0]["value"][1]) <= 1  # type: ignore[index]  # one thread: at most one core

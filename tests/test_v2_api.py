@@ -4,6 +4,7 @@ Runtime run in this process."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import shutil
 from collections.abc import Iterator
@@ -217,6 +218,34 @@ def test_latency_and_batch_size_histograms(server: Server) -> None:
         "tensorgate_batch_size", "_bucket", model="identity", le="4"
     )  # every 3-row request ran in a batch of at least 3
     assert sample("tensorgate_batch_size", "_bucket", model="identity", le="+Inf") == stats.execution_count
+
+
+def test_event_loop_cpu_counter_is_the_loop_threads_own_clock(server: Server) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "tensorgate_event_loop_cpu_seconds_total":
+                    return float(s.value)
+        raise AssertionError("no tensorgate_event_loop_cpu_seconds_total")
+
+    def main_thread_cpu() -> float:  # the event loop runs on the server's main thread (TID == PID)
+        pid = server.proc.pid
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    before = scrape()
+    for _ in range(300):
+        server.client.infer("identity", [tensor])
+    after = scrape()
+    assert after > before  # every request costs the loop some CPU
+    assert abs(after - main_thread_cpu()) < 0.1  # the loop thread's clock, not the process's
 
 
 def test_metrics_endpoint(server: Server) -> None:

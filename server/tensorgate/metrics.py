@@ -7,10 +7,11 @@ no extra work for them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from tensorgate.stats import LATENCY_BUCKETS_NS, ModelStats
@@ -46,11 +47,28 @@ class _Counter(Metric):
         self.add_sample(self.name, labels, value)
 
 
+def thread_cpu_seconds(thread_id: int) -> Callable[[], float] | None:
+    """A reader of the CPU time a thread (``threading.get_ident()``) has used so far, in seconds;
+    None where the OS has no per-thread CPU clock for Python to read (macOS)."""
+    getcpuclockid = getattr(time, "pthread_getcpuclockid", None)
+    if getcpuclockid is None:
+        return None
+    clock = getcpuclockid(thread_id)
+    return lambda: time.clock_gettime(clock)
+
+
 class ModelStatsCollector(Collector):
-    def __init__(self, source: StatsSource, ready: Callable[[], bool], internal_errors: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        source: StatsSource,
+        ready: Callable[[], bool],
+        internal_errors: Callable[[], int],
+        loop_cpu_seconds: Callable[[], float] | None,
+    ) -> None:
         self._source = source
         self._ready = ready
         self._internal_errors = internal_errors
+        self._loop_cpu_seconds = loop_cpu_seconds
 
     def collect(self) -> Iterator[Metric]:
         success = _Counter("nv_inference_request_success", "Number of successful inference requests")
@@ -87,6 +105,13 @@ class ModelStatsCollector(Collector):
         )
         errors.add({}, self._internal_errors())
         yield from (success, failure, count, execs, *durations, latency, batch, ready, errors)
+        if self._loop_cpu_seconds is not None:
+            yield CounterMetricFamily(
+                "tensorgate_event_loop_cpu_seconds",
+                "CPU time of the event-loop thread, which takes every request off gRPC, decodes, schedules "
+                "and answers it; a rate near 1 means the server is saturated and new calls wait inside gRPC",
+                value=self._loop_cpu_seconds(),
+            )
 
 
 def _latency_buckets(stats: ModelStats) -> list[tuple[str, float]]:
@@ -109,9 +134,14 @@ def _batch_buckets(sizes: dict[int, int]) -> list[tuple[str, float]]:
 
 
 def serve_metrics(
-    host: str, port: int, source: StatsSource, ready: Callable[[], bool], internal_errors: Callable[[], int]
+    host: str,
+    port: int,
+    source: StatsSource,
+    ready: Callable[[], bool],
+    internal_errors: Callable[[], int],
+    loop_cpu_seconds: Callable[[], float] | None,
 ) -> None:
     """Start the /metrics HTTP endpoint on its own thread."""
-    REGISTRY.register(ModelStatsCollector(source, ready, internal_errors))
+    REGISTRY.register(ModelStatsCollector(source, ready, internal_errors, loop_cpu_seconds))
     start_http_server(port, addr=host)
     log.info("event=metrics_listening address=%s:%d path=/metrics", host, port)

@@ -7,11 +7,12 @@ import asyncio
 import gc
 import logging
 import signal
+import threading
 
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse
 from tensorgate.frontend.service import InferenceService, ServerState
-from tensorgate.metrics import serve_metrics
+from tensorgate.metrics import serve_metrics, thread_cpu_seconds
 from tensorgate.repository import Repository
 from tensorgate.settings import Settings
 
@@ -34,6 +35,7 @@ async def serve(settings: Settings) -> int:
                 lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
                 lambda: state.ready,
                 lambda: state.internal_errors,
+                thread_cpu_seconds(threading.get_ident()),  # this thread runs the event loop
             )
         except OSError as exc:
             log.error("event=startup_failed reason=%r", f"cannot serve metrics on port {settings.metrics_port}: {exc}")
