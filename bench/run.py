@@ -140,6 +140,8 @@ class CpuSample:
     machine_busy: float  # seconds of all cores, busy
     machine_total: float  # seconds of all cores, busy + idle
     server: float  # server process CPU seconds
+    loop: float  # CPU seconds of the server's main thread, which runs its event loop
+    wall: float  # time.monotonic()
     children: float  # waited-for children (perf_analyzer) CPU seconds
     self_: float  # this process
 
@@ -149,17 +151,22 @@ class CpuSample:
             fields = [int(x) for x in f.readline().split()[1:9]]
         user, nice, system, idle, iowait, irq, softirq, steal = fields
         busy = user + nice + system + irq + softirq + steal
-        server = 0.0
+        server = loop = 0.0
         if server_pid is not None:
             with contextlib.suppress(OSError), open(f"/proc/{server_pid}/stat") as f:
                 stat = f.read().rsplit(")", 1)[1].split()
                 server = (int(stat[11]) + int(stat[12])) / CLK_TCK
+            with contextlib.suppress(OSError), open(f"/proc/{server_pid}/task/{server_pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+                loop = (int(stat[11]) + int(stat[12])) / CLK_TCK
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
         return CpuSample(
             busy / CLK_TCK,
             (busy + idle + iowait) / CLK_TCK,
             server,
+            loop,
+            time.monotonic(),
             children.ru_utime + children.ru_stime,
             me.ru_utime + me.ru_stime,
         )
@@ -171,6 +178,7 @@ class CpuDelta:
     client_s: float  # perf_analyzer, or this process for the open-loop generator
     foreign_pct: float  # share of the machine's capacity used by other processes
     idle_pct: float
+    loop_pct: float  # share of the time the server's event-loop thread was on a core
 
     @staticmethod
     def between(a: CpuSample, b: CpuSample, client_is_self: bool) -> CpuDelta:
@@ -181,7 +189,11 @@ class CpuDelta:
         me = b.self_ - a.self_
         foreign = max(0.0, busy - server - children - me)
         return CpuDelta(
-            server, me if client_is_self else children, 100 * foreign / total, 100 * max(0.0, total - busy) / total
+            server,
+            me if client_is_self else children,
+            100 * foreign / total,
+            100 * max(0.0, total - busy) / total,
+            100 * (b.loop - a.loop) / max(b.wall - a.wall, 1e-9),
         )
 
 
@@ -743,6 +755,7 @@ class Report:
                         fmt_int(self.med(model, c, lambda r: r.server_queue_us)),
                         fmt_int(self.med(model, c, lambda r: r.server_infer_us)),
                         top_batches(batches),
+                        fmt_x(self.med(model, c, lambda r: r.cpu.loop_pct if r.cpu else math.nan), 0) + "%",
                         fmt_x(self.med(model, c, lambda r: r.cpu.idle_pct if r.cpu else math.nan), 0) + "%",
                         fmt_x(self.med(model, c, lambda r: r.cpu.foreign_pct if r.cpu else math.nan), 0) + "%",
                         str(sum(r.retried for r in runs)),
@@ -757,6 +770,7 @@ class Report:
                 "server queue µs",
                 "compute infer µs",
                 "batch sizes (share of executions)",
+                "event loop busy",
                 "machine idle",
                 "other procs",
                 "loose -s",
