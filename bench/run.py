@@ -135,6 +135,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 # CPU accounting: whose CPU time a measurement used (ours, perf_analyzer's, or other processes' on the machine)
 
 
+def _cpu_seconds(stat_path: str) -> float:
+    """utime + stime of a /proc/.../stat file (a process or one thread), in seconds; 0 once it is gone."""
+    with contextlib.suppress(OSError), open(stat_path) as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / CLK_TCK
+    return 0.0
+
+
 @dataclass(frozen=True)
 class CpuSample:
     machine_busy: float  # seconds of all cores, busy
@@ -153,12 +161,8 @@ class CpuSample:
         busy = user + nice + system + irq + softirq + steal
         server = loop = 0.0
         if server_pid is not None:
-            with contextlib.suppress(OSError), open(f"/proc/{server_pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-                server = (int(stat[11]) + int(stat[12])) / CLK_TCK
-            with contextlib.suppress(OSError), open(f"/proc/{server_pid}/task/{server_pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-                loop = (int(stat[11]) + int(stat[12])) / CLK_TCK
+            server = _cpu_seconds(f"/proc/{server_pid}/stat")
+            loop = _cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
         return CpuSample(
@@ -492,8 +496,7 @@ class OpenLoopRun:
     sent: int
     offered: float  # what the generator actually sent after warm-up, per second (Poisson: near the target)
     achieved: float  # completions of those requests per second, until the last one finished
-    errors: int
-    error_codes: str  # the errors by gRPC status, most frequent first ("CANCELLED 3,679")
+    error_codes: str  # failed requests by gRPC status, most frequent first ("CANCELLED 3,679"); "" for none
     p50_ms: float  # latency from the scheduled send time (no coordinated omission)
     p90_ms: float
     p99_ms: float
@@ -576,7 +579,6 @@ def open_loop(server: Server, model: str, fraction: float, rate: float, s: Setti
         len(records),
         offered,
         achieved,
-        sum(1 for r in records if r[3]),
         ", ".join(f"{code} {n:,}" for code, n in Counter(r[3] for r in records if r[3]).most_common()),
         pct(latencies, 50),
         pct(latencies, 90),

@@ -43,7 +43,7 @@ class TensorSpec:
     @cached_property
     def fixed_dims(self) -> tuple[int, ...] | None:
         """``dims`` when none is -1 (a shape check is then one tuple comparison), else None."""
-        return None if -1 in self.dims else tuple(self.dims)
+        return None if -1 in self.dims else self.dims
 
 
 @dataclass(frozen=True)

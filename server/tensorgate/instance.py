@@ -38,6 +38,7 @@ class BatchResult:
 
     per_request: list[Outputs] | None = None
     error: BaseException | None = None
+    rows: int = 0  # samples in the batch (a request of n rows counts n)
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
@@ -141,11 +142,6 @@ class Instance:
         size = self._classes.get(rows.bit_length())
         return -1 if size is None else size.inline.value
 
-    def worker_ns(self, rows: int = 1) -> int:
-        """A typical batch of ``rows``' size class on the worker thread (ns); -1 until measured there."""
-        size = self._classes.get(rows.bit_length())
-        return -1 if size is None else size.worker.value
-
     def cheap(self, limit_ns: int, rows: int) -> bool:
         """Whether a batch of ``rows`` should run on the event loop: batches of its size class
         typically take under ``limit_ns`` there, so handing it to the worker thread (two thread
@@ -181,7 +177,7 @@ class Instance:
         self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool, inline: bool = False
     ) -> BatchResult:
         """Run one batch, here and now (``inline``: on the event loop, else on the worker thread)."""
-        result = BatchResult()
+        result = BatchResult(rows=sum(r.batch_size for r in requests))
         try:
             t0 = time.perf_counter_ns()
             inputs = gather_inputs(requests, batched)
@@ -191,7 +187,7 @@ class Instance:
             result.per_request = split_outputs(requests, produced, batched)
             t3 = time.perf_counter_ns()
             result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
-            size = self.size_class(sum(r.batch_size for r in requests))
+            size = self.size_class(result.rows)
             size.executions += 1
             if inline:
                 size.since_inline = 0

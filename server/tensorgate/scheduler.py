@@ -390,8 +390,7 @@ class Scheduler:
     ) -> list[dict[str, np.ndarray] | ServerError]:
         """Statistics of a finished batch, and each request's answer (its outputs or its error)."""
         if result.error is None:
-            rows = sum(r.batch_size for r in requests)
-            self.stats.record_execution(rows, result.input_ns, result.infer_ns, result.output_ns)
+            self.stats.record_execution(result.rows, result.input_ns, result.infer_ns, result.output_ns)
         per_request: list[dict[str, np.ndarray] | None] = [None] * len(requests)
         if result.per_request is not None:
             per_request = list(result.per_request)
