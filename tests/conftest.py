@@ -47,6 +47,7 @@ class Server:
         cmd = serve_command(repo, self.port, self.metrics_port, *args)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.client = grpcclient.InferenceServerClient(self.url)
+        self.signalled = False
         if wait_ready:
             self.wait_ready()
 
@@ -67,9 +68,15 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
 
+    def send_signal(self, sig: int) -> None:
+        """Signal the server (stop() then only waits: a second signal would force it out)."""
+        self.signalled = True
+        self.proc.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if not self.signalled:
+                self.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

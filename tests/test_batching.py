@@ -22,7 +22,7 @@ from models import identity, save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
 from tensorgate.backends.base import BackendOptions
-from tensorgate.instance import Instance
+from tensorgate.scheduler.placement import Placement
 from tritonclient.utils import InferenceServerException
 
 SLOW_ROWS = 512  # rows that keep the slow model busy for tens of ms
@@ -325,7 +325,7 @@ def test_an_engine_failure_fails_that_request_only(tmp_path: Path, start_server)
         tensor.set_data_from_numpy(np.array([[index]], np.int64))
         return client.infer("lookup", [tensor]).as_numpy("OUTPUT0")  # type: ignore[no-any-return]
 
-    for _ in range(Instance.WARMUP_EXECUTIONS + 2):  # on the worker thread first, then on the event loop
+    for _ in range(Placement.WARMUP_EXECUTIONS + 2):  # on the worker thread first, then on the event loop
         with pytest.raises(InferenceServerException, match="failed to execute: ONNX Runtime failed") as info:
             infer(7)
         assert info.value.status() == "StatusCode.INTERNAL"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from models import identity
 from tensorgate.backends import onnxruntime_cpu
+from tensorgate.backends.base import Engine, Precision
 from tensorgate.build import build
-from tensorgate.engines import Engine
 from tensorgate.repository import Repository
 from tensorgate.settings import Settings
 from test_engines import GPU, RecordingEngine, SlowBuiltEngine, _matmul_model
@@ -76,7 +76,7 @@ def test_build_waits_for_every_engine_and_reports_it(tmp_path: Path) -> None:
     assert "replaced onnxruntime-cpu" in text
     (built_file, precision), *_ = RecordingEngine.built
     # The accepted FP16 graph stays in the cache for the server that starts next.
-    assert precision == "fp16" and built_file.is_relative_to(tmp_path / "cache" / "fp16") and built_file.is_file()
+    assert precision is Precision.FP16 and built_file.is_relative_to(tmp_path / "cache" / "fp16") and built_file.is_file()
 
 
 def test_a_failed_build_fails_the_command(tmp_path: Path) -> None:

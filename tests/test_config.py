@@ -1,4 +1,4 @@
-"""Unit tests of tensorgate.config and the version policy (no server): config.pbtxt is parsed,
+"""Unit tests of tensorgate.model_config and the version policy (no server): config.pbtxt is parsed,
 completed from the ONNX file's tensors, checked against them, and unsupported fields are named."""
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from tensorgate import config as C
+from tensorgate import model_config as C
 from tensorgate.backends.base import TensorInfo
 from tensorgate.errors import ModelConfigError
 from tensorgate.proto import model_config_pb2 as mc
-from tensorgate.repository import versions
 
 FP32, INT32, INT64 = 1, 6, 7
 
@@ -39,13 +38,13 @@ def build(
     model_dir.mkdir(exist_ok=True)
     if text is not None:
         (model_dir / "config.pbtxt").write_text(text)
-    raw, given = C.read_config(model_dir)
+    raw = C.read_config(model_dir)
     done = C.complete(
-        raw,
+        raw.config,
         name=name,
         inputs=inputs,
         outputs=outputs,
-        max_batch_size_given=given,
+        max_batch_size_given=raw.max_batch_size_given,
         default_max_batch_size=default_max_batch_size,
     )
     return C.validate(done, inputs, outputs)
@@ -114,8 +113,8 @@ def test_commented_max_batch_size_does_not_count(tmp_path: Path) -> None:
     """A commented-out line is not a setting: the default applies as without the line."""
     text = '# max_batch_size: 0\nname: "m"\nparameters { key: "max_batch_size" value { string_value: "1" } }\n'
     (tmp_path / "config.pbtxt").write_text(text)
-    raw, given = C.read_config(tmp_path)
-    assert raw.name == "m" and not given
+    raw = C.read_config(tmp_path)
+    assert raw.config.name == "m" and not raw.max_batch_size_given
     spec = build(text, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
     assert spec.max_batch_size == 4
 
@@ -131,12 +130,12 @@ def test_commented_max_batch_size_does_not_count(tmp_path: Path) -> None:
 )
 def test_read_config_reports_max_batch_size_given(tmp_path: Path, text: str, given: bool) -> None:
     (tmp_path / "config.pbtxt").write_text(text)
-    assert C.read_config(tmp_path)[1] is given
+    assert C.read_config(tmp_path).max_batch_size_given is given
 
 
 def test_read_config_without_file(tmp_path: Path) -> None:
-    raw, given = C.read_config(tmp_path)
-    assert raw == mc.ModelConfig() and not given
+    raw = C.read_config(tmp_path)
+    assert raw.config == mc.ModelConfig() and not raw.max_batch_size_given
 
 
 @pytest.mark.parametrize(
@@ -317,7 +316,7 @@ def test_onnxruntime_parameters_are_read_not_ignored() -> None:
 
 @pytest.mark.parametrize("value", ["-1", "two", "", "2000"])
 def test_bad_onnxruntime_parameter_fails_the_load(value: str) -> None:
-    with pytest.raises(C.ModelConfigError, match="'intra_op_thread_count' must be an integer from 0 to 1024"):
+    with pytest.raises(ModelConfigError, match="'intra_op_thread_count' must be an integer from 0 to 1024"):
         C.check_supported(parse(f"parameters {{ key: 'intra_op_thread_count' value {{ string_value: '{value}' }} }}"))
 
 
@@ -391,20 +390,20 @@ def policy(text: str) -> mc.ModelVersionPolicy:
     ],
 )
 def test_version_policy(text: str, available: list[int], chosen: list[int]) -> None:
-    assert versions.select(policy(text), available) == chosen
+    assert C.select_versions(policy(text), available) == chosen
 
 
 def test_version_policy_latest_zero() -> None:
     with pytest.raises(ModelConfigError, match="num_versions >= 1"):
-        versions.select(policy("latest { num_versions: 0 }"), [1, 2])
+        C.select_versions(policy("latest { num_versions: 0 }"), [1, 2])
 
 
 def test_version_policy_specific_missing() -> None:
     with pytest.raises(ModelConfigError, match=r"names versions \[4\] that have no directory \(found \[1, 2\]\)"):
-        versions.select(policy("specific { versions: [1, 4] }"), [1, 2])
+        C.select_versions(policy("specific { versions: [1, 4] }"), [1, 2])
 
 
 def test_version_policy_specific_empty() -> None:
     """An empty list would serve nothing and say nothing: it is an error that says so."""
     with pytest.raises(ModelConfigError, match="names no versions"):
-        versions.select(policy("specific {}"), [1, 2])
+        C.select_versions(policy("specific {}"), [1, 2])

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from models import identity
-from tensorgate import engines
+from tensorgate import model_config
 from tensorgate.backends import onnxruntime_cpu
-from tensorgate.backends.base import Backend, BackendLoadError, BackendOptions
-from tensorgate.engines import Capabilities, Engine, Precision
+from tensorgate.backends.base import Backend, BackendLoadError, BackendOptions, Engine, Precision
 from tensorgate.errors import ModelConfigError
 from tensorgate.proto import model_config_pb2 as mc
-from tensorgate.repository import Repository
-from tensorgate.scheduler import InferRequest
+from tensorgate.repository import Repository, engine_plan
+from tensorgate.repository.engine_plan import Capabilities
+from tensorgate.request import InferRequest
 from tensorgate.settings import Settings
 
 GPU = Capabilities(
@@ -32,35 +32,36 @@ GPU = Capabilities(
 CPU_ONLY = Capabilities(no_gpu_reason="NVML found no GPU")
 
 
-def config(text: str = "") -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())
+def config(text: str = "") -> model_config.InstanceSettings:
+    """The instance settings engine_plan.plan reads, from config.pbtxt text."""
+    return model_config.instance_settings(text_format.Parse(text, mc.ModelConfig()))
 
 
-def engines_of(plan: engines.EnginePlan) -> list[Engine]:
+def engines_of(plan: engine_plan.EnginePlan) -> list[Engine]:
     return [c.engine for c in plan.candidates]
 
 
 def test_gpu_machine_prefers_tensorrt_fp16_then_cuda_then_cpu() -> None:
-    plan = engines.plan(config(), GPU)
+    plan = engine_plan.plan(config(), GPU)
     assert engines_of(plan) == [Engine.TENSORRT, Engine.ORT_CUDA, Engine.ORT_CPU]
     assert plan.candidates[0].precision is Precision.FP16 and not plan.passed_over
 
 
 def test_cpu_machine_says_why_it_skips_the_gpu_engines() -> None:
-    plan = engines.plan(config(), CPU_ONLY)
+    plan = engine_plan.plan(config(), CPU_ONLY)
     assert engines_of(plan) == [Engine.ORT_CPU]
     assert plan.passed_over == ((Engine.TENSORRT, "NVML found no GPU"), (Engine.ORT_CUDA, "NVML found no GPU"))
 
 
 def test_kind_cpu_stays_on_the_cpu() -> None:
-    plan = engines.plan(config("instance_group [{ kind: KIND_CPU }]"), GPU)
+    plan = engine_plan.plan(config("instance_group [{ kind: KIND_CPU }]"), GPU)
     assert engines_of(plan) == [Engine.ORT_CPU]
     assert all("KIND_CPU" in why for _, why in plan.passed_over)
 
 
 def test_missing_tensorrt_and_cuda_provider_are_named() -> None:
     caps = Capabilities(gpus=("NVIDIA H100",), no_tensorrt_reason="tensorrt is not installed")
-    plan = engines.plan(config("instance_group [{ kind: KIND_GPU gpus: [0] }]"), caps)
+    plan = engine_plan.plan(config("instance_group [{ kind: KIND_GPU gpus: [0] }]"), caps)
     assert engines_of(plan) == [Engine.ORT_CPU]
     reasons = dict(plan.passed_over)
     assert "tensorrt is not installed" in reasons[Engine.TENSORRT]
@@ -68,7 +69,7 @@ def test_missing_tensorrt_and_cuda_provider_are_named() -> None:
 
 
 def test_tensorrt_not_in_this_build_steps_down_to_cuda() -> None:
-    plan = engines.plan(config(), GPU, tensorrt_available=lambda: "not built yet")
+    plan = engine_plan.plan(config(), GPU, tensorrt_missing="not built yet")
     assert engines_of(plan) == [Engine.ORT_CUDA, Engine.ORT_CPU]
     assert dict(plan.passed_over)[Engine.TENSORRT] == "not built yet"
 
@@ -78,14 +79,14 @@ def test_precision_mode_from_config() -> None:
         'optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" '
         'parameters { key: "precision_mode" value: "FP32" } } ] } }'
     )
-    assert engines.plan(config(text), GPU).candidates[0].precision is Precision.FP32
+    assert engine_plan.plan(config(text), GPU).candidates[0].precision is Precision.FP32
     with pytest.raises(ModelConfigError, match="openvino"):
-        engines.plan(
+        engine_plan.plan(
             config('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "openvino" } ] } }'),
             GPU,
         )
     with pytest.raises(ModelConfigError, match="INT8"):
-        engines.plan(
+        engine_plan.plan(
             config(
                 'optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" '
                 'parameters { key: "precision_mode" value: "INT8" } } ] } }'
@@ -96,7 +97,7 @@ def test_precision_mode_from_config() -> None:
 
 def test_gpu_index_beyond_the_machine_fails() -> None:
     with pytest.raises(ModelConfigError, match="GPU 3"):
-        engines.plan(config("instance_group [{ kind: KIND_GPU gpus: [3] }]"), GPU)
+        engine_plan.plan(config("instance_group [{ kind: KIND_GPU gpus: [3] }]"), GPU)
 
 
 def test_detect_on_this_machine_reports_reasons() -> None:
@@ -122,7 +123,7 @@ def test_repository_falls_back_when_an_engine_fails_to_load(tmp_path: Path, capl
     async def run() -> None:
         await repo.start()
         served = repo.get("m")
-        assert served.engine == "onnxruntime-cpu"
+        assert served.engine is Engine.ORT_CPU
         kinds = [g.kind for g in served.spec.config.instance_group]
         assert kinds == [mc.ModelInstanceGroup.KIND_CPU]
         await repo.stop()
@@ -137,7 +138,7 @@ def test_repository_falls_back_when_an_engine_fails_to_load(tmp_path: Path, capl
 class SlowBuiltEngine(onnxruntime_cpu.OnnxRuntimeCpuBackend):
     """Stands in for an engine that takes long to build (TensorRT): same answers, slow to load."""
 
-    ENGINE = "tensorrt"
+    ENGINE = Engine.TENSORRT
     build_seconds = 1.0
     fail = False
 
@@ -159,7 +160,7 @@ def _gpu_repository(repo: Path, engine: type[SlowBuiltEngine]) -> Repository:
     )
 
 
-async def _traffic(repo: Repository, stop: asyncio.Event, seen: list[str]) -> None:
+async def _traffic(repo: Repository, stop: asyncio.Event, seen: list[Engine]) -> None:
     x = np.arange(16, dtype=np.float32).reshape(1, 16)
     while not stop.is_set():
         served = repo.get("m")
@@ -179,10 +180,10 @@ def test_serves_on_the_fallback_while_the_engine_builds_then_moves_without_dropp
         started = time.monotonic()
         await repo.start()
         assert time.monotonic() - started < SlowBuiltEngine.build_seconds  # READY before the build ends
-        assert repo.get("m").engine == "onnxruntime-cpu"
+        assert repo.get("m").engine is Engine.ORT_CPU
         stop, seen = asyncio.Event(), []
         workers = [asyncio.create_task(_traffic(repo, stop, seen)) for _ in range(4)]
-        while repo.get("m").engine != "tensorrt" and time.monotonic() - started < 20:
+        while repo.get("m").engine is not Engine.TENSORRT and time.monotonic() - started < 20:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
         stop.set()
@@ -193,9 +194,9 @@ def test_serves_on_the_fallback_while_the_engine_builds_then_moves_without_dropp
 
     with caplog.at_level(logging.INFO):
         seen = asyncio.run(run())
-    assert seen[0] == "onnxruntime-cpu" and seen[-1] == "tensorrt"
-    switch = seen.index("tensorrt")
-    assert all(engine == "tensorrt" for engine in seen[switch:]), "traffic went back to the old engine"
+    assert seen[0] is Engine.ORT_CPU and seen[-1] is Engine.TENSORRT
+    switch = seen.index(Engine.TENSORRT)
+    assert all(engine is Engine.TENSORRT for engine in seen[switch:]), "traffic went back to the old engine"
     assert "event=engine_switched model=m version=1 from=onnxruntime-cpu to=tensorrt" in caplog.text
 
 
@@ -211,7 +212,7 @@ def test_a_failed_background_build_keeps_the_fallback(tmp_path: Path, caplog: py
     async def run() -> None:
         await repo.start()
         await asyncio.sleep(1.0)
-        assert repo.get("m").engine == "onnxruntime-cpu" and repo.is_ready("m")
+        assert repo.get("m").engine is Engine.ORT_CPU and repo.is_ready("m")
         await repo.stop()
 
     with caplog.at_level(logging.INFO):
@@ -242,7 +243,7 @@ class RecordingEngine(SlowBuiltEngine):
     """The slow engine, remembering what it was asked to build."""
 
     build_seconds = 0.1
-    built: ClassVar[list[tuple[Path, str]]] = []
+    built: ClassVar[list[tuple[Path, Precision]]] = []
 
     def __init__(self, model_file: Path, options: BackendOptions) -> None:
         RecordingEngine.built.append((model_file, options.precision))
@@ -282,9 +283,9 @@ def test_fp16_gate_decides_what_the_engine_builds(
     async def run() -> None:
         await repo.start()
         deadline = time.monotonic() + 20
-        while repo.get("m").engine != "tensorrt" and time.monotonic() < deadline:
+        while repo.get("m").engine is not Engine.TENSORRT and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert repo.get("m").engine == "tensorrt"
+        assert repo.get("m").engine is Engine.TENSORRT
         await repo.stop()
 
     with caplog.at_level(logging.INFO):
@@ -292,10 +293,10 @@ def test_fp16_gate_decides_what_the_engine_builds(
     (built_file, built_precision), *_ = RecordingEngine.built
     refused = REGISTRY.get_sample_value("tensorgate_fp16_refused_total", {"model": "m", "version": "1"}) or 0
     if accepted:
-        assert built_precision == "fp16" and built_file.is_relative_to(tmp_path / "cache" / "fp16")
+        assert built_precision is Precision.FP16 and built_file.is_relative_to(tmp_path / "cache" / "fp16")
         assert "event=fp16_accepted model=m version=1" in caplog.text and refused == refused_before
     else:
-        assert built_precision == "fp32" and built_file == tmp_path / "repo" / "m" / "1" / "model.onnx"
+        assert built_precision is Precision.FP32 and built_file == tmp_path / "repo" / "m" / "1" / "model.onnx"
         assert "event=fp16_refused model=m version=1" in caplog.text and "65504" in caplog.text
         assert refused == refused_before + 1
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import ROOT
-from tensorgate.engines import Capabilities
+from tensorgate.repository.engine_plan import Capabilities
 
 CAPS = Capabilities.detect()
 pytestmark = [

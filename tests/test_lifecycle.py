@@ -119,7 +119,7 @@ def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
             break
         time.sleep(0.01)
     started = time.monotonic()
-    server.proc.send_signal(sig)
+    server.send_signal(sig)
     for t in threads:
         t.join(30)
     code = server.stop()
@@ -132,11 +132,49 @@ def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
 
 def test_new_requests_refused_after_shutdown(tmp_path: Path) -> None:
     server = Server(_slow_repo(tmp_path))
-    server.proc.send_signal(signal.SIGTERM)
+    server.send_signal(signal.SIGTERM)
     server.proc.wait(30)
     assert server.proc.returncode == 0
     with pytest.raises(Exception, match=r"UNAVAILABLE|failed to connect|Connection refused"):
         server.client.is_server_live()
+    server.stop()
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """A shutdown waiting on work that will not end soon (here ~5 s of queued batches, under a 60 s
+    grace period) ends at the second signal, with the log saying so and 128 + the signal."""
+    server = Server(_slow_repo(tmp_path), "--exit-timeout-secs", "60")
+    data = np.ones((SLOW_BATCH, 512), np.float32)
+    answered: list[bool] = []
+
+    def send() -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        try:
+            client.infer("slow", [tensor])
+            answered.append(True)
+        except Exception:
+            answered.append(False)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send) for _ in range(60)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: server.client.get_inference_statistics("slow").model_stats[0].execution_count >= 1, 10, 0.01)
+    server.send_signal(signal.SIGTERM)
+    wait_for(lambda: "event=shutdown_started" in server.log, 10, 0.01)
+    assert server.proc.poll() is None  # the first signal waits for the requests in flight
+    forced = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    code = server.proc.wait(10)
+    assert time.monotonic() - forced < 3
+    assert code == 128 + signal.SIGTERM
+    assert "event=shutdown_forced signal=SIGTERM" in server.log
+    for t in threads:
+        t.join(30)
+    assert answered.count(False) > 0 and len(answered) == 60  # what was still queued got an error, not silence
     server.stop()
 
 

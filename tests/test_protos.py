@@ -94,7 +94,7 @@ def test_cpu_install_serves_without_gpu_or_build_libraries() -> None:
         "for name in ('onnx', 'tensorrt', 'pynvml', 'cuda'):\n"
         "    sys.modules[name] = None  # importing them now raises ImportError\n"
         "import tensorgate.server, tensorgate.cli, tensorgate.repository.precision\n"
-        "from tensorgate.engines import Capabilities\n"
+        "from tensorgate.repository.engine_plan import Capabilities\n"
         "caps = Capabilities.detect()\n"
         "assert caps.gpus == () and 'tensorrt' in caps.no_tensorrt_reason, caps\n"
     )

@@ -12,7 +12,10 @@ import pytest
 from tensorgate.backends.base import TensorInfo
 from tensorgate.errors import Code, ServerError
 from tensorgate.instance import Instance
-from tensorgate.scheduler import BatchingPolicy, InferRequest, QueuePolicy, Scheduler, TimeoutAction
+from tensorgate.model_config import BatchingPolicy, QueuePolicy, TimeoutAction
+from tensorgate.request import InferRequest
+from tensorgate.scheduler import Scheduler
+from tensorgate.scheduler.placement import Placement
 from tensorgate.stats import ModelStats
 
 
@@ -299,19 +302,19 @@ class FailsOn13(ThreadRecorder):
 
 async def test_cheap_batches_run_inline_after_measuring() -> None:
     fast = ThreadRecorder()
-    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_below_us=50_000)
-    for i in range(Instance.WARMUP_EXECUTIONS + 4):
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_execution_us=50_000)
+    for i in range(Placement.WARMUP_EXECUTIONS + 4):
         out = await s.infer(request(i))
         assert out["y"][0, 0] == 2 * i
     main = threading.current_thread().name
-    assert all(t != main for t in fast.threads[: Instance.WARMUP_EXECUTIONS])
-    assert all(t == main for t in fast.threads[Instance.WARMUP_EXECUTIONS :])
+    assert all(t != main for t in fast.threads[: Placement.WARMUP_EXECUTIONS])
+    assert all(t == main for t in fast.threads[Placement.WARMUP_EXECUTIONS :])
 
 
 async def test_costly_batches_stay_on_the_worker_thread() -> None:
     slow = ThreadRecorder(delay=0.002)
-    s = Scheduler("fake", 1, [Instance("fake", 0, slow)], ModelStats(), policy(), inline_below_us=1_000)
-    for i in range(Instance.WARMUP_EXECUTIONS + 4):
+    s = Scheduler("fake", 1, [Instance("fake", 0, slow)], ModelStats(), policy(), inline_execution_us=1_000)
+    for i in range(Placement.WARMUP_EXECUTIONS + 4):
         await s.infer(request(i))
     assert threading.current_thread().name not in slow.threads
 
@@ -319,8 +322,8 @@ async def test_costly_batches_stay_on_the_worker_thread() -> None:
 async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
     fast = FailsOn13()
     stats = ModelStats()
-    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], stats, policy(), inline_below_us=50_000)
-    for i in range(Instance.WARMUP_EXECUTIONS):
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], stats, policy(), inline_execution_us=50_000)
+    for i in range(Placement.WARMUP_EXECUTIONS):
         await s.infer(request(100 + i))
         await s.infer(request(100 + i, rows=3))  # each batch size earns its place on the loop
     before = (stats.inference_count, stats.execution_count, stats.success.count)
@@ -332,7 +335,7 @@ async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
         before[1] + 1,
         before[2] + 1,
     )
-    assert stats.batches[3].compute_infer.count == Instance.WARMUP_EXECUTIONS + 1
+    assert stats.batches[3].compute_infer.count == Placement.WARMUP_EXECUTIONS + 1
     with pytest.raises(ServerError, match="boom") as info:
         await s.infer(request(13))
     assert info.value.code is Code.INTERNAL
@@ -344,8 +347,8 @@ async def test_inline_requests_keep_statistics_errors_and_priorities() -> None:
 
 async def test_cheap_instance_still_batches_what_queues_while_it_is_busy() -> None:
     fast = ThreadRecorder()
-    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_below_us=50_000)
-    for i in range(Instance.WARMUP_EXECUTIONS):
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_execution_us=50_000)
+    for i in range(Placement.WARMUP_EXECUTIONS):
         await s.infer(request(i))
     fast.batches.clear()
     # Requests that wait together (here: all created before the loop runs any of them, with the
@@ -358,12 +361,13 @@ async def test_cheap_instance_still_batches_what_queues_while_it_is_busy() -> No
 async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
     fast = ThreadRecorder()
     instance = Instance("fake", 0, fast)
-    warm = Scheduler("fake", 1, [instance], ModelStats(), policy(), inline_below_us=50_000)
-    for i in range(Instance.WARMUP_EXECUTIONS):  # batches of two rows, measured cheap
+    warm = Scheduler("fake", 1, [instance], ModelStats(), policy(), inline_execution_us=50_000)
+    for i in range(Placement.WARMUP_EXECUTIONS):  # batches of two rows, measured cheap
         await warm.infer(request(i, rows=2))
     delayed = policy(max_queue_delay_us=50_000)
-    s = Scheduler("fake", 1, [instance], ModelStats(), delayed, inline_below_us=50_000)
-    assert instance.cheap(s.inline_below_ns, 2)
+    s = Scheduler("fake", 1, [instance], ModelStats(), delayed, inline_execution_us=50_000)
+    s.placements[0] = warm.placements[0]  # what the instance measured, without the delay
+    assert s.placements[0].inline(2)
     fast.batches.clear()
     first = asyncio.create_task(s.infer(request(1)))
     await asyncio.sleep(0.005)
@@ -389,12 +393,12 @@ class SlowOffTheLoop(ThreadRecorder):
 async def test_a_batch_slow_only_on_the_worker_is_probed_inline_and_moves_there() -> None:
     main = threading.current_thread().name
     backend = SlowOffTheLoop(main, worker_delay=0.0015)  # 1.5 x the limit on the worker
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
-    runs = Instance.WARMUP_EXECUTIONS + Instance.PROBE_EVERY + 10
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_execution_us=1_000)
+    runs = Placement.WARMUP_EXECUTIONS + Placement.PROBE_EVERY + 10
     for i in range(runs):
         await s.infer(request(i))
     first_inline = backend.threads.index(main)
-    assert first_inline == Instance.PROBE_EVERY  # the probe, once enough worker runs were measured
+    assert first_inline == Placement.PROBE_EVERY  # the probe, once enough worker runs were measured
     assert all(t == main for t in backend.threads[first_inline:])  # measured cheap there: it stays
 
 
@@ -415,13 +419,13 @@ class StallsSometimes(ThreadRecorder):
 
 async def test_a_few_stalled_batches_do_not_move_a_cheap_model_off_the_loop() -> None:
     main = threading.current_thread().name
-    warmup = Instance.WARMUP_EXECUTIONS
+    warmup = Placement.WARMUP_EXECUTIONS
     backend = StallsSometimes(main, stall_at={warmup + 5, warmup + 30, warmup + 31, warmup + 60})
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_execution_us=1_000)
     for i in range(warmup + 100):
         await s.infer(request(i))
     assert backend.threads[warmup:] == [main] * 100  # 20 x the limit, four times: still typically cheap
-    assert s.instances[0].inline_ns(1) < 1_000_000
+    assert s.placements[0].inline_ns(1) < 1_000_000
 
 
 class SlowPerRow(ThreadRecorder):
@@ -436,8 +440,8 @@ async def test_a_model_cheap_at_one_row_runs_big_batches_on_the_worker() -> None
     main = threading.current_thread().name
     backend = SlowPerRow()
     big = policy(max_batch_size=128)
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), big, inline_below_us=1_000)
-    warmup = Instance.WARMUP_EXECUTIONS
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), big, inline_execution_us=1_000)
+    warmup = Placement.WARMUP_EXECUTIONS
     for i in range(warmup + 2):
         await s.infer(request(i))
     assert backend.threads[-1] == main  # one row: measured cheap, on the loop
@@ -453,7 +457,7 @@ async def test_a_model_cheap_at_one_row_runs_big_batches_on_the_worker() -> None
 async def test_a_batch_far_above_the_limit_is_never_probed() -> None:
     main = threading.current_thread().name
     backend = SlowOffTheLoop(main, worker_delay=0.004)  # 4 x the limit: not worth blocking the loop to try
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_below_us=1_000)
-    for i in range(Instance.PROBE_EVERY + 20):
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_execution_us=1_000)
+    for i in range(Placement.PROBE_EVERY + 20):
         await s.infer(request(i))
     assert main not in backend.threads

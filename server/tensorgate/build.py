@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 async def build(settings: Settings, out: TextIO, repository: Callable[[Settings], Repository] = Repository) -> int:
     repo = repository(settings)
     await repo.start()
-    await repo.wait_for_builds()
+    await repo.upgrades.wait()
     failed = False
     lines: list[str] = []
     for row in repo.index():
@@ -34,18 +34,19 @@ async def build(settings: Settings, out: TextIO, repository: Callable[[Settings]
             lines.append(f"{row.name} {row.version or '-'}: {row.state}: {row.reason}")
     for version in sorted(repo.ready_versions(), key=lambda v: (v.name, v.version)):
         key = f"{version.name} {version.version}"
-        builds = [b for b in repo.builds if (b.model, b.version) == (version.name, version.version)]
+        builds = [b for b in repo.upgrades.builds if (b.model, b.version) == (version.name, version.version)]
         for b in builds:
+            what = f"{b.engine.value} ({b.precision.value})"
             if b.built:
-                lines.append(f"{key}: built {b.engine} ({b.precision}) in {b.seconds:.1f} s, {b.detail}")
+                lines.append(f"{key}: built {what} in {b.seconds:.1f} s, {b.detail}")
             else:
                 failed = True
-                lines.append(f"{key}: {b.engine} ({b.precision}) build FAILED after {b.seconds:.1f} s: {b.detail}")
+                lines.append(f"{key}: {what} build FAILED after {b.seconds:.1f} s: {b.detail}")
         if not builds:
-            skipped = "; ".join(
-                f"{engine}: {why}" for engine, why in repo.passed_over.get((version.name, version.version), [])
+            skipped = "; ".join(f"{engine.value}: {why}" for engine, why in version.passed_over)
+            lines.append(
+                f"{key}: nothing to build, serves on {version.engine.value}" + (f" ({skipped})" if skipped else "")
             )
-            lines.append(f"{key}: nothing to build, serves on {version.engine}" + (f" ({skipped})" if skipped else ""))
     await repo.stop()
     for line in lines:
         print(line, file=out)

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = settings.from_namespace(args)
-    logs.configure(config.log_level)
+    options = settings.from_namespace(args)
+    logs.configure(options.log_level)
     if importlib.util.find_spec("onnxruntime") is None:
         print(
             "tensorgate: ONNX Runtime is not installed; install tensorgate[cpu] (or tensorgate[gpu] on an "
@@ -48,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
 
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(options))
     if args.command == "build":
         from tensorgate.build import build
 
-        return asyncio.run(build(config, sys.stdout))
+        return asyncio.run(build(options, sys.stdout))
     return 2
 
 

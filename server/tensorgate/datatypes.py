@@ -54,18 +54,6 @@ _ALL = (
 BY_V2: dict[str, DataType] = {d.v2: d for d in _ALL}
 BY_CONFIG: dict[str, DataType] = {d.config: d for d in _ALL}
 BY_ONNX: dict[int, DataType] = {d.onnx: d for d in _ALL}
-BF16 = BY_V2["BF16"]
-BYTES = BY_V2["BYTES"]
-
-
-def from_numpy(dtype: np.dtype) -> DataType:
-    """The datatype of a numpy array (uint16 reads as UINT16, object as BYTES)."""
-    for d in _ALL:
-        if d.numpy == dtype and d is not BF16:
-            return d
-    if dtype.kind in ("S", "U"):
-        return BYTES
-    raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:

@@ -1,11 +1,13 @@
-"""One server process: start the frontend, load the repository, serve until SIGTERM/SIGINT, then
-stop taking requests, finish the ones in flight, unload and return 0."""
+"""One server process, in three phases: startup (frontend listening, models loaded, then ready),
+serving until SIGTERM/SIGINT, and shutdown (not ready, stop taking requests, finish the ones in
+flight, unload, return 0). A second signal during shutdown, or during startup, exits at once."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import os
 import signal
 import threading
 
@@ -19,50 +21,79 @@ from tensorgate.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings) -> int:
-    state = ServerState()
-    repository = Repository(settings)
-    try:
-        frontend = GrpcFrontend(settings, InferenceService(repository, state))
-    except PortInUse as exc:
-        log.error("event=startup_failed reason=%r", str(exc))
-        return 1
-    if settings.metrics_port >= 0:
-        try:
-            serve_metrics(
-                settings.host,
-                settings.metrics_port,
-                lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
-                lambda: state.ready,
-                lambda: state.internal_errors,
-                thread_cpu_seconds(threading.get_ident()),  # this thread runs the event loop
-            )
-        except OSError as exc:
-            log.error("event=startup_failed reason=%r", f"cannot serve metrics on port {settings.metrics_port}: {exc}")
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = ServerState()
+        self.repository = Repository(settings)
+        self._stop = asyncio.Event()
+
+    async def serve(self) -> int:
+        """The process's exit status: 0 after a clean shutdown, 1 if it could not start."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        frontend = await self.startup()
+        if frontend is None:
             return 1
+        await self._stop.wait()
+        await self.shutdown(frontend)
+        return 0
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    def _on_signal(self, sig: int) -> None:
+        if self._stop.is_set():
+            # The second signal: a batch that never ends (or a load that hangs) must not keep the
+            # process alive. In-flight requests are lost, and the log says so.
+            log.warning("event=shutdown_forced signal=%s reason=%r", signal.Signals(sig).name, "second signal")
+            logging.shutdown()
+            os._exit(128 + sig)
+        log.info("event=signal_received signal=%s", signal.Signals(sig).name)
+        self._stop.set()
 
-    await frontend.start()
-    log.info("event=grpc_listening version=%s address=%s:%d", __version__, settings.host, frontend.port)
-    await repository.start()
-    # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
-    # the garbage collector's full passes, each a ~9 ms pause of every request in flight here.
-    gc.collect()
-    gc.freeze()
-    state.ready = True
-    await frontend.set_serving(True)
-    ready = [f"{v.name}:{v.version}({v.engine})" for v in repository.ready_versions()]
-    log.info("event=server_ready models=%s", ",".join(ready) or "-")
+    async def startup(self) -> GrpcFrontend | None:
+        """Listen (not ready yet), load the repository, then report ready; None if it cannot listen."""
+        settings, state, repository = self.settings, self.state, self.repository
+        try:
+            frontend = GrpcFrontend(settings, InferenceService(repository, state))
+        except PortInUse as exc:
+            log.error("event=startup_failed reason=%r", str(exc))
+            return None
+        if settings.metrics_port >= 0:
+            try:
+                serve_metrics(
+                    settings.host,
+                    settings.metrics_port,
+                    lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
+                    lambda: state.ready,
+                    lambda: state.internal_errors,
+                    thread_cpu_seconds(threading.get_ident()),  # this thread runs the event loop
+                )
+            except OSError as exc:
+                reason = f"cannot serve metrics on port {settings.metrics_port}: {exc}"
+                log.error("event=startup_failed reason=%r", reason)
+                return None
+        await frontend.start()
+        log.info("event=grpc_listening version=%s address=%s:%d", __version__, settings.host, frontend.port)
+        await repository.start()
+        # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
+        # the garbage collector's full passes, each a pause of every request in flight (bench/RESULTS.md).
+        gc.collect()
+        gc.freeze()
+        state.ready = True
+        await frontend.set_serving(True)
+        ready = [f"{v.name}:{v.version}({v.engine.value})" for v in repository.ready_versions()]
+        log.info("event=server_ready models=%s", ",".join(ready) or "-")
+        return frontend
 
-    await stop.wait()
-    log.info("event=shutdown_started grace_secs=%.1f", settings.exit_timeout_secs)
-    state.ready = False
-    await frontend.set_serving(False)
-    await frontend.stop(settings.exit_timeout_secs)
-    await repository.stop()
-    log.info("event=shutdown_complete")
-    return 0
+    async def shutdown(self, frontend: GrpcFrontend) -> None:
+        """Not ready (health NOT_SERVING), refuse new calls, let those in flight finish, unload."""
+        log.info("event=shutdown_started grace_secs=%.1f", self.settings.exit_timeout_secs)
+        self.state.ready = False
+        await frontend.set_serving(False)
+        await frontend.stop(self.settings.exit_timeout_secs)
+        await self.repository.stop()
+        log.info("event=shutdown_complete")
+
+
+async def serve(settings: Settings) -> int:
+    return await Server(settings).serve()

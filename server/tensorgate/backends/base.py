@@ -11,12 +11,26 @@ are ``uint16`` arrays of raw bit patterns.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+
+class Engine(enum.Enum):
+    """What runs a model, named as users see it (logs, metrics, ``tensorgate build``)."""
+
+    TENSORRT = "tensorrt"
+    ORT_CUDA = "onnxruntime-cuda"
+    ORT_CPU = "onnxruntime-cpu"
+
+
+class Precision(enum.Enum):
+    FP16 = "fp16"
+    FP32 = "fp32"
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,7 @@ class BackendOptions:
     inter_op_threads: int = 1
     parallel_execution: bool = False  # independent operators may run at the same time (inter-op threads)
     device: str = "cpu"
-    precision: str = "fp32"  # what the engine builds in (the model file already carries FP16 when "fp16")
+    precision: Precision = Precision.FP32  # what the engine builds in (the model file already carries FP16)
 
 
 class BackendLoadError(Exception):
@@ -55,8 +69,8 @@ class Backend(Protocol):
     """One loaded instance of a model on one engine."""
 
     @property
-    def engine(self) -> str:
-        """What runs the model, as shown to users (e.g. ``onnxruntime-cpu``)."""
+    def engine(self) -> Engine:
+        """What runs the model."""
         ...
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,10 +14,10 @@ from tensorgate.backends.base import (
     BackendInputError,
     BackendLoadError,
     BackendOptions,
+    Engine,
     TensorInfo,
 )
 
-log = logging.getLogger(__name__)
 # ONNX Runtime's own logger writes colored lines to stderr; its errors reach our log as exceptions.
 ort.set_default_logger_severity(4)
 
@@ -70,7 +69,7 @@ def _bf16_value(array: np.ndarray) -> ort.OrtValue:
 class OnnxRuntimeCpuBackend:
     """One ONNX Runtime inference session on the CPU (subclasses change the execution provider)."""
 
-    ENGINE = "onnxruntime-cpu"
+    ENGINE = Engine.ORT_CPU
 
     def providers(self, options: BackendOptions) -> list[str | tuple[str, dict[str, str]]]:
         return ["CPUExecutionProvider"]
@@ -110,7 +109,7 @@ class OnnxRuntimeCpuBackend:
             )
 
     @property
-    def engine(self) -> str:
+    def engine(self) -> Engine:
         return self.ENGINE
 
     @property

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tensorgate.backends.base import BackendOptions
+from tensorgate.backends.base import BackendOptions, Engine
 from tensorgate.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
 
 
 class OnnxRuntimeCudaBackend(OnnxRuntimeCpuBackend):
-    ENGINE = "onnxruntime-cuda"
+    ENGINE = Engine.ORT_CUDA
 
     def providers(self, options: BackendOptions) -> list[str | tuple[str, dict[str, str]]]:
         device = options.device.removeprefix("cuda:") if options.device.startswith("cuda:") else "0"

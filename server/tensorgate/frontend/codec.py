@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from tensorgate import datatypes
-from tensorgate.config import ModelSpec, TensorSpec
 from tensorgate.datatypes import DataType
 from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
-from tensorgate.scheduler import InferRequest
+from tensorgate.request import InferRequest
 
 # Which InferTensorContents field holds each datatype (FP16 and BF16 have none: raw only).
 _CONTENTS_FIELD: dict[str, str] = {

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from tensorgate import __version__
 from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented
 from tensorgate.frontend import codec
+from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository import ModelVersion, Repository
@@ -139,12 +140,12 @@ class InferenceService:
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         self._check_explicit("loading a model")
-        override: mc.ModelConfig | None = None
+        override: RawConfig | None = None
         for key, value in request.parameters.items():
             if key == "config":
-                override = mc.ModelConfig()
+                override = RawConfig(mc.ModelConfig(), max_batch_size_given=True)
                 try:
-                    json_format.Parse(value.string_param, override)
+                    json_format.Parse(value.string_param, override.config)
                 except (json_format.ParseError, json.JSONDecodeError) as exc:
                     raise InvalidArgument(
                         f"load parameter 'config' is not a valid model config in JSON: {exc}"

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import Counter
 
-from tensorgate.engines import Candidate, Precision
+from tensorgate.backends.base import Precision
+from tensorgate.repository.engine_plan import Candidate
 
 log = logging.getLogger(__name__)
 

@@ -1,169 +1,32 @@
 """Loads, reloads and unloads models from the repository directory while the server runs.
 
 Each model name has an entry with its served versions. A (re)load builds the new versions off the
-event loop, then swaps them in at once; versions it replaces stop taking requests, finish the ones
-in flight and only then release their instances. One model failing to load never touches another.
+event loop (loader.py), then swaps them in at once; versions it replaces stop taking requests, finish
+the ones in flight and only then release their instances. One model failing to load never touches
+another. Better engines are built in the background (upgrades.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import os
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
-from tensorgate import config as model_config
-from tensorgate import engines
-from tensorgate.backends import onnxruntime_cpu
-from tensorgate.backends.base import Backend, BackendExecuteError, BackendLoader, BackendLoadError, BackendOptions
-from tensorgate.config import ModelSpec
-from tensorgate.engines import Candidate, Capabilities, Engine
-from tensorgate.errors import Code, ModelConfigError, NotFound, ServerError, Unavailable
-from tensorgate.instance import Instance
-from tensorgate.proto import model_config_pb2 as mc
-from tensorgate.repository import layout, precision, versions
-from tensorgate.scheduler import BatchingPolicy, Scheduler
+from tensorgate import backends
+from tensorgate.backends.base import BackendLoader, Engine
+from tensorgate.errors import Code, NotFound, ServerError, Unavailable
+from tensorgate.model_config import RawConfig
+from tensorgate.repository import layout
+from tensorgate.repository.engine_plan import Capabilities
+from tensorgate.repository.loader import Loader, expected, failure_reason
+from tensorgate.repository.state import Fingerprint, IndexEntry, ModelEntry, ModelState, ModelVersion
+from tensorgate.repository.upgrades import Upgrades, spawn
 from tensorgate.settings import ControlMode, Settings
-from tensorgate.stats import ModelStats
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class ModelState(enum.Enum):
-    """Triton's model states as RepositoryIndex reports them."""
-
-    UNKNOWN = "UNKNOWN"
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-@dataclass
-class ModelVersion:
-    """One served version: its spec, what runs it and its scheduler."""
-
-    name: str
-    version: int
-    spec: ModelSpec
-    engine: str
-    scheduler: Scheduler
-    stats: ModelStats
-    state: ModelState = ModelState.READY
-    # Better engines still to build in the background (best first), and what building needs.
-    upgrades: tuple[Candidate, ...] = ()
-    source: tuple[Path, mc.ModelConfig, bool] | None = None
-
-    async def retire(self) -> None:
-        self.state = ModelState.UNLOADING
-        await self.scheduler.close()
-        self.state = ModelState.UNAVAILABLE
-        log.info("event=model_unloaded model=%s version=%d", self.name, self.version)
-
-
-@dataclass(frozen=True)
-class BuildOutcome:
-    """One background engine build: what it built and whether the version moved to it."""
-
-    model: str
-    version: int
-    engine: str
-    precision: str
-    built: bool
-    detail: str  # why it failed, or what it replaced
-    seconds: float
-
-
-@dataclass
-class ModelEntry:
-    """A model name: its served versions, or why it has none."""
-
-    name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    state: ModelState = ModelState.UNKNOWN
-    reason: str = ""
-    failed_versions: dict[int, str] = field(default_factory=dict)
-    fingerprint: tuple[tuple[str, int, int], ...] = ()
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str
-
-
-def _expected(exc: BaseException) -> bool:
-    """Errors a model's files or config cause, as opposed to our bugs (which get a traceback)."""
-    return isinstance(exc, (ModelConfigError, BackendLoadError, OSError))
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if _expected(exc) else f"internal error while loading: {exc!r}"
-
-
-def _instance_options(config: mc.ModelConfig, candidate: Candidate) -> BackendOptions:
-    count = model_config.instance_count(config)
-    cores = os.cpu_count() or 1
-    device = "cpu" if candidate.device is None else f"cuda:{candidate.device}"
-    # One instance lets ONNX Runtime use every core; several share them so they don't oversubscribe.
-    # Triton's ONNX Runtime parameters (intra_op_thread_count, ...) in the config take precedence.
-    asked = model_config.ort_parameters(config)
-    threads = 0 if count == 1 else max(1, cores // count)
-    return BackendOptions(
-        intra_op_threads=threads if asked.intra_op_threads is None else asked.intra_op_threads,
-        inter_op_threads=1 if asked.inter_op_threads is None else asked.inter_op_threads,
-        parallel_execution=asked.parallel_execution,
-        device=device,
-        precision=candidate.precision.value,
-    )
-
-
-def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
-    from tensorgate.backends import onnxruntime_cuda  # only where onnxruntime-gpu is installed
-
-    return onnxruntime_cuda.load(model_file, options)
-
-
-async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` on a daemon thread: an engine build may take minutes, and a server told to stop
-    must not wait for it at exit (asyncio.to_thread's threads are joined at interpreter exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="tg-engine-build", daemon=True).start()
-    return await future
-
-
-def _tensorrt_not_built() -> str:
-    return "TensorRT engines are not built by this version of tensorgate yet"
 
 
 class Repository:
@@ -175,17 +38,11 @@ class Repository:
     ) -> None:
         self.root = Path(settings.model_repository)
         self.settings = settings
-        self._loaders: Mapping[Engine, BackendLoader] = loaders or {
-            Engine.ORT_CPU: onnxruntime_cpu.load,
-            Engine.ORT_CUDA: _load_ort_cuda,
-        }
-        self._capabilities = capabilities
+        self.loader = Loader(settings, dict(loaders or backends.loaders()), capabilities)
+        self.upgrades = Upgrades(settings, self.loader, self._retire_one)
         self._entries: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
-        self._upgrades: set[asyncio.Task[None]] = set()
-        self.builds: deque[BuildOutcome] = deque(maxlen=1024)  # the background builds that ended, in order
-        self.passed_over: dict[tuple[str, int], list[tuple[str, str]]] = {}  # engines not tried, and why
 
     # ---- lookups on the request path (event loop, no awaits) ----
 
@@ -286,13 +143,12 @@ class Repository:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
-        for task in list(self._upgrades):  # an engine still building is abandoned, not awaited
-            task.cancel()
+        self.upgrades.abandon()  # an engine still building is abandoned, not awaited
         await asyncio.gather(*(self.unload(name) for name in list(self._entries)), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
+    async def load(self, name: str, override: RawConfig | None = None) -> None:
         """Load (or reload) a model from disk; raises ServerError if it cannot serve any version."""
         directory = layout.model_dir(self.root, name)
         if directory is None:
@@ -305,15 +161,16 @@ class Repository:
             fingerprint = layout.fingerprint(directory)
             log.info("event=model_loading model=%s path=%s", name, directory)
             try:
-                loaded, failed = await asyncio.to_thread(self._build, name, directory, override)
+                result = await asyncio.to_thread(self.loader.load_model, name, directory, override)
             except Exception as exc:
-                reason = _reason(exc)
-                log.error("event=model_load_failed model=%s reason=%r", name, reason, exc_info=not _expected(exc))
+                reason = failure_reason(exc)
+                log.error("event=model_load_failed model=%s reason=%r", name, reason, exc_info=not expected(exc))
                 entry.fingerprint = fingerprint
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, reason
                     entry.failed_versions = {}
                 raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
+            loaded, failed = result.loaded, result.failed
             if not loaded and entry.versions:
                 # A reload that would serve nothing leaves the versions already serving in place (as Triton).
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
@@ -342,15 +199,14 @@ class Repository:
                     "event=model_ready model=%s version=%d engine=%s instances=%d max_batch_size=%d seconds=%.2f",
                     name,
                     v.version,
-                    v.engine,
+                    v.engine.value,
                     len(v.scheduler.instances),
                     v.spec.max_batch_size,
                     time.perf_counter() - started,
                 )
             self._retire(old.values())
             for v in loaded:
-                if v.upgrades:
-                    self._spawn(self._upgrade(entry, v), self._upgrades)
+                self.upgrades.start(entry, v)
             if not loaded:
                 raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
@@ -370,285 +226,12 @@ class Repository:
             await asyncio.gather(*(v.retire() for v in retiring))
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
-    @staticmethod
-    def _spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
-        """Run ``work`` as a task kept in ``tasks`` until it ends (so stop() can find it)."""
-        task = asyncio.create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    async def _upgrade(self, entry: ModelEntry, serving: ModelVersion) -> None:
-        """Build the better engines of a serving version off the request path, best first; the first
-        that loads replaces the version at once (new requests go to it, requests already queued on
-        the old one finish there), unless the model was reloaded or unloaded meanwhile."""
-        assert serving.source is not None
-        model_file, raw, mbs_given = serving.source
-        for candidate in serving.upgrades:
-            started = time.perf_counter()
-            log.info(
-                "event=engine_build_started model=%s version=%d engine=%s precision=%s serving_on=%s",
-                serving.name,
-                serving.version,
-                candidate.engine.value,
-                candidate.precision.value,
-                serving.engine,
-            )
-            try:
-                build_file, candidate = await _in_daemon_thread(self._prepare, serving, model_file, candidate)
-                better = await _in_daemon_thread(
-                    self._build_version,
-                    serving.name,
-                    serving.version,
-                    build_file,
-                    raw,
-                    mbs_given,
-                    candidate,
-                    model_file.parent.parent,
-                )
-            except Exception as exc:
-                log.warning(
-                    "event=engine_fallback model=%s version=%d engine=%s reason=%r keeps=%s",
-                    serving.name,
-                    serving.version,
-                    candidate.engine.value,
-                    _reason(exc),
-                    serving.engine,
-                    exc_info=not _expected(exc),
-                )
-                self._record_build(serving, candidate.engine.value, candidate, False, _reason(exc), started)
-                continue
-            async with entry.lock:
-                if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
-                    await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
-                    why = "dropped: the model was reloaded or unloaded during the build"
-                    self._record_build(serving, candidate.engine.value, candidate, False, why, started)
-                    return
-                better.stats = better.scheduler.stats = serving.stats  # statistics continue across the switch
-                entry.versions[serving.version] = better
-                self._retire([serving])
-            log.info(
-                "event=engine_switched model=%s version=%d from=%s to=%s build_seconds=%.1f",
-                serving.name,
-                serving.version,
-                serving.engine,
-                better.engine,
-                time.perf_counter() - started,
-            )
-            self._record_build(serving, better.engine, candidate, True, f"replaced {serving.engine}", started)
-            return
-
-    def _record_build(
-        self, serving: ModelVersion, engine: str, candidate: Candidate, built: bool, detail: str, started: float
-    ) -> None:
-        seconds = time.perf_counter() - started
-        outcome = BuildOutcome(serving.name, serving.version, engine, candidate.precision.value, built, detail, seconds)
-        self.builds.append(outcome)
-
-    async def wait_for_builds(self) -> None:
-        """Until every background engine build has ended (``tensorgate build``; the server never waits)."""
-        while self._upgrades:
-            await asyncio.gather(*list(self._upgrades), return_exceptions=True)
-
-    def _prepare(self, serving: ModelVersion, model_file: Path, candidate: Candidate) -> tuple[Path, Candidate]:
-        """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
-        accepts it on the model's warmup samples (else random data), otherwise the FP32 model."""
-        warmup = model_config.warmup_batches(serving.spec.config, serving.spec, model_file.parent.parent)
-        return precision.prepare(
-            serving.name,
-            serving.version,
-            model_file,
-            candidate,
-            [inputs for _, inputs, _ in warmup] or None,
-            self.settings.engine_cache_dir,
-            self.settings.fp16_rtol,
-        )
-
     def _retire(self, old: Iterable[ModelVersion]) -> None:
         for version in list(old):
-            self._spawn(version.retire(), self._retiring)
+            self._retire_one(version)
 
-    # ---- building (worker thread) ----
-
-    def _build(
-        self, name: str, directory: Path, override: mc.ModelConfig | None
-    ) -> tuple[list[ModelVersion], dict[int, str]]:
-        if override is not None:
-            raw, mbs_given = override, True
-        else:
-            raw, mbs_given = model_config.read_config(directory)
-        for hint in model_config.check_supported(raw):
-            log.warning("event=config_field_ignored model=%s detail=%r", name, hint)
-        filename = model_config.model_filename(raw)
-        on_disk = layout.version_dirs(directory)
-        if not on_disk:
-            raise ModelConfigError(f"no version directory (e.g. {name}/1/{filename}) in the model directory")
-        policy = raw.version_policy if raw.HasField("version_policy") else mc.ModelVersionPolicy()
-        chosen = versions.select(policy, on_disk)
-        loaded: list[ModelVersion] = []
-        failed: dict[int, str] = {}
-        for number in chosen:
-            try:
-                loaded.append(self._build_version(name, number, on_disk[number] / filename, raw, mbs_given))
-            except Exception as exc:
-                log.error(
-                    "event=model_version_failed model=%s version=%d reason=%r",
-                    name,
-                    number,
-                    _reason(exc),
-                    exc_info=not _expected(exc),
-                )
-                failed[number] = _reason(exc)
-        return loaded, failed
-
-    def _build_version(
-        self,
-        name: str,
-        number: int,
-        model_file: Path,
-        raw: mc.ModelConfig,
-        mbs_given: bool,
-        engine: Candidate | None = None,
-        model_dir: Path | None = None,
-    ) -> ModelVersion:
-        """Load one version on the best engine that loads now (or on ``engine``), with its instances,
-        warmup and scheduler."""
-        if not model_file.is_file():
-            raise ModelConfigError(f"version {number} has no model file {model_file.name}")
-        upgrades: tuple[Candidate, ...] = ()
-        if engine is None:
-            loader, options, first, upgrades = self._choose_engine(name, number, model_file, raw)
-        else:
-            loader = self._loaders[engine.engine]
-            options = _instance_options(raw, engine)
-            first = loader(model_file, options)
-        backends: list[Backend] = [first]
-        try:
-            completed = model_config.complete(
-                raw,
-                name=name,
-                inputs=first.inputs,
-                outputs=first.outputs,
-                max_batch_size_given=mbs_given,
-                default_max_batch_size=self.settings.default_max_batch_size,
-            )
-            spec = model_config.validate(completed, first.inputs, first.outputs)
-            gpu = first.engine != Engine.ORT_CPU.value
-            for group in completed.instance_group:
-                if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
-                    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-            while len(backends) < model_config.instance_count(completed):
-                backends.append(loader(model_file, options))
-            log.info(
-                "event=model_instances model=%s version=%d engine=%s count=%d intra_op_threads=%s "
-                "inter_op_threads=%d parallel_execution=%s",
-                name,
-                number,
-                first.engine,
-                len(backends),
-                options.intra_op_threads or "default",
-                options.inter_op_threads,
-                str(options.parallel_execution).lower(),
-            )
-            self._warm_up(name, number, completed, spec, model_dir or model_file.parent.parent, backends)
-        except BaseException:
-            for b in backends:
-                b.close()
-            raise
-        stats = ModelStats()
-        instances = [Instance(name, i, b) for i, b in enumerate(backends)]
-        scheduler = Scheduler(
-            name, number, instances, stats, BatchingPolicy.from_config(completed), self.settings.inline_execution_us
-        )
-        return ModelVersion(
-            name, number, spec, first.engine, scheduler, stats, upgrades=upgrades, source=(model_file, raw, mbs_given)
-        )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        if self._capabilities is None:
-            self._capabilities = Capabilities.detect()
-            caps = self._capabilities
-            log.info(
-                "event=engines_detected gpus=%s tensorrt=%s onnxruntime_providers=%s",
-                ",".join(caps.gpus) or f"none ({caps.no_gpu_reason})",
-                caps.tensorrt_version or f"none ({caps.no_tensorrt_reason})",
-                ",".join(caps.ort_providers),
-            )
-        return self._capabilities
-
-    def _choose_engine(
-        self, name: str, number: int, model_file: Path, raw: mc.ModelConfig
-    ) -> tuple[BackendLoader, BackendOptions, Backend, tuple[Candidate, ...]]:
-        """Load the first instance on the best engine that loads now, logging every step down and
-        why; engines that build slowly (TensorRT) are returned to be built in the background."""
-        chosen = engines.plan(
-            raw,
-            self.capabilities,
-            tensorrt_available=None if Engine.TENSORRT in self._loaders else _tensorrt_not_built,
-        )
-        self.passed_over[name, number] = [(engine.value, reason) for engine, reason in chosen.passed_over]
-        for engine, reason in chosen.passed_over:
-            log.info(
-                "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
-            )
-        failures: list[str] = []
-        later: list[Candidate] = []
-        for candidate in chosen.candidates:
-            loader = self._loaders.get(candidate.engine)
-            if loader is None:
-                reason = f"no {candidate.engine.value} engine in this build"
-            elif candidate.background:
-                later.append(candidate)
-                log.info(
-                    "event=engine_deferred model=%s version=%d engine=%s reason=%r",
-                    name,
-                    number,
-                    candidate.engine.value,
-                    "builds in the background; serving on the next engine meanwhile",
-                )
-                continue
-            else:
-                options = _instance_options(raw, candidate)
-                try:
-                    return loader, options, loader(model_file, options), tuple(later)
-                except BackendLoadError as exc:
-                    reason = str(exc)
-                    if candidate.engine is Engine.ORT_CPU:
-                        raise
-            failures.append(f"{candidate.engine.value}: {reason}")
-            log.warning(
-                "event=engine_fallback model=%s version=%d engine=%s reason=%r",
-                name,
-                number,
-                candidate.engine.value,
-                reason,
-            )
-        raise BackendLoadError("no engine could load the model: " + "; ".join(failures))
-
-    @staticmethod
-    def _warm_up(
-        name: str, number: int, config: mc.ModelConfig, spec: ModelSpec, model_dir: Path, backends: list[Backend]
-    ) -> None:
-        """Run config.pbtxt's model_warmup on every instance; the version is READY only after."""
-        samples = model_config.warmup_batches(config, spec, model_dir)
-        outputs = list(spec.outputs)
-        for sample, inputs, count in samples:
-            started = time.perf_counter()
-            for index, backend in enumerate(backends):
-                try:
-                    for _ in range(count):
-                        backend.execute(inputs, outputs)
-                except BackendExecuteError as exc:
-                    raise ModelConfigError(f"model_warmup {sample!r} failed on instance {index}: {exc}") from None
-            log.info(
-                "event=model_warmup model=%s version=%d sample=%r runs=%d instances=%d seconds=%.2f",
-                name,
-                number,
-                sample,
-                count,
-                len(backends),
-                time.perf_counter() - started,
-            )
+    def _retire_one(self, version: ModelVersion) -> None:
+        spawn(version.retire(), self._retiring)
 
     # ---- poll mode ----
 
@@ -660,7 +243,7 @@ class Repository:
             except Exception:
                 log.exception("event=repository_poll_failed")
 
-    def _scan(self) -> dict[str, tuple[tuple[str, int, int], ...]]:
+    def _scan(self) -> dict[str, Fingerprint]:
         return {name: layout.fingerprint(self.root / name) for name in layout.model_names(self.root)}
 
     async def poll_once(self) -> None:

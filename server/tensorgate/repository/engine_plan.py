@@ -1,34 +1,20 @@
 """Which engine runs a model: TensorRT, then ONNX Runtime on CUDA, then ONNX Runtime on the CPU.
 
-The plan for a model is decided from its config.pbtxt (``instance_group`` kind,
-``optimization.execution_accelerators``), the server's default and what this machine has. Every
-engine passed over comes with the reason, which the repository logs, so a user can always tell why
-a model runs where it runs. GPU libraries are probed lazily: a CPU install never imports them.
+The plan for a model version is decided from its instance settings (``instance_group`` kind and
+GPUs, ``optimization.execution_accelerators``), the server's default and what this machine has.
+Every engine passed over comes with the reason, which the repository logs, so a user can always
+tell why a model runs where it runs. GPU libraries are probed lazily: a CPU install never imports them.
 """
 
 from __future__ import annotations
 
-import enum
 import importlib.util
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
+from tensorgate.backends.base import Engine, Precision
 from tensorgate.errors import ModelConfigError
-from tensorgate.proto import model_config_pb2 as mc
-
-log = logging.getLogger(__name__)
-
-
-class Engine(enum.Enum):
-    TENSORRT = "tensorrt"
-    ORT_CUDA = "onnxruntime-cuda"
-    ORT_CPU = "onnxruntime-cpu"
-
-
-class Precision(enum.Enum):
-    FP16 = "fp16"
-    FP32 = "fp32"
+from tensorgate.model_config import InstanceSettings
 
 
 @dataclass(frozen=True)
@@ -92,67 +78,55 @@ class Candidate:
     background: bool = False
 
 
+class PassedOver(NamedTuple):
+    """An engine not tried for a model, and why."""
+
+    engine: Engine
+    reason: str
+
+
 @dataclass(frozen=True)
 class EnginePlan:
     """Engines to try in order (the last is always the CPU), and those passed over, with why."""
 
     candidates: tuple[Candidate, ...]
-    passed_over: tuple[tuple[Engine, str], ...] = field(default=())
-
-
-def _accelerator(config: mc.ModelConfig) -> tuple[bool, Precision | None]:
-    """Whether config.pbtxt asks for TensorRT, and in which precision."""
-    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
-        if accelerator.name != "tensorrt":
-            raise ModelConfigError(f"gpu_execution_accelerator {accelerator.name!r} is not supported (only 'tensorrt')")
-        mode = accelerator.parameters.get("precision_mode", "").upper()
-        if mode not in ("", "FP16", "FP32"):
-            raise ModelConfigError(f"tensorrt precision_mode {mode!r} is not supported (FP16 or FP32)")
-        return True, Precision(mode.lower()) if mode else None
-    return False, None
+    passed_over: tuple[PassedOver, ...] = ()
 
 
 def plan(
-    config: mc.ModelConfig,
+    instances: InstanceSettings,
     caps: Capabilities,
     default_precision: Precision = Precision.FP16,
-    tensorrt_available: Callable[[], str] | None = None,
+    tensorrt_missing: str | None = None,
 ) -> EnginePlan:
-    """The engines for one model, best first. ``tensorrt_available`` returns "" when this build can
-    run TensorRT engines, else why not."""
-    kinds = {g.kind for g in config.instance_group} or {mc.ModelInstanceGroup.KIND_AUTO}
-    passed: list[tuple[Engine, str]] = []
+    """The engines for one model version, best first. ``tensorrt_missing``: why this build cannot
+    run TensorRT engines (None: it can)."""
+    passed: list[PassedOver] = []
     candidates: list[Candidate] = []
-    wants_trt, precision = _accelerator(config)
-    precision = precision or default_precision
-    gpu_ids = [g for group in config.instance_group for g in group.gpus]
-    device = gpu_ids[0] if gpu_ids else 0
-    if kinds == {mc.ModelInstanceGroup.KIND_CPU}:
+    precision = instances.precision or default_precision
+    device = instances.gpus[0] if instances.gpus else 0
+    if instances.cpu_only:
         why = "instance_group asks for KIND_CPU"
-        passed += [(Engine.TENSORRT, why), (Engine.ORT_CUDA, why)]
+        passed += [PassedOver(Engine.TENSORRT, why), PassedOver(Engine.ORT_CUDA, why)]
     elif not caps.gpus:
-        passed += [(Engine.TENSORRT, caps.no_gpu_reason), (Engine.ORT_CUDA, caps.no_gpu_reason)]
+        passed += [PassedOver(Engine.TENSORRT, caps.no_gpu_reason), PassedOver(Engine.ORT_CUDA, caps.no_gpu_reason)]
     else:
         if device >= len(caps.gpus):
             raise ModelConfigError(f"instance_group names GPU {device} but this machine has {len(caps.gpus)}")
-        trt_missing = caps.no_tensorrt_reason if caps.tensorrt_version is None else ""
-        if not trt_missing and tensorrt_available is not None:
-            trt_missing = tensorrt_available()
+        trt_missing = caps.no_tensorrt_reason if caps.tensorrt_version is None else (tensorrt_missing or "")
         if trt_missing:
-            passed.append((Engine.TENSORRT, trt_missing))
+            passed.append(PassedOver(Engine.TENSORRT, trt_missing))
         else:
             candidates.append(Candidate(Engine.TENSORRT, precision, device, background=True))
         if caps.ort_cuda:
             candidates.append(Candidate(Engine.ORT_CUDA, Precision.FP32, device))
         else:
             passed.append(
-                (
+                PassedOver(
                     Engine.ORT_CUDA,
                     f"onnxruntime has no CUDAExecutionProvider (it has {', '.join(caps.ort_providers)}); "
                     "install tensorgate[gpu]",
                 )
             )
-    if wants_trt and not any(c.engine is Engine.TENSORRT for c in candidates):
-        log.warning("event=engine_request_unmet model=%s wanted=tensorrt", config.name)
     candidates.append(Candidate(Engine.ORT_CPU))
     return EnginePlan(tuple(candidates), tuple(passed))

@@ -8,7 +8,7 @@ from tensorgate.errors import ModelConfigError
 from tensorgate.proto import model_config_pb2 as mc
 
 
-def select(policy: mc.ModelVersionPolicy, available: Iterable[int]) -> list[int]:
+def select_versions(policy: mc.ModelVersionPolicy, available: Iterable[int]) -> list[int]:
     """The versions to serve, ascending. Latest(n) is the default with n = 1."""
     versions = sorted(set(available))
     which = policy.WhichOneof("policy_choice")

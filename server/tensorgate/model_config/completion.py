@@ -1,0 +1,189 @@
+"""Completion and validation: config.pbtxt filled from the ONNX file (as Triton's auto-complete
+does), then checked against it and turned into the typed :class:`ModelSpec`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tensorgate import datatypes
+from tensorgate.backends.base import TensorInfo
+from tensorgate.datatypes import DataType
+from tensorgate.errors import ModelConfigError
+from tensorgate.model_config.batching import batching_policy
+from tensorgate.model_config.instances import instance_settings
+from tensorgate.model_config.spec import ModelSpec, RawConfig, TensorSpec
+from tensorgate.proto import model_config_pb2 as mc
+
+
+def _onnx_datatype(info: TensorInfo) -> DataType:
+    try:
+        return datatypes.BY_ONNX[info.onnx_type]
+    except KeyError:
+        raise ModelConfigError(f"tensor {info.name!r} has ONNX type {info.onnx_type}, which is not served") from None
+
+
+def _supports_batching(infos: Sequence[TensorInfo]) -> bool:
+    return all(len(t.shape) >= 1 and t.shape[0] is None for t in infos)
+
+
+def _fill(target: object, infos: Sequence[TensorInfo], strip_batch: bool) -> None:
+    for info in infos:
+        tensor = target.add()  # type: ignore[attr-defined]
+        tensor.name = info.name
+        tensor.data_type = mc.DataType.Value(_onnx_datatype(info).config)
+        shape = info.shape[1:] if strip_batch else info.shape
+        tensor.dims.extend(-1 if d is None else d for d in shape)
+
+
+def complete(
+    config: mc.ModelConfig,
+    *,
+    name: str,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    max_batch_size_given: bool,
+    default_max_batch_size: int,
+) -> mc.ModelConfig:
+    """Fill what config.pbtxt leaves out from the ONNX file, as Triton's auto-complete does."""
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    if done.name and done.name != name:
+        raise ModelConfigError(f"config.pbtxt names the model {done.name!r} but its directory is {name!r}")
+    done.name = name
+    if not done.platform and not done.backend:
+        done.backend = "onnxruntime"
+    if (
+        not max_batch_size_given
+        and not done.input
+        and not done.output
+        and _supports_batching((*inputs, *outputs))
+        and default_max_batch_size > 0
+    ):
+        done.max_batch_size = default_max_batch_size
+        if not done.HasField("dynamic_batching") and default_max_batch_size > 1:
+            # As Triton's auto-complete: a model that batches by default also batches dynamically.
+            done.dynamic_batching.SetInParent()
+    strip = done.max_batch_size > 0
+    if not done.input:
+        _fill(done.input, inputs, strip)
+    if not done.output:
+        _fill(done.output, outputs, strip)
+    if not done.instance_group:
+        group = done.instance_group.add()
+        group.count = 1
+        group.kind = mc.ModelInstanceGroup.KIND_AUTO  # resolved once the engine is chosen
+    for group in done.instance_group:
+        if group.count < 1:
+            group.count = 1
+    if not done.HasField("version_policy"):
+        done.version_policy.latest.num_versions = 1
+    return done
+
+
+def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) -> TensorSpec:
+    what = f"{kind} {spec.name!r}"
+    actual = _onnx_datatype(info)
+    if actual != spec.datatype:
+        raise ModelConfigError(f"{what} is {spec.datatype.config} in config.pbtxt but {actual.config} in the ONNX file")
+    shape = info.shape
+    if batched:
+        if not shape or shape[0] is not None:
+            first = shape[0] if shape else "a scalar"
+            raise ModelConfigError(
+                f"{what}: max_batch_size > 0 needs a dynamic first dimension in the ONNX file, which has {first}; "
+                "set max_batch_size: 0 or export the model with a dynamic batch axis"
+            )
+        shape = shape[1:]
+    if len(shape) != len(spec.dims):
+        raise ModelConfigError(
+            f"{what} has dims {list(spec.dims)} in config.pbtxt but the ONNX file's shape "
+            f"{['?' if d is None else d for d in shape]} has rank {len(shape)}"
+            + (" (after the batch dimension)" if batched else "")
+        )
+    dims: list[int] = []
+    for want, have in zip(spec.dims, shape, strict=True):
+        if want != -1 and have is not None and want != have:
+            raise ModelConfigError(
+                f"{what} has dims {list(spec.dims)} in config.pbtxt, which contradicts the ONNX file's "
+                f"{['?' if d is None else d for d in shape]}"
+            )
+        dims.append(have if want == -1 and have is not None else want)
+    return TensorSpec(spec.name, spec.datatype, tuple(dims), spec.optional)
+
+
+def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
+    type_name = mc.DataType.Name(tensor.data_type)
+    if type_name not in datatypes.BY_CONFIG:
+        raise ModelConfigError(f"tensor {tensor.name!r} has data_type {type_name}, which is not supported")
+    for d in tensor.dims:
+        if d < -1:
+            raise ModelConfigError(f"tensor {tensor.name!r} has invalid dim {d}")
+    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], tuple(tensor.dims), optional)
+
+
+def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> ModelSpec:
+    """Check a completed config against the ONNX file and build the request-path view."""
+    if config.max_batch_size < 0:
+        raise ModelConfigError(f"max_batch_size must be >= 0, not {config.max_batch_size}")
+    batched = config.max_batch_size > 0
+    onnx_inputs = {t.name: t for t in inputs}
+    onnx_outputs = {t.name: t for t in outputs}
+    spec_inputs: dict[str, TensorSpec] = {}
+    for tensor in config.input:
+        if tensor.name in spec_inputs:
+            raise ModelConfigError(f"input {tensor.name!r} appears twice in config.pbtxt")
+        if tensor.name not in onnx_inputs:
+            raise ModelConfigError(
+                f"config.pbtxt declares input {tensor.name!r}, which the ONNX file does not have "
+                f"(it has {sorted(onnx_inputs)})"
+            )
+        spec_inputs[tensor.name] = _check_tensor(
+            "input", _spec_of(tensor, tensor.optional), onnx_inputs[tensor.name], batched
+        )
+    missing = sorted(set(onnx_inputs) - set(spec_inputs))
+    if missing:
+        raise ModelConfigError(f"the ONNX file needs inputs {missing}, which config.pbtxt does not declare")
+    spec_outputs: dict[str, TensorSpec] = {}
+    for tensor in config.output:
+        if tensor.name in spec_outputs:
+            raise ModelConfigError(f"output {tensor.name!r} appears twice in config.pbtxt")
+        if tensor.name not in onnx_outputs:
+            raise ModelConfigError(
+                f"config.pbtxt declares output {tensor.name!r}, which the ONNX file does not have "
+                f"(it has {sorted(onnx_outputs)})"
+            )
+        spec_outputs[tensor.name] = _check_tensor("output", _spec_of(tensor, False), onnx_outputs[tensor.name], batched)
+    return ModelSpec(
+        config.name,
+        config.max_batch_size,
+        spec_inputs,
+        spec_outputs,
+        config,
+        batching=batching_policy(config),
+        instances=instance_settings(config),
+    )
+
+
+def model_spec(
+    raw: RawConfig,
+    *,
+    name: str,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    default_max_batch_size: int,
+    gpu: bool,
+) -> ModelSpec:
+    """The spec of one model version: its config completed from the model file's tensors, KIND_AUTO
+    instance groups resolved to where the chosen engine runs (``gpu``), checked against the file."""
+    completed = complete(
+        raw.config,
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size_given=raw.max_batch_size_given,
+        default_max_batch_size=default_max_batch_size,
+    )
+    for group in completed.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    return validate(completed, inputs, outputs)

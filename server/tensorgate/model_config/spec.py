@@ -1,0 +1,57 @@
+"""The checked, typed model spec: everything below the repository knows of a model version's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from tensorgate.datatypes import DataType
+from tensorgate.model_config.batching import BatchingPolicy
+from tensorgate.model_config.instances import InstanceSettings
+from tensorgate.proto import model_config_pb2 as mc
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as requests see it; ``dims`` exclude the batch dim, -1 is any size."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    @cached_property
+    def fixed_dims(self) -> tuple[int, ...] | None:
+        """``dims`` when none is -1 (a shape check is then one tuple comparison), else None."""
+        return None if -1 in self.dims else self.dims
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model version's config, completed from its ONNX file and checked against it.
+
+    ``config`` is the completed protobuf, kept only to answer the ModelConfig RPC and to read the
+    warmup samples; the request path and the scheduler use the typed fields."""
+
+    name: str
+    max_batch_size: int
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    config: mc.ModelConfig = field(compare=False)
+    batching: BatchingPolicy = field(default_factory=BatchingPolicy)
+    instances: InstanceSettings = field(default_factory=lambda: InstanceSettings())
+
+    @cached_property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """config.pbtxt as parsed (or a load request's override), before completion from the ONNX file.
+
+    ``max_batch_size_given``: whether the text sets max_batch_size (proto3 cannot tell an explicit 0
+    from an absent field, and Triton treats them differently)."""
+
+    config: mc.ModelConfig
+    max_batch_size_given: bool

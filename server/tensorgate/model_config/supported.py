@@ -1,0 +1,80 @@
+"""Which config.pbtxt fields tensorgate serves. A field we do not implement is never silently
+ignored: one that changes results or scheduling fails the load, a performance hint is named in a warning."""
+
+from __future__ import annotations
+
+from tensorgate.errors import ModelConfigError
+from tensorgate.model_config.batching import batching_problems
+from tensorgate.model_config.instances import ORT_PARAMETERS, ort_parameter_problems
+from tensorgate.proto import model_config_pb2 as mc
+
+PLATFORMS = ("", "onnxruntime_onnx")
+BACKENDS = ("", "onnxruntime", "onnx")
+
+
+def check_supported(config: mc.ModelConfig) -> list[str]:
+    """Raise for fields that change results or scheduling; return warnings for ignored hints."""
+    fatal: list[str] = []
+    hints: list[str] = []
+    if config.platform not in PLATFORMS:
+        fatal.append(f"platform {config.platform!r} is not served (tensorgate runs ONNX models: onnxruntime_onnx)")
+    if config.backend not in BACKENDS:
+        fatal.append(f"backend {config.backend!r} is not served (tensorgate runs ONNX models: onnxruntime)")
+    if config.runtime:
+        fatal.append(f"runtime {config.runtime!r} is not supported")
+    for name in ("sequence_batching", "ensemble_scheduling"):
+        if config.HasField(name):
+            fatal.append(f"{name} is not supported")
+    if config.batch_input or config.batch_output:
+        fatal.append("batch_input/batch_output are not supported")
+    if config.model_transaction_policy.decoupled:
+        fatal.append("decoupled models (model_transaction_policy) are not supported")
+    if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
+        fatal.append("model_repository_agents are not supported")
+    for tensor in (*config.input, *config.output):
+        if tensor.HasField("reshape"):
+            fatal.append(f"tensor {tensor.name!r}: reshape is not supported")
+        if tensor.is_shape_tensor:
+            fatal.append(f"tensor {tensor.name!r}: is_shape_tensor is not supported")
+        if getattr(tensor, "is_non_linear_format_io", False):
+            fatal.append(f"tensor {tensor.name!r}: is_non_linear_format_io is not supported")
+    for tensor in config.input:
+        if tensor.allow_ragged_batch:
+            fatal.append(f"input {tensor.name!r}: allow_ragged_batch is not supported")
+        if tensor.format != mc.ModelInput.FORMAT_NONE:
+            hints.append(f"input {tensor.name!r}: format is informational only")
+    for tensor in config.output:
+        if tensor.label_filename:
+            hints.append(f"output {tensor.name!r}: label_filename ignored (classification extension not implemented)")
+    for group in config.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")
+        if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
+            hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
+    for name in ("response_cache", "model_operations"):
+        if config.HasField(name):
+            hints.append(f"{name} is ignored")
+    optimization = mc.ModelOptimizationPolicy()
+    optimization.CopyFrom(config.optimization)
+    optimization.ClearField("execution_accelerators")  # chooses the engine (repository/engine_plan.py)
+    if optimization.ListFields():
+        hints.append(f"optimization {', '.join(f.name for f, _ in optimization.ListFields())} ignored")
+    if config.HasField("dynamic_batching"):
+        fatal.extend(batching_problems(config))
+        if config.dynamic_batching.preserve_ordering:
+            hints.append("dynamic_batching.preserve_ordering ignored (each request has its own RPC)")
+    for warmup in config.model_warmup:
+        for input_name, spec in warmup.inputs.items():
+            if spec.WhichOneof("input_data_type") is None:
+                fatal.append(
+                    f"model_warmup {warmup.name!r} input {input_name!r}: set zero_data, random_data or input_data_file"
+                )
+    if config.cc_model_filenames:
+        hints.append("cc_model_filenames ignored")
+    fatal.extend(ort_parameter_problems(config))
+    ignored = sorted(k for k in config.parameters if k not in ORT_PARAMETERS)
+    if ignored:
+        hints.append(f"parameters ignored: {', '.join(ignored)}")
+    if fatal:
+        raise ModelConfigError("; ".join(fatal))
+    return hints

@@ -1,0 +1,56 @@
+"""model_warmup: the samples each instance runs before its version is READY."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tensorgate import datatypes
+from tensorgate.errors import ModelConfigError
+from tensorgate.model_config.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    name: str
+    inputs: dict[str, np.ndarray]
+    count: int  # how many times each instance runs it
+
+
+def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
+    """The model_warmup samples of a spec, ready to execute. Data files are read from
+    ``<model>/warmup/``; random data is seeded, so every instance warms up on the same values."""
+    rng = np.random.default_rng(0)
+    samples: list[WarmupSample] = []
+    for warmup in spec.config.model_warmup:
+        rows = max(1, warmup.batch_size)
+        if spec.batched and rows > spec.max_batch_size:
+            raise ModelConfigError(f"model_warmup {warmup.name!r}: batch_size {rows} exceeds max_batch_size")
+        arrays: dict[str, np.ndarray] = {}
+        for name, sample in warmup.inputs.items():
+            tensor = spec.inputs.get(name)
+            if tensor is None:
+                raise ModelConfigError(f"model_warmup {warmup.name!r} names input {name!r}, which the model lacks")
+            shape = ((rows,) if spec.batched else ()) + tuple(sample.dims)
+            dtype = tensor.datatype
+            which = sample.WhichOneof("input_data_type")
+            count = int(np.prod(shape, dtype=np.int64))
+            if which == "input_data_file":
+                path = model_dir / "warmup" / sample.input_data_file
+                if "/" in sample.input_data_file or not path.is_file():
+                    raise ModelConfigError(f"model_warmup {warmup.name!r}: no file warmup/{sample.input_data_file}")
+                raw = path.read_bytes()
+                if dtype.is_bytes:
+                    arrays[name] = datatypes.deserialize_bytes(raw, count).reshape(shape)
+                else:
+                    arrays[name] = np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
+            elif which == "random_data" and not dtype.is_bytes and dtype.v2 != "BOOL":
+                arrays[name] = rng.integers(0, 8, size=shape).astype(dtype.numpy)
+            elif dtype.is_bytes:
+                arrays[name] = np.full(shape, b"", dtype=np.object_)
+            else:
+                arrays[name] = np.zeros(shape, dtype=dtype.numpy)
+        samples.append(WarmupSample(warmup.name, arrays, max(1, warmup.count)))
+    return samples

@@ -1,0 +1,257 @@
+"""Loading one model version: the engine it runs on, its instances, their warmup and its scheduler.
+
+Runs on a worker thread (loading a model can take seconds); the repository swaps the result in on
+the event loop. Every engine step down is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorgate import model_config
+from tensorgate.backends.base import (
+    Backend,
+    BackendExecuteError,
+    BackendLoader,
+    BackendLoadError,
+    BackendOptions,
+    Engine,
+)
+from tensorgate.errors import ModelConfigError
+from tensorgate.instance import Instance
+from tensorgate.model_config import InstanceSettings, ModelSpec, RawConfig
+from tensorgate.repository import layout
+from tensorgate.repository.engine_plan import Candidate, Capabilities, PassedOver, plan
+from tensorgate.repository.state import ModelSource, ModelVersion
+from tensorgate.scheduler import Scheduler
+from tensorgate.settings import Settings
+from tensorgate.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+TENSORRT_NOT_BUILT = "TensorRT engines are not built by this version of tensorgate yet"
+
+
+def expected(exc: BaseException) -> bool:
+    """Errors a model's files or config cause, as opposed to our bugs (which get a traceback)."""
+    return isinstance(exc, (ModelConfigError, BackendLoadError, OSError))
+
+
+def failure_reason(exc: BaseException) -> str:
+    return str(exc) if expected(exc) else f"internal error while loading: {exc!r}"
+
+
+@dataclass
+class LoadResult:
+    """The versions of one model that loaded, and why the others did not."""
+
+    loaded: list[ModelVersion] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """The engine a version loads on now: its first instance loaded, and the slow engines deferred."""
+
+    loader: BackendLoader
+    options: BackendOptions
+    first: Backend
+    deferred: tuple[Candidate, ...]
+    passed_over: tuple[PassedOver, ...]
+
+
+def instance_options(instances: InstanceSettings, candidate: Candidate) -> BackendOptions:
+    return BackendOptions(
+        intra_op_threads=instances.intra_op_threads(os.cpu_count() or 1),
+        inter_op_threads=instances.inter_op_threads,
+        parallel_execution=instances.ort.parallel_execution,
+        device="cpu" if candidate.device is None else f"cuda:{candidate.device}",
+        precision=candidate.precision,
+    )
+
+
+class Loader:
+    def __init__(self, settings: Settings, loaders: dict[Engine, BackendLoader], capabilities: Capabilities | None):
+        self.settings = settings
+        self.loaders = loaders
+        self._capabilities = capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            self._capabilities = caps = Capabilities.detect()
+            log.info(
+                "event=engines_detected gpus=%s tensorrt=%s onnxruntime_providers=%s",
+                ",".join(caps.gpus) or f"none ({caps.no_gpu_reason})",
+                caps.tensorrt_version or f"none ({caps.no_tensorrt_reason})",
+                ",".join(caps.ort_providers),
+            )
+        return self._capabilities
+
+    def load_model(self, name: str, directory: Path, override: RawConfig | None) -> LoadResult:
+        """Every version the version policy serves, each loaded on its own (one failing spares the rest)."""
+        raw = override if override is not None else model_config.read_config(directory)
+        for hint in model_config.check_supported(raw.config):
+            log.warning("event=config_field_ignored model=%s detail=%r", name, hint)
+        filename = model_config.model_filename(raw.config)
+        on_disk = layout.version_dirs(directory)
+        if not on_disk:
+            raise ModelConfigError(f"no version directory (e.g. {name}/1/{filename}) in the model directory")
+        result = LoadResult()
+        for number in model_config.select_versions(raw.config.version_policy, on_disk):
+            try:
+                result.loaded.append(self.load_version(name, number, ModelSource(on_disk[number] / filename, raw)))
+            except Exception as exc:
+                log.error(
+                    "event=model_version_failed model=%s version=%d reason=%r",
+                    name,
+                    number,
+                    failure_reason(exc),
+                    exc_info=not expected(exc),
+                )
+                result.failed[number] = failure_reason(exc)
+        return result
+
+    def load_version(
+        self,
+        name: str,
+        number: int,
+        source: ModelSource,
+        engine: Candidate | None = None,
+        model_file: Path | None = None,
+        stats: ModelStats | None = None,
+    ) -> ModelVersion:
+        """Load one version on the best engine that loads now, or on ``engine`` from ``model_file``
+        (a background build: the statistics ``stats`` of the version it replaces continue)."""
+        model_file = model_file or source.model_file
+        if not model_file.is_file():
+            raise ModelConfigError(f"version {number} has no model file {model_file.name}")
+        instances = model_config.instance_settings(source.raw.config)
+        if engine is None:
+            chosen = self._choose_engine(name, number, model_file, instances)
+        else:
+            options = instance_options(instances, engine)
+            loader = self.loaders[engine.engine]
+            chosen = _Chosen(loader, options, loader(model_file, options), (), ())
+        first = chosen.first
+        backends: list[Backend] = [first]
+        try:
+            spec = model_config.model_spec(
+                source.raw,
+                name=name,
+                inputs=first.inputs,
+                outputs=first.outputs,
+                default_max_batch_size=self.settings.default_max_batch_size,
+                gpu=first.engine is not Engine.ORT_CPU,
+            )
+            while len(backends) < spec.instances.count:
+                backends.append(chosen.loader(model_file, chosen.options))
+            options = chosen.options
+            log.info(
+                "event=model_instances model=%s version=%d engine=%s count=%d intra_op_threads=%s "
+                "inter_op_threads=%d parallel_execution=%s",
+                name,
+                number,
+                first.engine.value,
+                len(backends),
+                options.intra_op_threads or "default",
+                options.inter_op_threads,
+                str(options.parallel_execution).lower(),
+            )
+            _warm_up(name, number, spec, source.model_dir, backends)
+        except BaseException:
+            for b in backends:
+                b.close()
+            raise
+        scheduler = Scheduler(
+            name,
+            number,
+            [Instance(name, i, b) for i, b in enumerate(backends)],
+            stats or ModelStats(),
+            spec.batching,
+            self.settings.inline_execution_us,
+        )
+        return ModelVersion(
+            name,
+            number,
+            spec,
+            first.engine,
+            scheduler,
+            source,
+            upgrades=chosen.deferred,
+            passed_over=chosen.passed_over,
+        )
+
+    def _choose_engine(self, name: str, number: int, model_file: Path, instances: InstanceSettings) -> _Chosen:
+        """Load the first instance on the best engine that loads now, logging every step down and
+        why; engines that build slowly (TensorRT) are returned to be built in the background."""
+        chosen = plan(
+            instances,
+            self.capabilities,
+            tensorrt_missing=None if Engine.TENSORRT in self.loaders else TENSORRT_NOT_BUILT,
+        )
+        for engine, reason in chosen.passed_over:
+            log.info(
+                "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
+            )
+        if instances.tensorrt and not any(c.engine is Engine.TENSORRT for c in chosen.candidates):
+            log.warning("event=engine_request_unmet model=%s wanted=tensorrt", name)
+        failures: list[str] = []
+        later: list[Candidate] = []
+        for candidate in chosen.candidates:
+            loader = self.loaders.get(candidate.engine)
+            if loader is None:
+                reason = f"no {candidate.engine.value} engine in this build"
+            elif candidate.background:
+                later.append(candidate)
+                log.info(
+                    "event=engine_deferred model=%s version=%d engine=%s reason=%r",
+                    name,
+                    number,
+                    candidate.engine.value,
+                    "builds in the background; serving on the next engine meanwhile",
+                )
+                continue
+            else:
+                options = instance_options(instances, candidate)
+                try:
+                    return _Chosen(loader, options, loader(model_file, options), tuple(later), chosen.passed_over)
+                except BackendLoadError as exc:
+                    reason = str(exc)
+                    if candidate.engine is Engine.ORT_CPU:
+                        raise
+            failures.append(f"{candidate.engine.value}: {reason}")
+            log.warning(
+                "event=engine_fallback model=%s version=%d engine=%s reason=%r",
+                name,
+                number,
+                candidate.engine.value,
+                reason,
+            )
+        raise BackendLoadError("no engine could load the model: " + "; ".join(failures))
+
+
+def _warm_up(name: str, number: int, spec: ModelSpec, model_dir: Path, backends: list[Backend]) -> None:
+    """Run config.pbtxt's model_warmup on every instance; the version is READY only after."""
+    outputs = list(spec.outputs)
+    for sample in model_config.warmup_samples(spec, model_dir):
+        started = time.perf_counter()
+        for index, backend in enumerate(backends):
+            try:
+                for _ in range(sample.count):
+                    backend.execute(sample.inputs, outputs)
+            except BackendExecuteError as exc:
+                raise ModelConfigError(f"model_warmup {sample.name!r} failed on instance {index}: {exc}") from None
+        log.info(
+            "event=model_warmup model=%s version=%d sample=%r runs=%d instances=%d seconds=%.2f",
+            name,
+            number,
+            sample.name,
+            sample.count,
+            len(backends),
+            time.perf_counter() - started,
+        )

@@ -1,0 +1,166 @@
+"""Background engine builds: a version serves on the engine that loads now while a better one
+(TensorRT) builds off the request path; the first that loads replaces it at once.
+
+New requests go to the new version, requests already queued on the old one finish there, and the
+statistics continue across the switch. A build is dropped if the model was reloaded or unloaded
+meanwhile, and abandoned (not awaited) when the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tensorgate import model_config
+from tensorgate.repository import precision
+from tensorgate.repository.engine_plan import Candidate
+from tensorgate.repository.loader import Loader, expected, failure_reason
+from tensorgate.repository.state import BuildOutcome, ModelEntry, ModelState, ModelVersion
+from tensorgate.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on a daemon thread: an engine build may take minutes, and a server told to stop
+    must not wait for it at exit (asyncio.to_thread's threads are joined at interpreter exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="tg-engine-build", daemon=True).start()
+    return await future
+
+
+def spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+    """Run ``work`` as a task kept in ``tasks`` until it ends (so whoever stops can find it)."""
+    task = asyncio.create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+class Upgrades:
+    def __init__(self, settings: Settings, loader: Loader, retire: Callable[[ModelVersion], None]) -> None:
+        self.settings = settings
+        self._loader = loader
+        self._retire = retire  # stops a replaced version once its requests are answered
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.builds: deque[BuildOutcome] = deque(maxlen=1024)  # the builds that ended, in order
+
+    def start(self, entry: ModelEntry, serving: ModelVersion) -> None:
+        """Build the better engines of a serving version in the background, if it has any."""
+        if serving.upgrades:
+            spawn(self._upgrade(entry, serving), self._tasks)
+
+    def abandon(self) -> None:
+        """The server stops: builds still running are abandoned, not awaited."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait(self) -> None:
+        """Until every background build has ended (``tensorgate build``; the server never waits)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _upgrade(self, entry: ModelEntry, serving: ModelVersion) -> None:
+        """Best first; the first that loads replaces ``serving`` unless the model changed meanwhile."""
+        for candidate in serving.upgrades:
+            started = time.perf_counter()
+            log.info(
+                "event=engine_build_started model=%s version=%d engine=%s precision=%s serving_on=%s",
+                serving.name,
+                serving.version,
+                candidate.engine.value,
+                candidate.precision.value,
+                serving.engine.value,
+            )
+            try:
+                build_file, candidate = await in_daemon_thread(self._prepare, serving, candidate)
+                better = await in_daemon_thread(
+                    self._loader.load_version,
+                    serving.name,
+                    serving.version,
+                    serving.source,
+                    candidate,
+                    build_file,
+                    serving.stats,  # statistics continue across the switch
+                )
+            except Exception as exc:
+                log.warning(
+                    "event=engine_fallback model=%s version=%d engine=%s reason=%r keeps=%s",
+                    serving.name,
+                    serving.version,
+                    candidate.engine.value,
+                    failure_reason(exc),
+                    serving.engine.value,
+                    exc_info=not expected(exc),
+                )
+                self._record(serving, candidate, False, failure_reason(exc), started)
+                continue
+            async with entry.lock:
+                if entry.versions.get(serving.version) is not serving or serving.state is not ModelState.READY:
+                    await better.scheduler.close()  # reloaded or unloaded meanwhile: drop the build
+                    self._record(
+                        serving,
+                        candidate,
+                        False,
+                        "dropped: the model was reloaded or unloaded during the build",
+                        started,
+                    )
+                    return
+                better.passed_over = serving.passed_over
+                entry.versions[serving.version] = better
+                self._retire(serving)
+            log.info(
+                "event=engine_switched model=%s version=%d from=%s to=%s build_seconds=%.1f",
+                serving.name,
+                serving.version,
+                serving.engine.value,
+                better.engine.value,
+                time.perf_counter() - started,
+            )
+            self._record(serving, candidate, True, f"replaced {serving.engine.value}", started)
+            return
+
+    def _record(self, serving: ModelVersion, candidate: Candidate, built: bool, detail: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.builds.append(
+            BuildOutcome(serving.name, serving.version, candidate.engine, candidate.precision, built, detail, seconds)
+        )
+
+    def _prepare(self, serving: ModelVersion, candidate: Candidate) -> tuple[Path, Candidate]:
+        """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
+        accepts it on the model's warmup samples (else random data), otherwise the FP32 model."""
+        warmup = model_config.warmup_samples(serving.spec, serving.source.model_dir)
+        return precision.prepare(
+            serving.name,
+            serving.version,
+            serving.source.model_file,
+            candidate,
+            [sample.inputs for sample in warmup] or None,
+            self.settings.engine_cache_dir,
+            self.settings.fp16_rtol,
+        )

@@ -1,0 +1,30 @@
+"""The decoded request: what the frontend's codec hands down to the scheduler and the instances.
+
+Nothing below the frontend sees protobuf; this is the request as the core knows it (Triton's
+``InferenceRequest``): numpy inputs already checked against the model, the outputs asked for, and
+the scheduling parameters the client set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated request. ``batch_size`` is its rows (1 for a model without batching);
+    ``priority`` 0 and ``timeout_us`` 0 mean the model's defaults."""
+
+    id: str
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    batch_size: int = 1
+    priority: int = 0
+    timeout_us: int = 0
+    arrival_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+Outputs = dict[str, np.ndarray]

@@ -1,0 +1,194 @@
+"""The queue of one model version (Triton's ``PriorityQueue``): priority levels, queue limits,
+timeouts and the queue delay, and the batch that goes next.
+
+- One FIFO per priority level (level 1 first). A batch starts with the oldest request of the highest
+  level and takes every later request whose non-batch shapes and dtypes agree (others wait for a
+  batch of their own), up to ``max_batch_size`` rows. A request that carries n rows counts n.
+- A batch is ready when it is full, or a preferred size is reached (the largest one that can be
+  formed), or ``max_queue_delay_microseconds`` has passed since its oldest request arrived (0, the
+  default, means at once); while it waits for the delay a timer calls ``on_ready``.
+- A full level answers RESOURCE_EXHAUSTED at once. A request whose queue timeout passes is answered
+  UNAVAILABLE (timeout_action REJECT) or moved behind every request that has not timed out (DELAY).
+- Without dynamic batching every request is its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable
+from tensorgate.model_config import BatchingPolicy, TimeoutAction
+from tensorgate.request import InferRequest, Outputs
+
+ShapeKey = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+class Pending:
+    """A queued request and the future its caller awaits."""
+
+    __slots__ = ("delayed", "future", "key", "level", "request", "taken", "timer")
+
+    def __init__(self, request: InferRequest, future: asyncio.Future[Outputs], level: int, key: ShapeKey) -> None:
+        self.request = request
+        self.future = future
+        self.level = level
+        self.key = key
+        self.delayed = False  # timed out under timeout_action DELAY
+        self.taken = False  # left the queue: dispatched, rejected or cancelled
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def live(self) -> bool:
+        return not self.taken and not self.future.done()
+
+
+def _shape_key(request: InferRequest, batched: bool) -> ShapeKey:
+    cut = 1 if batched else 0
+    return tuple(sorted((n, a.shape[cut:], a.dtype.str) for n, a in request.inputs.items()))
+
+
+class PriorityQueue:
+    def __init__(
+        self,
+        model: str,
+        policy: BatchingPolicy,
+        on_ready: Callable[[], None],
+        on_rejected: Callable[[InferRequest], None],
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self._on_ready = on_ready  # a delayed batch became ready
+        self._on_rejected = on_rejected  # a request was refused or timed out (to be counted)
+        self._batched = policy.max_batch_size > 0
+        levels = policy.priority_levels
+        self._queues: list[deque[Pending]] = [deque() for _ in range(levels)]
+        self._delayed: list[deque[Pending]] = [deque() for _ in range(levels)]
+        self._queued = [0] * levels  # live entries per level (for max_queue_size)
+        self._delay_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not any(self._queued)
+
+    def level(self, request: InferRequest) -> int:
+        """The queue (0 = highest priority) a request goes to; InvalidArgument if out of range."""
+        policy = self.policy
+        priority = request.priority or policy.default_priority
+        if priority < 1 or priority > policy.priority_levels:
+            raise InvalidArgument(
+                f"priority {request.priority} is out of range for model '{self.model}': it has "
+                f"{policy.priority_levels} priority level(s), 1 (highest) to {policy.priority_levels}, 0 = default"
+            )
+        return priority - 1
+
+    def push(self, request: InferRequest) -> Pending:
+        """Queue a request; RESOURCE_EXHAUSTED if its level is full."""
+        level = self.level(request)
+        queue_policy = self.policy.queue_policies[level]
+        if queue_policy.max_queue_size and self._queued[level] >= queue_policy.max_queue_size:
+            self._on_rejected(request)
+            raise ServerError(
+                f"model '{self.model}' queue is full (max_queue_size {queue_policy.max_queue_size} at priority "
+                f"{level + 1}); retry later",
+                Code.RESOURCE_EXHAUSTED,
+            )
+        loop = asyncio.get_running_loop()
+        entry = Pending(request, loop.create_future(), level, _shape_key(request, self._batched))
+        timeout_us = queue_policy.default_timeout_us
+        if request.timeout_us and queue_policy.allow_timeout_override:
+            # As Triton: a request may shorten the default timeout, never lengthen it.
+            timeout_us = min(timeout_us, request.timeout_us) if timeout_us else request.timeout_us
+        if timeout_us:
+            entry.timer = loop.call_later(timeout_us / 1e6, self._expire, entry, timeout_us)
+        self._queues[level].append(entry)
+        self._queued[level] += 1
+        return entry
+
+    def forget(self, entry: Pending) -> None:
+        """Take an entry out of the queue (dispatched, rejected or cancelled); idempotent."""
+        if entry.taken:
+            return
+        entry.taken = True
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        self._queued[entry.level] -= 1
+
+    def _expire(self, entry: Pending, timeout_us: int) -> None:
+        entry.timer = None
+        if not entry.live or entry.delayed:
+            return
+        action = self.policy.queue_policies[entry.level].timeout_action
+        if action is TimeoutAction.DELAY:
+            entry.delayed = True
+            self._delayed[entry.level].append(entry)  # the stale copy in _queues is skipped
+            return
+        self.forget(entry)
+        self._on_rejected(entry.request)
+        entry.future.set_exception(
+            Unavailable(
+                f"request timed out after {timeout_us} us in the queue of model '{self.model}' "
+                "(queue policy timeout); retry or raise the timeout"
+            )
+        )
+
+    def _entries(self) -> Iterator[Pending]:
+        """Queued live entries in dispatch order: levels by priority, delayed ones last. Dead heads
+        (answered, cancelled, moved to the delayed queue) are dropped on the way."""
+        for queues, delayed in ((self._queues, False), (self._delayed, True)):
+            for q in queues:
+                while q and (not q[0].live or q[0].delayed != delayed):
+                    q.popleft()
+                for entry in q:
+                    if entry.live and entry.delayed == delayed:
+                        yield entry
+
+    def take_batch(self, now_ns: int) -> list[Pending] | None:
+        """The next batch that is ready now, taken out of the queue; None if there is none (nothing
+        queued, or waiting for the queue delay: ``on_ready`` is called when it has passed)."""
+        batch = self._form_batch(now_ns)
+        if batch is not None:
+            for entry in batch:
+                self.forget(entry)
+        return batch
+
+    def _form_batch(self, now_ns: int) -> list[Pending] | None:
+        found = self._entries()
+        head = next(found, None)
+        if head is None:
+            return None
+        if not self.policy.dynamic:
+            return [head]
+        limit = self.policy.max_batch_size
+        preferred = self.policy.preferred_batch_sizes
+        batch, rows = [head], head.request.batch_size
+        last_preferred = 1 if rows in preferred else 0
+        scanned = 0
+        for entry in found:
+            if rows >= limit or scanned > 4 * limit:
+                break
+            scanned += 1
+            if entry.key != head.key or rows + entry.request.batch_size > limit:
+                continue
+            batch.append(entry)
+            rows += entry.request.batch_size
+            if rows in preferred:
+                last_preferred = len(batch)
+        if rows >= limit:
+            return batch
+        if last_preferred:
+            return batch[:last_preferred]
+        delay_ns = self.policy.max_queue_delay_us * 1000
+        oldest = min(e.request.arrival_ns for e in batch)
+        if delay_ns == 0 or now_ns - oldest >= delay_ns:
+            return batch
+        if self._delay_timer is None:
+            wait = (oldest + delay_ns - now_ns) / 1e9
+            self._delay_timer = asyncio.get_running_loop().call_later(wait, self._delay_done)
+        return None
+
+    def _delay_done(self) -> None:
+        self._delay_timer = None
+        self._on_ready()
