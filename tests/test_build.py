@@ -76,7 +76,8 @@ def test_build_waits_for_every_engine_and_reports_it(tmp_path: Path) -> None:
     assert "replaced onnxruntime-cpu" in text
     (built_file, precision), *_ = RecordingEngine.built
     # The accepted FP16 graph stays in the cache for the server that starts next.
-    assert precision is Precision.FP16 and built_file.is_relative_to(tmp_path / "cache" / "fp16") and built_file.is_file()
+    assert precision is Precision.FP16
+    assert built_file.is_relative_to(tmp_path / "cache" / "fp16") and built_file.is_file()
 
 
 def test_a_failed_build_fails_the_command(tmp_path: Path) -> None:
