@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,21 @@ def running(repo: Path, *args: str) -> Iterator[Server]:
     finally:
         code = server.stop()
         assert code == 0, f"server exited with {code}:\n{server.log}"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's model repository: a copy of the example ``model_repo/`` (a module may override it)."""
+    path = tmp_path_factory.mktemp("repo") / "repo"
+    shutil.copytree(ROOT / "model_repo", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[Server]:
+    """A server on the module's ``repo`` for the whole module; it must exit 0 at the end."""
+    with running(repo) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Answers are compared, exactly, with ONNX Runtime run in this process on the same
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, running
+from conftest import Server
 from models import save, write_config
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -139,12 +138,6 @@ def _bf16_strings(path: Path) -> None:
         ],
     )
     save(graph, path)
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[Server]:
-    with running(repo) as s:
-        yield s
 
 
 _sessions: dict[Path, ort.InferenceSession] = {}

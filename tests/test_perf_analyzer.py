@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Server, running
+from conftest import ROOT, Server
 
 PERF_ANALYZER = ROOT / "scripts" / "perf_analyzer"
 
@@ -21,14 +19,6 @@ def _installed() -> bool:
 pytestmark = pytest.mark.skipif(
     not _installed(), reason="perf_analyzer is not installed (scripts/install_perf_analyzer.sh; x86_64 only)"
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    repo = tmp_path_factory.mktemp("perf") / "repo"
-    shutil.copytree(ROOT / "model_repo", repo)
-    with running(repo) as s:
-        yield s
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,16 +14,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from conftest import ROOT, Server, running
+from conftest import Server
 from tritonclient.utils import InferenceServerException
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    repo = tmp_path_factory.mktemp("api") / "repo"
-    shutil.copytree(ROOT / "model_repo", repo)
-    with running(repo) as s:
-        yield s
 
 
 def _reference(repo: Path, model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

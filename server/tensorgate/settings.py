@@ -107,8 +107,8 @@ class Settings:
         metadata={
             "help": "run a batch on the event loop instead of the instance's worker thread when the "
             "instance's batches of its size (1 row, 2-3, 4-7, ...) typically take less than this many "
-            "microseconds there (the hop to a thread and back costs ~100 us on an idle 2-core machine and "
-            "~250 us of CPU under load); 0 always uses the worker thread"
+            "microseconds there (below the cost of the hop to the thread and back, as measured in "
+            "bench/RESULTS.md); 0 always uses the worker thread"
         },
     )
     engine_cache_dir: Path = field(

@@ -1,0 +1,102 @@
+"""The codec in process (no server): ModelInferRequest to the decoded request and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tensorgate import model_config
+from tensorgate.backends.base import TensorInfo
+from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.frontend.codec import decode_request, encode_response
+from tensorgate.model_config import ModelSpec, RawConfig
+from tensorgate.proto import inference_pb2 as pb
+from tensorgate.proto import model_config_pb2 as mc
+
+FP32, STRING = 1, 8
+
+
+def spec(text: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> ModelSpec:
+    raw = RawConfig(text_format.Parse(text, mc.ModelConfig()), max_batch_size_given="max_batch_size" in text)
+    return model_config.model_spec(raw, name="m", inputs=inputs, outputs=outputs, default_max_batch_size=4, gpu=False)
+
+
+ADD = spec(
+    "max_batch_size: 8",
+    [TensorInfo("A", FP32, (None, 4)), TensorInfo("B", FP32, (None, 4))],
+    [TensorInfo("SUM", FP32, (None, 4)), TensorInfo("DIFF", FP32, (None, 4))],
+)
+TEXT = spec("max_batch_size: 0", [TensorInfo("S", STRING, (2,))], [TensorInfo("T", STRING, (2,))])
+
+
+def request(rows: int = 2, **parameters: int) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="m", id="r1")
+    for name, start in (("A", 0.0), ("B", 100.0)):
+        req.inputs.add(name=name, datatype="FP32", shape=[rows, 4])
+        req.raw_input_contents.append(np.arange(start, start + rows * 4, dtype=np.float32).tobytes())
+    for key, value in parameters.items():
+        req.parameters[key].int64_param = value
+    return req
+
+
+def test_raw_inputs_become_views_of_the_message_with_the_batch_and_defaults() -> None:
+    req = request(rows=3)
+    decoded = decode_request(req, ADD)
+    assert decoded.id == "r1" and decoded.batch_size == 3
+    assert decoded.outputs == ("SUM", "DIFF")  # none asked: all, in the model's order
+    assert (decoded.priority, decoded.timeout_us) == (0, 0)
+    a = decoded.inputs["A"]
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a[2, 3] == 11
+    assert not a.flags.writeable  # np.frombuffer over the message's bytes: no copy
+
+
+def test_requested_outputs_priority_and_timeout_are_read() -> None:
+    req = request(priority=2, timeout=500)
+    req.outputs.add(name="DIFF")
+    req.outputs.add(name="DIFF")
+    decoded = decode_request(req, ADD)
+    assert decoded.outputs == ("DIFF",) and (decoded.priority, decoded.timeout_us) == (2, 500)
+
+
+def test_typed_contents_and_bytes() -> None:
+    req = pb.ModelInferRequest(model_name="m")
+    tensor = req.inputs.add(name="S", datatype="BYTES", shape=[2])
+    tensor.contents.bytes_contents.extend([b"x", "é".encode()])
+    decoded = decode_request(req, TEXT)
+    assert decoded.inputs["S"].tolist() == [b"x", "é".encode()] and decoded.batch_size == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        (lambda r: r.inputs[0].ClearField("shape"), InvalidArgument, ("'A'", "shape []")),
+        (lambda r: r.inputs[1].shape.__setitem__(0, 3), InvalidArgument, ("'B' has batch size 3", "'A' has 2")),
+        (lambda r: setattr(r.inputs[0], "datatype", "FP16"), InvalidArgument, ("'A'", "FP16", "FP32")),
+        (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 3), InvalidArgument, ("'A'", "3 bytes", "32 bytes")),
+        (lambda r: r.inputs[0].shape.__setitem__(0, 9), InvalidArgument, ("batch size 9", "1 to 8")),
+        (lambda r: r.outputs.add(name="NOPE"), InvalidArgument, ("'NOPE'", "['DIFF', 'SUM']")),
+        (lambda r: setattr(r.inputs[1], "name", "A"), InvalidArgument, ("'A' appears more than once",)),
+        (lambda r: r.parameters["priority"].__setattr__("string_param", "high"), InvalidArgument, ("'priority'",)),
+        (
+            lambda r: r.inputs[0].parameters["shared_memory_region"].__setattr__("string_param", "r"),
+            Unimplemented,
+            ("shared memory",),
+        ),
+    ],
+)
+def test_bad_requests_name_the_tensor_and_what_was_expected(change, error, words) -> None:  # type: ignore[no-untyped-def]
+    req = request()
+    change(req)
+    with pytest.raises(error) as caught:
+        decode_request(req, ADD)
+    for word in words:
+        assert word in caught.value.message, caught.value.message
+
+
+def test_encode_response_carries_raw_outputs_and_bytes() -> None:
+    out = encode_response(ADD, 3, "r9", {"SUM": np.ones((2, 4), np.float32)})
+    assert (out.model_name, out.model_version, out.id) == ("m", "3", "r9")
+    assert [(t.name, t.datatype, list(t.shape)) for t in out.outputs] == [("SUM", "FP32", [2, 4])]
+    assert np.frombuffer(out.raw_output_contents[0], np.float32).tolist() == [1.0] * 8
+    text = encode_response(TEXT, 1, "", {"T": np.array([b"ab", b""], dtype=object)})
+    assert text.raw_output_contents[0] == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
