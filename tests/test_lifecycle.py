@@ -28,6 +28,30 @@ def _slow_repo(root: Path) -> Path:
     return repo
 
 
+def _slow_requests(server: Server, count: int) -> tuple[list[threading.Thread], list[BaseException | None]]:
+    """``count`` threads, started, each sending one slow request; each appends None when answered,
+    else the error it got."""
+    data = np.ones((SLOW_BATCH, 512), np.float32)
+    outcomes: list[BaseException | None] = []
+
+    def send() -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        try:
+            out = client.infer("slow", [tensor]).as_numpy("OUTPUT0")
+            outcomes.append(None if out is not None and out.shape == data.shape else ValueError("no output"))
+        except BaseException as exc:
+            outcomes.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
 def test_help_documents_every_flag() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tensorgate", "serve", "--help"], capture_output=True, text=True, check=True
@@ -93,24 +117,7 @@ def test_startup_log_says_what_loaded_where(tmp_path: Path, start_server) -> Non
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
     server = Server(_slow_repo(tmp_path))
-    data = np.ones((SLOW_BATCH, 512), np.float32)
-    results: list[object] = []
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        client = grpcclient.InferenceServerClient(server.url)
-        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        try:
-            results.append(client.infer("slow", [tensor]).as_numpy("OUTPUT0"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
+    threads, outcomes = _slow_requests(server, 6)
     # Wait until the server holds the requests (one running, the others queued behind it).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -124,8 +131,7 @@ def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
         t.join(30)
     code = server.stop()
     assert code == 0, server.log
-    assert not errors, f"requests in flight failed on shutdown: {errors}"
-    assert len(results) == 6
+    assert outcomes == [None] * 6, f"requests in flight failed on shutdown: {outcomes}"
     assert "event=shutdown_complete" in server.log
     assert time.monotonic() - started < 25
 
@@ -144,24 +150,7 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     """A shutdown waiting on work that will not end soon (here ~5 s of queued batches, under a 60 s
     grace period) ends at the second signal, with the log saying so and 128 + the signal."""
     server = Server(_slow_repo(tmp_path), "--exit-timeout-secs", "60")
-    data = np.ones((SLOW_BATCH, 512), np.float32)
-    answered: list[bool] = []
-
-    def send() -> None:
-        client = grpcclient.InferenceServerClient(server.url)
-        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        try:
-            client.infer("slow", [tensor])
-            answered.append(True)
-        except Exception:
-            answered.append(False)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=send) for _ in range(60)]
-    for t in threads:
-        t.start()
+    threads, outcomes = _slow_requests(server, 60)
     wait_for(lambda: server.client.get_inference_statistics("slow").model_stats[0].execution_count >= 1, 10, 0.01)
     server.send_signal(signal.SIGTERM)
     wait_for(lambda: "event=shutdown_started" in server.log, 10, 0.01)
@@ -174,7 +163,7 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     assert "event=shutdown_forced signal=SIGTERM" in server.log
     for t in threads:
         t.join(30)
-    assert answered.count(False) > 0 and len(answered) == 60  # what was still queued got an error, not silence
+    assert len(outcomes) == 60 and outcomes.count(None) < 60  # what was still queued got an error, not silence
     server.stop()
 
 

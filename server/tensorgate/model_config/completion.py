@@ -121,38 +121,38 @@ def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSp
     return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], tuple(tensor.dims), optional)
 
 
+def _declared(
+    kind: str,
+    declared: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
+    infos: Sequence[TensorInfo],
+    batched: bool,
+) -> dict[str, TensorSpec]:
+    """The inputs or outputs config.pbtxt declares, each checked against the ONNX file's."""
+    in_file = {t.name: t for t in infos}
+    specs: dict[str, TensorSpec] = {}
+    for tensor in declared:
+        if tensor.name in specs:
+            raise ModelConfigError(f"{kind} {tensor.name!r} appears twice in config.pbtxt")
+        if tensor.name not in in_file:
+            raise ModelConfigError(
+                f"config.pbtxt declares {kind} {tensor.name!r}, which the ONNX file does not have "
+                f"(it has {sorted(in_file)})"
+            )
+        optional = isinstance(tensor, mc.ModelInput) and tensor.optional
+        specs[tensor.name] = _check_tensor(kind, _spec_of(tensor, optional), in_file[tensor.name], batched)
+    return specs
+
+
 def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> ModelSpec:
     """Check a completed config against the ONNX file and build the request-path view."""
     if config.max_batch_size < 0:
         raise ModelConfigError(f"max_batch_size must be >= 0, not {config.max_batch_size}")
     batched = config.max_batch_size > 0
-    onnx_inputs = {t.name: t for t in inputs}
-    onnx_outputs = {t.name: t for t in outputs}
-    spec_inputs: dict[str, TensorSpec] = {}
-    for tensor in config.input:
-        if tensor.name in spec_inputs:
-            raise ModelConfigError(f"input {tensor.name!r} appears twice in config.pbtxt")
-        if tensor.name not in onnx_inputs:
-            raise ModelConfigError(
-                f"config.pbtxt declares input {tensor.name!r}, which the ONNX file does not have "
-                f"(it has {sorted(onnx_inputs)})"
-            )
-        spec_inputs[tensor.name] = _check_tensor(
-            "input", _spec_of(tensor, tensor.optional), onnx_inputs[tensor.name], batched
-        )
-    missing = sorted(set(onnx_inputs) - set(spec_inputs))
+    spec_inputs = _declared("input", config.input, inputs, batched)
+    missing = sorted({t.name for t in inputs} - set(spec_inputs))
     if missing:
         raise ModelConfigError(f"the ONNX file needs inputs {missing}, which config.pbtxt does not declare")
-    spec_outputs: dict[str, TensorSpec] = {}
-    for tensor in config.output:
-        if tensor.name in spec_outputs:
-            raise ModelConfigError(f"output {tensor.name!r} appears twice in config.pbtxt")
-        if tensor.name not in onnx_outputs:
-            raise ModelConfigError(
-                f"config.pbtxt declares output {tensor.name!r}, which the ONNX file does not have "
-                f"(it has {sorted(onnx_outputs)})"
-            )
-        spec_outputs[tensor.name] = _check_tensor("output", _spec_of(tensor, False), onnx_outputs[tensor.name], batched)
+    spec_outputs = _declared("output", config.output, outputs, batched)
     return ModelSpec(
         config.name,
         config.max_batch_size,
