@@ -1,0 +1,318 @@
+"""Model control through a real server and tritonclient: poll mode (added, changed, removed and
+broken models, reloads under traffic), explicit load/unload (with config overrides), and model names
+that try to leave the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server, index_of, wait_for
+from models import write_config
+from repository_helpers import (
+    BAD_NAMES,
+    EXPLICIT,
+    GARBAGE,
+    POLL,
+    add_const,
+    error_of,
+    infer,
+    model_with_versions,
+    publish,
+    states,
+    status,
+)
+
+# ---- poll mode ----
+
+
+def test_poll_adds_changes_and_removes_models(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "a", 1)
+    server = start_server(repo, *POLL)
+    client = server.client
+    assert infer(client, "a") == (1.0, "1")
+
+    # added
+    publish(tmp_path, repo / "b", lambda d: model_with_versions(d, 1))
+    wait_for(lambda: client.is_model_ready("b"), timeout=10)
+    assert infer(client, "b") == (1.0, "1")
+
+    # a new version directory: served, and the old version (default policy: latest 1) is not
+    publish(tmp_path, repo / "b" / "2", lambda d: add_const(d / "model.onnx", 2.0))
+    wait_for(lambda: client.is_model_ready("b", "2"), timeout=10)
+    assert infer(client, "b") == (2.0, "2")
+    assert not client.is_model_ready("b", "1")
+
+    # a changed config: both versions served
+    publish(tmp_path, repo / "b" / "config.pbtxt", lambda p: p.write_text("version_policy { all {} }"))
+    wait_for(lambda: client.is_model_ready("b", "1"), timeout=10)
+    assert infer(client, "b", "1") == (1.0, "1") and infer(client, "b", "2") == (2.0, "2")
+
+    # a changed file in place: the new model answers
+    publish(tmp_path, repo / "b" / "2" / "model.onnx", lambda p: add_const(p, 20.0))
+    wait_for(lambda: infer(client, "b")[0] == 20.0, timeout=10)
+
+    # removed
+    os.replace(repo / "a", tmp_path / "a.removed")
+    wait_for(lambda: "a" not in index_of(client), timeout=10)
+    assert not client.is_model_ready("a")
+    assert status(error_of(infer, client, "a")) == "NOT_FOUND"
+    assert infer(client, "b", "1") == (1.0, "1")  # the others are untouched
+
+    # added back under the same name, different contents
+    publish(tmp_path, repo / "a", lambda d: add_const(d / "3" / "model.onnx", 3.0))
+    wait_for(lambda: client.is_model_ready("a"), timeout=10)
+    assert infer(client, "a") == (3.0, "3")
+
+    log = server.log
+    assert "event=model_added model=b" in log and "event=model_removed model=a" in log
+    assert "internal_error" not in log and "repository_poll_failed" not in log
+
+
+def test_poll_broken_model_and_failed_reload(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "m", 1)
+    server = start_server(repo, *POLL)
+    client = server.client
+
+    # a broken model added while serving is UNAVAILABLE with its reason, then fixed
+    def broken(d: Path) -> None:
+        (d / "1").mkdir(parents=True)
+        (d / "1" / "model.onnx").write_bytes(GARBAGE)
+
+    publish(tmp_path, repo / "late", broken)
+    wait_for(lambda: "late" in index_of(client), timeout=10)
+    wait_for(lambda: states(client, "late") == {"UNAVAILABLE"}, timeout=10)
+    assert "cannot load model.onnx" in index_of(client)["late"][0][2]
+    publish(tmp_path, repo / "late" / "1" / "model.onnx", lambda p: add_const(p, 7.0))
+    wait_for(lambda: client.is_model_ready("late"), timeout=10)
+    assert infer(client, "late") == (7.0, "1")
+
+    # a change that breaks a serving model leaves the loaded model serving (Triton does the same)
+    publish(tmp_path, repo / "m" / "1" / "model.onnx", lambda p: p.write_bytes(GARBAGE))
+    wait_for(lambda: "event=model_changed model=m" in server.log, timeout=10)
+    wait_for(lambda: "level=ERROR" in server.log.split("event=model_changed model=m")[-1], timeout=10)
+    assert client.is_model_ready("m")
+    assert infer(client, "m") == (1.0, "1")
+    publish(tmp_path, repo / "m" / "config.pbtxt", lambda p: p.write_text("sequence_batching {}"))
+    wait_for(lambda: "sequence_batching is not supported" in server.log, timeout=10)
+    assert infer(client, "m") == (1.0, "1")
+    # and a fix is picked up
+    (repo / "m" / "config.pbtxt").unlink()
+    publish(tmp_path, repo / "m" / "1" / "model.onnx", lambda p: add_const(p, 11.0))
+    wait_for(lambda: infer(client, "m")[0] == 11.0, timeout=10)
+
+
+def test_poll_reload_does_not_fail_requests_in_flight(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    size, rows, work = 256, 64, 32
+    repo = tmp_path / "repo"
+    add_const(repo / "m" / "1" / "model.onnx", 1.0, size, work)
+    write_config(repo / "m", "max_batch_size: 64")
+    server = start_server(repo, *POLL)
+
+    stop = threading.Event()
+    seen: list[list[float]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def hammer(out: list[float]) -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        try:
+            while not stop.is_set():
+                out.append(infer(client, "m", rows=rows, size=size, timeout=5)[0])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=hammer, args=(out,), daemon=True) for out in seen]
+    for thread in threads:
+        thread.start()
+    try:
+
+        def answered(value: float) -> bool:
+            if errors:
+                raise AssertionError(f"a request failed during a reload: {errors[0]}")
+            return all(value in out for out in seen)
+
+        wait_for(lambda: answered(1.0), timeout=10)
+        # the same version rewritten in place
+        publish(tmp_path, repo / "m" / "1" / "model.onnx", lambda p: add_const(p, 2.0, size, work))
+        wait_for(lambda: answered(2.0), timeout=15)
+        # a new version that replaces version 1 (default policy serves the latest only)
+        publish(tmp_path, repo / "m" / "2", lambda d: add_const(d / "model.onnx", 3.0, size, work))
+        wait_for(lambda: answered(3.0), timeout=15)
+        # a config change that reloads every version
+        config = "max_batch_size: 64 version_policy { all {} }"
+        publish(tmp_path, repo / "m" / "config.pbtxt", lambda p: p.write_text(config))
+        wait_for(lambda: server.client.is_model_ready("m", "1"), timeout=10)
+        count = sum(len(out) for out in seen)
+        wait_for(lambda: sum(len(out) for out in seen) > count + 20, timeout=10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not errors, f"requests failed during reloads: {[str(e) for e in errors]}"
+    for out in seen:
+        assert set(out) == {1.0, 2.0, 3.0}
+        assert out == sorted(out), "an older model answered after a newer one had"
+    assert server.log.count("event=model_unloaded model=m") >= 3
+
+
+# ---- explicit mode ----
+
+
+@pytest.fixture
+def explicit_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "a", 1)
+    add_const(repo / "b" / "1" / "model.onnx", 5.0)
+    model_with_versions(repo / "c", 1, 2)
+    return repo
+
+
+def test_explicit_load_and_unload(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server(explicit_repo, *EXPLICIT, "--load-model", "a", "--load-model", "ghost")
+    client = server.client
+    assert client.is_model_ready("a") and infer(client, "a") == (1.0, "1")
+    assert not client.is_model_ready("b") and not client.is_model_ready("c")
+    index = index_of(client)
+    assert set(index) == {"a", "b", "c"}
+    assert index["b"] == [("", "", "")] and index["c"] == [("", "", "")]
+    # a --load-model name with no directory is named in the log, and the server still starts
+    assert any(
+        "level=ERROR" in line and "model=ghost" in line and "no model directory" in line
+        for line in server.log.splitlines()
+    ), server.log
+
+    client.load_model("b")
+    assert client.is_model_ready("b") and infer(client, "b") == (5.0, "1")
+    client.unload_model("b")
+    assert not client.is_model_ready("b") and not client.is_model_ready("b", "1")
+    err = error_of(infer, client, "b")
+    assert status(err) in ("UNAVAILABLE", "NOT_FOUND") and "'b'" in err.message()
+    assert index_of(client)["b"] == [("", "UNAVAILABLE", "unloaded")]
+    assert infer(client, "a") == (1.0, "1")  # others untouched
+    client.load_model("b")  # and back
+    assert infer(client, "b") == (5.0, "1")
+    client.unload_model("c")  # unloading a model that is not loaded is fine
+    assert not client.is_model_ready("c")
+
+    err = error_of(client.load_model, "ghost")
+    assert status(err) == "NOT_FOUND" and "ghost" in err.message()
+    err = error_of(client.unload_model, "ghost")
+    assert status(err) == "NOT_FOUND" and "ghost" in err.message()
+    assert "ghost" not in index_of(client)
+
+
+def test_explicit_load_with_config_override(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server(explicit_repo, *EXPLICIT)
+    client = server.client
+    client.load_model("c", config='{"version_policy": {"all": {}}}')
+    assert client.is_model_ready("c", "1") and client.is_model_ready("c", "2")
+    assert infer(client, "c", "1") == (1.0, "1") and infer(client, "c") == (2.0, "2")
+
+    # an override that contradicts the file fails with the reason; what was serving keeps serving
+    bad = '{"max_batch_size": 8, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [4]}]}'
+    err = error_of(client.load_model, "c", config=bad)
+    assert status(err) == "INVALID_ARGUMENT" and "TYPE_INT32" in err.message(), err
+    assert infer(client, "c", "1") == (1.0, "1")
+    err = error_of(client.load_model, "c", config='{"sequence_batching": {}}')
+    assert "sequence_batching is not supported" in err.message()
+    err = error_of(client.load_model, "c", config="{not json")
+    assert status(err) == "INVALID_ARGUMENT" and "not a valid model config" in err.message()
+    err = error_of(client.load_model, "c", config='{"name": "other"}')
+    assert "names the model 'other'" in err.message()
+    assert infer(client, "c", "1") == (1.0, "1")
+
+    # the override was for that load only: a plain load reads the disk again (latest 1)
+    client.load_model("c")
+    assert client.is_model_ready("c", "2") and not client.is_model_ready("c", "1")
+    assert status(error_of(infer, client, "c", "1")) == "NOT_FOUND"
+
+
+def test_explicit_reload_failure_keeps_serving(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server(explicit_repo, *EXPLICIT, "--load-model", "b")
+    client = server.client
+    assert infer(client, "b") == (5.0, "1")
+    (explicit_repo / "b" / "1" / "model.onnx").write_bytes(GARBAGE)
+    err = error_of(client.load_model, "b")
+    assert status(err) == "INVALID_ARGUMENT" and "cannot load model.onnx" in err.message(), err
+    assert client.is_model_ready("b") and infer(client, "b") == (5.0, "1")
+    assert states(client, "b") == {"READY"}
+    add_const(explicit_repo / "b" / "1" / "model.onnx", 6.0)
+    client.load_model("b")
+    assert infer(client, "b") == (6.0, "1")
+
+
+def test_explicit_load_all_at_start(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    server = start_server(explicit_repo, *EXPLICIT, "--load-model", "*")
+    client = server.client
+    assert all(client.is_model_ready(n) for n in ("a", "b", "c"))
+    assert infer(client, "c") == (2.0, "2")
+
+
+def test_model_names_cannot_leave_the_repository(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "a", 1)
+    model_with_versions(repo / ".hidden", 1)  # a hidden directory is not a model
+    model_with_versions(tmp_path / "outside", 1)  # a real model just outside the repository
+    model_with_versions(repo / "a" / "1" / "nested", 1)
+    server = start_server(repo, *EXPLICIT)
+    client = server.client
+    for name in BAD_NAMES:
+        err = error_of(client.load_model, name)
+        assert status(err) in ("NOT_FOUND", "INVALID_ARGUMENT"), (name, err)
+        err = error_of(client.unload_model, name)
+        assert status(err) in ("NOT_FOUND", "INVALID_ARGUMENT"), (name, err)
+        assert status(error_of(infer, client, name)) == "NOT_FOUND", name
+        assert not client.is_model_ready(name)
+    assert index_of(client) == {"a": [("", "", "")]}
+    assert "event=model_ready" not in server.log
+    client.load_model("a")
+    assert index_of(client) == {"a": [("1", "READY", "")]}
+    assert server.log.count("event=model_ready") == 1
+    assert status(error_of(infer, client, "../repo/a")) == "NOT_FOUND"
+    assert status(error_of(client.load_model, "../repo/a")) == "NOT_FOUND"
+
+
+def test_load_refused_in_poll_mode(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "a", 1)
+    client = start_server(repo, *POLL).client
+    for call in (client.load_model, client.unload_model):
+        err = error_of(call, "a")
+        assert status(err) == "FAILED_PRECONDITION" and "'poll'" in err.message(), err
+    assert infer(client, "a") == (1.0, "1")
+
+
+def test_server_with_a_missing_repository_still_serves(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    repo = tmp_path / "repo"
+    server = start_server(repo, *POLL)
+    assert server.client.is_server_live() and index_of(server.client) == {}
+    publish(tmp_path, repo, lambda d: model_with_versions(d / "a", 1))
+    wait_for(lambda: server.client.is_model_ready("a"), timeout=10)
+    assert infer(server.client, "a") == (1.0, "1")
+    shutil.rmtree(repo)
+    wait_for(lambda: not server.client.is_model_ready("a"), timeout=10)
+
+
+def test_version_directory_without_model_file(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    """A version directory without its model file fails that version only; the rest keep serving."""
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "m", 1, config="version_policy { all {} }")
+    server = start_server(repo, *POLL)
+    client = server.client
+    (repo / "m" / "2").mkdir()
+    wait_for(lambda: ("2", "UNAVAILABLE") in [r[:2] for r in index_of(client)["m"]], timeout=10)
+    reason = dict((v, r) for v, _, r in index_of(client)["m"])["2"]
+    assert "version 2 has no model file model.onnx" in reason
+    assert infer(client, "m") == (1.0, "1")
+    publish(tmp_path, repo / "m" / "2" / "model.onnx", lambda p: add_const(p, 2.0))
+    wait_for(lambda: client.is_model_ready("m", "2"), timeout=10)
+    assert infer(client, "m") == (2.0, "2")
