@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,15 @@ FP16_REFUSED = Counter(
 )
 
 
+@dataclass(frozen=True)
+class BuildInput:
+    """What an engine build starts from: the model file (the FP16 graph once accepted) and the
+    candidate with the precision it gets."""
+
+    model_file: Path
+    candidate: Candidate
+
+
 def prepare(
     name: str,
     version: int,
@@ -40,10 +49,10 @@ def prepare(
     samples: Sequence[Mapping[str, np.ndarray]] | None,
     cache_dir: Path,
     rtol: float,
-) -> tuple[Path, Candidate]:
-    """The model file to build ``candidate`` from, and the candidate with the precision it gets."""
+) -> BuildInput:
+    """What to build ``candidate`` from."""
     if candidate.precision is not Precision.FP16:
-        return model_file, candidate
+        return BuildInput(model_file, candidate)
     from tensorgate.backends import fp16  # needs onnx: only GPU installs (the [gpu] extra) get here
 
     tolerance = fp16.Tolerance(rtol=rtol)
@@ -52,7 +61,7 @@ def prepare(
     target = cache_dir / "fp16" / name / str(version) / f"{digest}.onnx"
     if target.is_file():
         log.info("event=fp16_reused model=%s version=%d path=%s", name, version, target)
-        return target, candidate
+        return BuildInput(target, candidate)
     result = fp16.fp16_pipeline(original, samples, tolerance)
     if not result.accepted or result.model is None:
         FP16_REFUSED.labels(name, str(version)).inc()
@@ -63,11 +72,11 @@ def prepare(
             candidate.engine.value,
             result.reason,
         )
-        return model_file, replace(candidate, precision=Precision.FP32)
+        return BuildInput(model_file, replace(candidate, precision=Precision.FP32))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as out:
         out.write(result.model)
     os.replace(tmp, target)
     log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
-    return target, candidate
+    return BuildInput(target, candidate)

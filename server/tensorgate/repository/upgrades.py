@@ -15,7 +15,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tensorgate import model_config
@@ -98,14 +97,15 @@ class Upgrades:
                 serving.engine.value,
             )
             try:
-                build_file, candidate = await in_daemon_thread(self._prepare, serving, candidate)
+                prepared = await in_daemon_thread(self._prepare, serving, candidate)
+                candidate = prepared.candidate
                 better = await in_daemon_thread(
                     self._loader.load_version,
                     serving.name,
                     serving.version,
                     serving.source,
                     candidate,
-                    build_file,
+                    prepared.model_file,
                     serving.stats,  # statistics continue across the switch
                 )
             except Exception as exc:
@@ -151,7 +151,7 @@ class Upgrades:
             BuildOutcome(serving.name, serving.version, candidate.engine, candidate.precision, built, detail, seconds)
         )
 
-    def _prepare(self, serving: ModelVersion, candidate: Candidate) -> tuple[Path, Candidate]:
+    def _prepare(self, serving: ModelVersion, candidate: Candidate) -> precision.BuildInput:
         """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
         accepts it on the model's warmup samples (else random data), otherwise the FP32 model."""
         warmup = model_config.warmup_samples(serving.spec, serving.source.model_dir)
