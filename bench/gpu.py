@@ -5,7 +5,7 @@
 For each model of bench/make_models.py it
 1. converts FP32 -> FP16 and runs the accuracy gate (on the CPU: runs everywhere);
 2. times, where the machine has them, at each batch size: ORT CUDA on the FP32 graph, ORT CUDA on
-   the FP16 graph, TensorRT FP32 and TensorRT FP16 (backends/tensorrt.py, engines cached under
+   the FP16 graph, TensorRT FP32 and TensorRT FP16 (backends/tensorrt/, engines cached under
    bench/engine_cache/), and ORT CPU FP32 as the floor;
 3. prints samples/s and the ratio of each engine to ORT CUDA FP32 at the same batch, and appends the
    tables, with the card, driver and versions, to bench/RESULTS.md.
@@ -61,7 +61,7 @@ def ort_runner(model: bytes, providers: Sequence[str]) -> Run:
 
 def trt_runner(label: str, model: bytes, precision: str, dims: tuple[int, ...], batches: Sequence[int]) -> Run:
     from tensorgate.backends import tensorrt as trt_backend
-    from tensorgate.backends.engine_cache import EngineCache
+    from tensorgate.backends.tensorrt.cache import EngineCache
 
     top = max(batches)
     shapes = {make_models.INPUT: ((1, *dims), (top, *dims), (top, *dims))}

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tensorgate.backends.engine_cache import CacheKey, EngineCache, Profile
+from tensorgate.backends.tensorrt.cache import CacheKey, EngineCache, Profile
 
 KEY = CacheKey(
     model_sha256=CacheKey.hash_model(b"model bytes"),

@@ -265,6 +265,9 @@ def _matmul_model(path: Path, scale: float) -> None:
     save(graph, path)
 
 
+REFUSED = {"model": "m", "version": "1", "outcome": "refused"}
+
+
 @pytest.mark.parametrize(("scale", "accepted"), [(0.25, True), (1e3, False)])
 def test_fp16_gate_decides_what_the_engine_builds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, scale: float, accepted: bool
@@ -278,7 +281,7 @@ def test_fp16_gate_decides_what_the_engine_builds(
         loaders={Engine.TENSORRT: RecordingEngine, Engine.ORT_CPU: onnxruntime_cpu.load},
         capabilities=GPU,
     )
-    refused_before = REGISTRY.get_sample_value("tensorgate_fp16_refused_total", {"model": "m", "version": "1"}) or 0
+    refused_before = REGISTRY.get_sample_value("tensorgate_fp16_gate_total", REFUSED) or 0
 
     async def run() -> None:
         await repo.start()
@@ -291,7 +294,7 @@ def test_fp16_gate_decides_what_the_engine_builds(
     with caplog.at_level(logging.INFO):
         asyncio.run(run())
     (built_file, built_precision), *_ = RecordingEngine.built
-    refused = REGISTRY.get_sample_value("tensorgate_fp16_refused_total", {"model": "m", "version": "1"}) or 0
+    refused = REGISTRY.get_sample_value("tensorgate_fp16_gate_total", REFUSED) or 0
     if accepted:
         assert built_precision is Precision.FP16 and built_file.is_relative_to(tmp_path / "cache" / "fp16")
         assert "event=fp16_accepted model=m version=1" in caplog.text and refused == refused_before

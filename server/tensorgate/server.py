@@ -14,8 +14,8 @@ import threading
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse
 from tensorgate.frontend.service import InferenceService, ServerState
-from tensorgate.metrics import serve_metrics, thread_cpu_seconds
-from tensorgate.repository import Repository
+from tensorgate.metrics import Sampler, VersionMetrics, serve_metrics, thread_cpu_seconds
+from tensorgate.repository import ModelVersion, Repository
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class Server:
         self.state = ServerState()
         self.repository = Repository(settings)
         self._stop = asyncio.Event()
+        self._sampler: Sampler | None = None
 
     async def serve(self) -> int:
         """The process's exit status: 0 after a clean shutdown, 1 if it could not start."""
@@ -60,13 +61,16 @@ class Server:
             return None
         if settings.metrics_port >= 0:
             try:
-                serve_metrics(
+                self._sampler = serve_metrics(
                     settings.host,
                     settings.metrics_port,
-                    lambda: [(v.name, v.version, v.stats) for v in repository.ready_versions()],
+                    lambda: [_version_metrics(v) for v in repository.ready_versions()],
                     lambda: state.ready,
                     lambda: state.internal_errors,
                     thread_cpu_seconds(threading.get_ident()),  # this thread runs the event loop
+                    interval_ms=settings.metrics_interval_ms,
+                    cpu=settings.allow_cpu_metrics,
+                    gpu=settings.allow_gpu_metrics,
                 )
             except OSError as exc:
                 reason = f"cannot serve metrics on port {settings.metrics_port}: {exc}"
@@ -92,7 +96,24 @@ class Server:
         await frontend.set_serving(False)
         await frontend.stop(self.settings.exit_timeout_secs)
         await self.repository.stop()
+        if self._sampler is not None:
+            self._sampler.stop()
         log.info("event=shutdown_complete")
+
+
+def _version_metrics(v: ModelVersion) -> VersionMetrics:
+    scheduler = v.scheduler
+    return VersionMetrics(
+        v.name,
+        v.version,
+        v.stats,
+        scheduler.in_flight,
+        scheduler.queue_depth,
+        v.engine.value,
+        v.precision.value,
+        v.device,
+        v.load_seconds,
+    )
 
 
 async def serve(settings: Settings) -> int:

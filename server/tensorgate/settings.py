@@ -111,6 +111,18 @@ class Settings:
             "bench/RESULTS.md); 0 always uses the worker thread"
         },
     )
+    metrics_interval_ms: int = field(
+        default=2000,
+        metadata={"help": "how often the GPU and CPU gauges are read (Triton's --metrics-interval-ms)"},
+    )
+    allow_gpu_metrics: bool = field(
+        default=True,
+        metadata={"help": "export the nv_gpu_* gauges, read with NVML (Triton's --allow-gpu-metrics)", "type": _bool},
+    )
+    allow_cpu_metrics: bool = field(
+        default=True,
+        metadata={"help": "export the nv_cpu_* gauges, read from /proc (Triton's --allow-cpu-metrics)", "type": _bool},
+    )
     engine_cache_dir: Path = field(
         default=Path.home() / ".cache" / "tensorgate",
         metadata={"help": "where built engines and accepted FP16 models are kept between runs", "type": Path},

@@ -6,6 +6,7 @@ Updated only on the event loop thread, so no locks. Durations are nanoseconds.
 from __future__ import annotations
 
 import bisect
+import enum
 import time
 from dataclasses import dataclass, field
 
@@ -27,11 +28,24 @@ class BatchStats:
     compute_output: Duration = field(default_factory=Duration)
 
 
-# Upper bounds (ns) of the request-latency histogram's buckets: 100 us to 10 s, ~x2.5 apart.
+# Upper bounds (ns) of the latency histograms' buckets (request, queue, compute): 100 us to 60 s.
 LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(
     int(v * 1000) for v in (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-                            500_000, 1_000_000, 2_500_000, 10_000_000)
+                            500_000, 1_000_000, 2_500_000, 10_000_000, 25_000_000, 60_000_000)
 )  # fmt: skip
+
+
+class Failure(enum.Enum):
+    """Why a request failed, as Triton's ``reason`` label of nv_inference_request_failure says it."""
+
+    REJECTED = "REJECTED"  # queue full, or its queue timeout passed
+    CANCELED = "CANCELED"  # the client cancelled, or its deadline passed, while it was queued
+    BACKEND = "BACKEND"  # the engine failed on its batch
+    OTHER = "OTHER"
+
+
+def _buckets() -> list[int]:
+    return [0] * (len(LATENCY_BUCKETS_NS) + 1)
 
 
 @dataclass
@@ -46,8 +60,12 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
-    # Successful requests per latency bucket (last slot: above the largest bound), for percentiles.
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_NS) + 1))
+    failures: dict[Failure, int] = field(default_factory=lambda: dict.fromkeys(Failure, 0))
+    # Successful requests per latency bucket (last slot: above the largest bound), for percentiles:
+    # time in the server, in the queue, and computing (input + infer + output).
+    latency_buckets: list[int] = field(default_factory=_buckets)
+    queue_buckets: list[int] = field(default_factory=_buckets)
+    compute_buckets: list[int] = field(default_factory=_buckets)
 
     def record_request(
         self,
@@ -58,15 +76,21 @@ class ModelStats:
         infer_ns: int = 0,
         output_ns: int = 0,
         samples: int = 1,
+        failure: Failure = Failure.OTHER,
     ) -> None:
-        """One request finished (Triton counts per-request durations in these fields)."""
+        """One request finished (Triton counts per-request durations in these fields); a failed one
+        counts under ``failure``."""
         self.last_inference_ms = time.time_ns() // 1_000_000
         if not ok:
             self.fail.add(total_ns)
+            self.failures[failure] += 1
             return
         self.inference_count += samples
         self.success.add(total_ns)
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, total_ns)] += 1
+        self.queue_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, queue_ns)] += 1
+        compute_ns = input_ns + infer_ns + output_ns
+        self.compute_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, compute_ns)] += 1
         self.queue.add(queue_ns)
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)

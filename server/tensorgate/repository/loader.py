@@ -127,6 +127,7 @@ class Loader:
     ) -> ModelVersion:
         """Load one version on the best engine that loads now, or on ``engine`` from ``model_file``
         (a background build: the statistics ``stats`` of the version it replaces continue)."""
+        started = time.perf_counter()
         model_file = model_file or source.model_file
         if not model_file.is_file():
             raise ModelConfigError(f"version {number} has no model file {model_file.name}")
@@ -184,6 +185,9 @@ class Loader:
             source,
             upgrades=chosen.deferred,
             passed_over=chosen.passed_over,
+            precision=chosen.options.precision,
+            device=chosen.options.device,
+            load_seconds=time.perf_counter() - started,
         )
 
     def _choose_engine(self, name: str, number: int, model_file: Path, instances: InstanceSettings) -> _Chosen:

@@ -1,10 +1,10 @@
 """The FP16 step before an engine build: convert, check against FP32, and pick the model file.
 
 TensorRT engines are strongly typed, so FP16 must be in the ONNX graph. Before a candidate engine
-that asks for FP16 is built, the FP32 model is converted (backends/fp16.py) and its outputs are
+that asks for FP16 is built, the FP32 model is converted (backends/fp16/) and its outputs are
 compared with FP32 on the model's warmup data (or random data in each input's range). Accepted:
 the FP16 graph is written next to the engine cache and built. Refused: the engine is built in
-FP32, the reason is logged and ``tensorgate_fp16_refused_total`` counts it. No silent FP16 loss.
+FP32, the reason is logged and ``tensorgate_fp16_gate_total`` counts every verdict. No silent FP16 loss.
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import Counter
 
 from tensorgate.backends.base import Precision
+from tensorgate.metrics.events import FP16_GATE
 from tensorgate.repository.engine_plan import Candidate
 
 log = logging.getLogger(__name__)
-
-FP16_REFUSED = Counter(
-    "tensorgate_fp16_refused",
-    "FP16 conversions refused by the accuracy gate (the model kept FP32)",
-    ["model", "version"],
-)
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ def prepare(
         return BuildInput(target, candidate)
     result = fp16.fp16_pipeline(original, samples, tolerance)
     if not result.accepted or result.model is None:
-        FP16_REFUSED.labels(name, str(version)).inc()
+        FP16_GATE.labels(name, str(version), "refused").inc()
         log.warning(
             "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
             name,
@@ -78,5 +72,6 @@ def prepare(
     with os.fdopen(fd, "wb") as out:
         out.write(result.model)
     os.replace(tmp, target)
+    FP16_GATE.labels(name, str(version), "accepted").inc()
     log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
     return BuildInput(target, candidate)

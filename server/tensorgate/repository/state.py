@@ -50,6 +50,9 @@ class ModelVersion:
     scheduler: Scheduler
     source: ModelSource
     state: ModelState = ModelState.READY
+    precision: Precision = Precision.FP32  # what the engine computes in
+    device: str = "cpu"  # where: "cpu" or "cuda:N"
+    load_seconds: float = 0.0  # the load of this version: engine, instances, warmup
     # Better engines still to build in the background (best first), and those not tried, with why.
     upgrades: tuple[Candidate, ...] = ()
     passed_over: tuple[PassedOver, ...] = ()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from tensorgate import model_config
+from tensorgate.metrics.events import ENGINE_BUILD_SECONDS, ENGINE_BUILDS
 from tensorgate.repository import precision
 from tensorgate.repository.engine_plan import Candidate
 from tensorgate.repository.loader import Loader, expected, failure_reason
@@ -147,6 +148,10 @@ class Upgrades:
 
     def _record(self, serving: ModelVersion, candidate: Candidate, built: bool, detail: str, started: float) -> None:
         seconds = time.perf_counter() - started
+        outcome = "built" if built else "dropped" if detail.startswith("dropped") else "failed"
+        engine = candidate.engine.value
+        ENGINE_BUILDS.labels(serving.name, str(serving.version), engine, outcome).inc()
+        ENGINE_BUILD_SECONDS.labels(engine, outcome).observe(seconds)
         self.builds.append(
             BuildOutcome(serving.name, serving.version, candidate.engine, candidate.precision, built, detail, seconds)
         )

@@ -72,6 +72,11 @@ class PriorityQueue:
     def empty(self) -> bool:
         return not any(self._queued)
 
+    @property
+    def depth(self) -> int:
+        """Live entries waiting, over every level."""
+        return sum(self._queued)
+
     def level(self, request: InferRequest) -> int:
         """The queue (0 = highest priority) a request goes to; InvalidArgument if out of range."""
         policy = self.policy

@@ -24,7 +24,7 @@ from tensorgate.model_config import BatchingPolicy
 from tensorgate.request import InferRequest, Outputs
 from tensorgate.scheduler.placement import Placement
 from tensorgate.scheduler.queue import Pending, PriorityQueue
-from tensorgate.stats import ModelStats
+from tensorgate.stats import Failure, ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,22 @@ class Scheduler:
             return await entry.future
         except asyncio.CancelledError:
             # Client cancelled or its deadline passed: if it is still queued it never runs.
-            self._queue.forget(entry)
+            if not entry.taken:
+                self._queue.forget(entry)
+                self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns, failure=Failure.CANCELED)
             raise
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
 
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting in the queue (not yet in a batch)."""
+        return self._queue.depth
+
     def _count_rejected(self, request: InferRequest) -> None:
-        self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns)
+        self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns, failure=Failure.REJECTED)
 
     # ---- running batches ----
 
@@ -148,7 +155,9 @@ class Scheduler:
     ) -> Answer:
         """Count one request of a finished batch; its outputs, or the error to answer it with."""
         if result.error is not None or outputs is None:
-            self.stats.record_request(False, now_ns - request.arrival_ns)
+            engine = isinstance(result.error, BackendExecuteError)
+            failure = Failure.BACKEND if engine else Failure.OTHER
+            self.stats.record_request(False, now_ns - request.arrival_ns, failure=failure)
             return self._error(result.error, request)
         self.stats.record_request(
             True,

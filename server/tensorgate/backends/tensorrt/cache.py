@@ -23,12 +23,15 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout of the cache itself changes
 
+Shapes = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+"""min/opt/max shape of each input (batch dimension included)."""
+
 
 @dataclass(frozen=True)
 class Profile:
     """One optimization profile: min/opt/max shape of each input (batch dimension included)."""
 
-    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    shapes: Shapes
 
     def as_json(self) -> dict[str, list[list[int]]]:
         return {name: [list(s) for s in triple] for name, triple in sorted(self.shapes.items())}
