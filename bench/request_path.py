@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.repository import Repository

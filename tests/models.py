@@ -72,6 +72,19 @@ def slow(path: Path, size: int = 512, layers: int = 64) -> Path:
     return save(graph, path)
 
 
+def lookup(path: Path) -> Path:
+    """INT64 [batch, 1] indices into a table of four FP32 values (10, 11, 12, 13): an index beyond
+    the table fails inside ONNX Runtime, an engine failure of that request alone."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
+        "lookup",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(np.array([10, 11, 12, 13], np.float32), "table")],
+    )
+    return save(graph, path)
+
+
 def write_config(model_dir: Path, text: str) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text)

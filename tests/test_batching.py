@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from conftest import Server
-from models import identity, save, slow, write_config
+from models import identity, lookup, save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
 from tensorgate.backends.base import BackendOptions
@@ -308,14 +308,7 @@ def test_an_engine_failure_fails_that_request_only(tmp_path: Path, start_server)
     """A model that fails inside ONNX Runtime for some values (Gather with an index beyond its table)
     answers INTERNAL naming the failure, on the worker thread and on the event loop, and keeps serving."""
     repo = tmp_path / "repo"
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
-        "lookup",
-        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 1])],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[numpy_helper.from_array(np.array([10, 11, 12, 13], np.float32), "table")],
-    )
-    save(graph, repo / "lookup" / "1" / "model.onnx")
+    lookup(repo / "lookup" / "1" / "model.onnx")
     write_config(repo / "lookup", "max_batch_size: 8\ndynamic_batching { }\n")
     server = start_server(repo)
     client = grpcclient.InferenceServerClient(server.url)

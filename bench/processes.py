@@ -1,0 +1,217 @@
+"""What a measurement watches besides its client: CPU time from /proc (of the whole machine, the server under
+test and its event-loop thread, perf_analyzer, this process) and the machine's CPU model, the server under test
+as a child process (``tensorgate serve`` or the bare grpc.aio echo peer), and its ModelStatistics."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+from settings import BENCH, ROOT
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU accounting: whose CPU time a measurement used (ours, perf_analyzer's, or other processes' on the machine)
+
+
+def _cpu_seconds(stat_path: str) -> float:
+    """utime + stime of a /proc/.../stat file (a process or one thread), in seconds; 0 once it is gone."""
+    with contextlib.suppress(OSError), open(stat_path) as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / CLK_TCK
+    return 0.0
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    machine_busy: float  # seconds of all cores, busy
+    machine_total: float  # seconds of all cores, busy + idle
+    server: float  # server process CPU seconds
+    loop: float  # CPU seconds of the server's main thread, which runs its event loop
+    wall: float  # time.monotonic()
+    children: float  # waited-for children (perf_analyzer) CPU seconds
+    self_: float  # this process
+
+    @staticmethod
+    def take(server_pid: int | None) -> CpuSample:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        busy = user + nice + system + irq + softirq + steal
+        server = loop = 0.0
+        if server_pid is not None:
+            server = _cpu_seconds(f"/proc/{server_pid}/stat")
+            loop = _cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return CpuSample(
+            busy / CLK_TCK,
+            (busy + idle + iowait) / CLK_TCK,
+            server,
+            loop,
+            time.monotonic(),
+            children.ru_utime + children.ru_stime,
+            me.ru_utime + me.ru_stime,
+        )
+
+
+@dataclass(frozen=True)
+class CpuDelta:
+    server_s: float
+    client_s: float  # perf_analyzer, or this process for the open-loop generator
+    foreign_pct: float  # share of the machine's capacity used by other processes
+    idle_pct: float
+    loop_pct: float  # share of the time the server's event-loop thread was on a core
+
+    @staticmethod
+    def between(a: CpuSample, b: CpuSample, client_is_self: bool) -> CpuDelta:
+        total = max(b.machine_total - a.machine_total, 1e-9)
+        busy = b.machine_busy - a.machine_busy
+        server = b.server - a.server
+        children = b.children - a.children
+        me = b.self_ - a.self_
+        foreign = max(0.0, busy - server - children - me)
+        return CpuDelta(
+            server,
+            me if client_is_self else children,
+            100 * foreign / total,
+            100 * max(0.0, total - busy) / total,
+            100 * (b.loop - a.loop) / max(b.wall - a.wall, 1e-9),
+        )
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server process
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server under test as a child process on a fresh loopback port: ``python -m tensorgate serve``
+    (:meth:`tensorgate`) or the bare grpc.aio echo peer, bench/echo_server.py (:meth:`echo`)."""
+
+    def __init__(self, command: Callable[[int], list[str]], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.command = command(self.port)
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.client = grpcclient.InferenceServerClient(self.url)
+
+    @classmethod
+    def tensorgate(cls, repo: Path, log_path: Path) -> Server:
+        return cls(
+            lambda port: [
+                sys.executable,
+                "-m",
+                "tensorgate",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--grpc-port",
+                str(port),
+                "--metrics-port",
+                "-1",
+                "--host",
+                "127.0.0.1",
+            ],
+            log_path,
+        )
+
+    @classmethod
+    def echo(cls, log_path: Path) -> Server:
+        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port)], log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(Exception):
+                if self.client.is_server_ready():
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; SIGKILL only if it does not exit in time. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    inference_count: int
+    execution_count: int
+    success_count: int
+    fail_count: int
+    batches: dict[int, int]  # batch size -> executions
+
+    @staticmethod
+    def take(client: grpcclient.InferenceServerClient, model: str) -> StatsSnapshot:
+        stats: dict[str, Any] = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        infer = stats.get("inference_stats", {})
+        return StatsSnapshot(
+            int(stats.get("inference_count", 0)),
+            int(stats.get("execution_count", 0)),
+            int(infer.get("success", {}).get("count", 0)),
+            int(infer.get("fail", {}).get("count", 0)),
+            {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in stats.get("batch_stats", ())},
+        )
+
+    def minus(self, before: StatsSnapshot) -> StatsSnapshot:
+        batches = {k: v - before.batches.get(k, 0) for k, v in self.batches.items()}
+        return StatsSnapshot(
+            self.inference_count - before.inference_count,
+            self.execution_count - before.execution_count,
+            self.success_count - before.success_count,
+            self.fail_count - before.fail_count,
+            {k: v for k, v in batches.items() if v > 0},
+        )
+
+    @property
+    def avg_batch(self) -> float:
+        return self.inference_count / self.execution_count if self.execution_count else math.nan

@@ -1,0 +1,393 @@
+"""The :class:`Report` of one run: every measurement, and the markdown it prints and appends to bench/RESULTS.md
+(header, targets, closed loop, peer, batching on/off, where the time goes, open loop, raw ORT, correctness)."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import make_models
+import numpy as np
+import onnxruntime as ort
+from load import CheckResult, OpenLoopRun, PaRun, formed_batch
+from processes import cpu_model
+from settings import Settings
+from tables import fmt_int, fmt_ms, fmt_x, median, table, top_batches
+
+
+@dataclass
+class Report:
+    settings: Settings
+    command: str
+    started: datetime.datetime
+    checks: list[CheckResult] = field(default_factory=list)
+    runs: list[PaRun] = field(default_factory=list)
+    open_runs: list[OpenLoopRun] = field(default_factory=list)
+    raw: dict[tuple[str, int], float] = field(default_factory=dict)  # (model file, batch) -> samples/s
+    open_loop_base_c: int = 16  # open-loop rates are fractions of closed-loop infer/s at this concurrency
+    raw_foreign_pct: float = 0.0  # the most CPU other processes took while raw ORT was timed
+    server_exit: int | None = None
+    peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
+    peer_exit: int | None = None  # None: the peer was not run
+    peer_error: str = ""  # the echo server did not start
+    load_before: str = ""
+    code: str = ""  # git_state() when the run started, before the server imported the code
+    seconds: float = 0.0
+
+    def cell(self, model: str, c: int) -> list[PaRun]:
+        return [r for r in self.runs if r.model == model and r.concurrency == c and r.ok]
+
+    def med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.cell(model, c)])
+
+    def peer_cell(self, c: int) -> list[PaRun]:
+        return [r for r in self.peer_runs if r.concurrency == c and r.ok]
+
+    def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.peer_cell(c)])
+
+    @property
+    def peer_ran(self) -> bool:
+        return self.peer_exit is not None or bool(self.peer_error)
+
+    def raw_at(self, model: str, batch: float) -> tuple[int, float]:
+        b = formed_batch(batch)
+        return b, self.raw.get((make_models.MODELS[model].file, b), math.nan)
+
+    def closed_loop_table(self) -> str:
+        rows = []
+        for model in self.settings.models:
+            for c in self.settings.concurrency:
+                runs = self.cell(model, c)
+                if not runs:
+                    rows.append([model, str(c), "failed", *["-"] * 9])
+                    continue
+                ips = self.med(model, c, lambda r: r.infer_per_s)
+                spread = (max(r.infer_per_s for r in runs) - min(r.infer_per_s for r in runs)) / ips if ips else 0
+                batch = self.med(model, c, lambda r: r.avg_batch)
+                raw1 = self.raw.get((make_models.MODELS[model].file, 1), math.nan)
+                b, rawb = self.raw_at(model, batch)
+                rows.append(
+                    [
+                        model,
+                        str(c),
+                        fmt_int(ips),
+                        f"{100 * spread:.0f}%" if len(runs) > 1 else "-",
+                        fmt_ms(self.med(model, c, lambda r: r.p50_us)),
+                        fmt_ms(self.med(model, c, lambda r: r.p99_us)),
+                        fmt_x(batch),
+                        fmt_int(raw1),
+                        f"{fmt_int(rawb)} (b{b})",
+                        fmt_x(ips / raw1),
+                        fmt_x(ips / rawb),
+                    ]
+                )
+        return table(
+            [
+                "model",
+                "c",
+                "server infer/s",
+                "spread",
+                "p50 ms",
+                "p99 ms",
+                "avg batch",
+                "raw ORT b1 /s",
+                "raw ORT formed /s",
+                "server/raw(b1)",
+                "server/raw(formed)",
+            ],
+            rows,
+        )
+
+    def time_table(self) -> str:
+        rows = []
+        for model in self.settings.models:
+            for c in self.settings.concurrency:
+                runs = self.cell(model, c)
+                if not runs:
+                    continue
+                batches: Counter[int] = Counter()
+                for r in runs:
+                    batches.update(r.stats.batches if r.stats else {})
+                rows.append(
+                    [
+                        model,
+                        str(c),
+                        fmt_int(self.med(model, c, lambda r: r.server_cpu_us)),
+                        fmt_int(self.med(model, c, lambda r: r.client_cpu_us)),
+                        fmt_int(self.med(model, c, lambda r: r.server_queue_us)),
+                        fmt_int(self.med(model, c, lambda r: r.server_infer_us)),
+                        top_batches(batches),
+                        fmt_x(self.med(model, c, lambda r: r.cpu.loop_pct if r.cpu else math.nan), 0) + "%",
+                        fmt_x(self.med(model, c, lambda r: r.cpu.idle_pct if r.cpu else math.nan), 0) + "%",
+                        fmt_x(self.med(model, c, lambda r: r.cpu.foreign_pct if r.cpu else math.nan), 0) + "%",
+                        str(sum(r.retried for r in runs)),
+                    ]
+                )
+        return table(
+            [
+                "model",
+                "c",
+                "server CPU µs/req",
+                "client CPU µs/req",
+                "server queue µs",
+                "compute infer µs",
+                "batch sizes (share of executions)",
+                "event loop busy",
+                "machine idle",
+                "other procs",
+                "loose -s",
+            ],
+            rows,
+        )
+
+    def peer_table(self) -> str:
+        rows = []
+        for c in self.settings.concurrency:
+            runs = self.peer_cell(c)
+            echo_ips = self.peer_med(c, lambda r: r.infer_per_s)
+            echo_p50 = self.peer_med(c, lambda r: r.p50_us)
+            spread = (max(r.infer_per_s for r in runs) - min(r.infer_per_s for r in runs)) / echo_ips if runs else 0
+            tg_ips = self.med("identity", c, lambda r: r.infer_per_s)
+            tg_p50 = self.med("identity", c, lambda r: r.p50_us)
+            rows.append(
+                [
+                    str(c),
+                    fmt_int(echo_ips) if runs else "failed",
+                    f"{100 * spread:.0f}%" if len(runs) > 1 else "-",
+                    fmt_ms(echo_p50),
+                    fmt_int(self.peer_med(c, lambda r: r.server_cpu_us)),
+                    fmt_int(tg_ips),
+                    fmt_ms(tg_p50),
+                    fmt_int(self.med("identity", c, lambda r: r.server_cpu_us)),
+                    fmt_x(tg_ips / echo_ips),
+                    fmt_x(tg_p50 / echo_p50),
+                ]
+            )
+        return table(
+            [
+                "c",
+                "echo infer/s",
+                "echo spread",
+                "echo p50 ms",
+                "echo server CPU µs/req",
+                "tensorgate identity infer/s",
+                "tensorgate p50 ms",
+                "tensorgate server CPU µs/req",
+                "tensorgate/echo infer/s",
+                "tensorgate/echo p50",
+            ],
+            rows,
+        )
+
+    def on_off_table(self) -> str:
+        rows = []
+        for base in ("mlp", "cnn"):
+            off = f"{base}_nobatch"
+            if base not in self.settings.models or off not in self.settings.models:
+                continue
+            for c in self.settings.concurrency:
+                on_v = self.med(base, c, lambda r: r.infer_per_s)
+                off_v = self.med(off, c, lambda r: r.infer_per_s)
+                rows.append([base, str(c), fmt_int(on_v), fmt_int(off_v), fmt_x(on_v / off_v)])
+        return table(["model", "c", "batching on infer/s", "batching off infer/s", "on/off"], rows) if rows else ""
+
+    def open_loop_table(self) -> str:
+        rows = [
+            [
+                r.model,
+                f"{r.fraction:.0%}",
+                fmt_int(r.target_rate),
+                fmt_int(r.offered),
+                fmt_int(r.achieved),
+                fmt_x(r.p50_ms, 3),
+                fmt_x(r.p90_ms, 3),
+                fmt_x(r.p99_ms, 3),
+                fmt_x(r.lag_p99_ms, 3),
+                fmt_x(r.avg_batch),
+                r.error_codes or "0",
+                fmt_int(r.client_cpu_us),
+                "overloaded" if r.achieved < 0.95 * r.offered else "kept up",
+            ]
+            for r in self.open_runs
+        ]
+        return table(
+            [
+                "model",
+                f"of c{self.open_loop_base_c}",
+                "target /s",
+                "offered /s",
+                "achieved /s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "send lag p99 ms",
+                "avg batch",
+                "errors",
+                "generator CPU µs/req",
+                "server",
+            ],
+            rows,
+        )
+
+    def raw_table(self) -> str:
+        files = sorted({k[0] for k in self.raw})
+        sizes = sorted({k[1] for k in self.raw})
+        rows = [[f, *(fmt_int(self.raw.get((f, b), math.nan)) for b in sizes)] for f in files]
+        return table(["model file", *(f"b{b}" for b in sizes)], rows)
+
+    def check_table(self) -> str:
+        rows = [
+            [
+                c.model,
+                str(c.requests),
+                "yes" if c.exact else "NO",
+                f"{c.max_abs_diff:.3g}",
+                str(c.executions),
+                str(c.largest_batch),
+            ]
+            for c in self.checks
+        ]
+        return table(["model", "requests", "identical to raw ORT", "max |diff|", "executions", "largest batch"], rows)
+
+    def targets(self) -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+
+        def verdict(value: float, ok: bool) -> str:
+            return "n/a" if math.isnan(value) else ("PASS" if ok else "miss")
+
+        cnn = self.med("cnn", 16, lambda r: r.infer_per_s)
+        raw16 = self.raw.get(("cnn", 16), math.nan)
+        ratio = cnn / raw16
+        out.append(
+            (
+                "cnn c16 infer/s >= 0.8 x raw ORT b16",
+                f"{fmt_int(cnn)} / {fmt_int(raw16)} = {fmt_x(ratio)}",
+                verdict(ratio, ratio >= 0.8),
+            )
+        )
+        on_off = self.med("mlp", 16, lambda r: r.infer_per_s) / self.med("mlp_nobatch", 16, lambda r: r.infer_per_s)
+        out.append(("mlp c16 batching on >= 3 x off", fmt_x(on_off), verdict(on_off, on_off >= 3)))
+        ident = self.med("identity", 16, lambda r: r.infer_per_s)
+        out.append(("identity c16 >= 6,000 infer/s", fmt_int(ident), verdict(ident, ident >= 6000)))
+        if self.peer_ran:  # the two identity targets scaled by the bare echo measured in this run
+            echo16 = self.peer_med(16, lambda r: r.infer_per_s)
+            share = ident / echo16
+            out.append(
+                (
+                    "identity c16 >= 0.75 x bare echo (6,000 / 8,000 as in the note), scaled to the day's machine",
+                    f"{fmt_int(ident)} / {fmt_int(echo16)} = {fmt_x(share)}",
+                    verdict(share, share >= 0.75),
+                )
+            )
+        p50 = self.med("identity", 1, lambda r: r.p50_us)
+        out.append(("identity c1 p50 <= 0.4 ms", fmt_ms(p50), verdict(p50, p50 <= 400)))
+        if self.peer_ran:
+            echo_p50 = self.peer_med(1, lambda r: r.p50_us)
+            slower = p50 / echo_p50
+            out.append(
+                (
+                    "identity c1 p50 <= 1.33 x bare echo p50 (0.4 / 0.3 ms), scaled to the day's machine",
+                    f"{fmt_ms(p50)} / {fmt_ms(echo_p50)} ms = {fmt_x(slower)}",
+                    verdict(slower, slower <= 0.4 / 0.3),
+                )
+            )
+        if self.checks:
+            bad = [c.model for c in self.checks if not c.exact]
+            out.append(
+                (
+                    "answers identical to raw ORT (batching on and off)",
+                    "all identical" if not bad else "differ: " + ", ".join(bad),
+                    "PASS" if not bad else "FAIL",
+                )
+            )
+        return out
+
+    def failures(self) -> list[str]:
+        out = [f"{r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
+        if self.peer_error:
+            out.append(f"echo server: {self.peer_error}")
+        return out
+
+    def markdown(self) -> str:
+        s = self.settings
+        uname = platform.uname()
+        parts = [
+            f"## {self.started:%Y-%m-%d %H:%M} UTC{' (quick)' if s.quick else ''}",
+            "",
+            f"- command: `{self.command}`",
+            f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {uname.release}; "
+            f"Python {platform.python_version()}, onnxruntime {ort.__version__}, grpcio {grpc.__version__}, "
+            f"numpy {np.__version__}",
+            f"- code: {self.code}",
+            f"- load average before the run: {self.load_before}; run took {self.seconds / 60:.1f} min",
+            f"- closed loop: perf_analyzer -p {s.measurement_ms} -s {s.stability_pct} -r {s.max_trials}, "
+            f"one sample per request, {s.repeats} sweep(s), medians; "
+            "spread = (max - min) / median of infer/s over the sweeps",
+            f"- open loop: {s.arrival} arrivals for {s.open_loop_s:g} s after {s.open_loop_warmup_s:g} s warm-up; "
+            "latency from each request's scheduled send time",
+            "- raw ORT: `InferenceSession.run` in process, CPUExecutionProvider, default options and threads, measured "
+            "after the server exited (nothing else of ours running)",
+            f"- server exit status on SIGTERM: {self.server_exit}",
+        ]
+        if self.peer_ran:
+            parts.append(
+                "- peer: bench/echo_server.py (bare grpc.aio echo, np.frombuffer / tobytes, no tensorgate code) "
+                "swept like identity with the same perf_analyzer settings after the tensorgate server exited; "
+                f"exit status on SIGTERM: {self.peer_exit}"
+            )
+        parts += [
+            "",
+            "### Targets",
+            "",
+            table(["target", "measured", "verdict"], [list(t) for t in self.targets()]),
+            "",
+            "### Closed loop (perf_analyzer; medians)",
+            "",
+            self.closed_loop_table(),
+            "",
+        ]
+        if self.peer_ran:
+            parts += [
+                "### Peer: bare grpc.aio echo (same machine, same run)",
+                "",
+                self.peer_table(),
+                "",
+                "tensorgate/echo p50 above 1 means slower than the echo; the scaled targets above read identity "
+                "against this table.",
+                "",
+            ]
+        on_off = self.on_off_table()
+        if on_off:
+            parts += ["### Batching on / off", "", on_off, ""]
+        parts += [
+            "### Where the time goes (medians; CPU per request over the whole perf_analyzer call)",
+            "",
+            self.time_table(),
+            "",
+            "### Open loop (tritonclient.grpc.aio, fixed rate)",
+            "",
+            self.open_loop_table(),
+            "",
+            "### Raw ONNX Runtime, samples/s (nothing else running)",
+            "",
+            self.raw_table(),
+            "",
+            f"Other processes took at most {self.raw_foreign_pct:.0f}% of the machine while raw ORT was timed.",
+            "",
+            "### Correctness (32 one-sample requests sent together + one 4-sample request, vs raw ORT per request)",
+            "",
+            self.check_table(),
+            "",
+        ]
+        failures = self.failures()
+        if failures:
+            parts += ["### perf_analyzer failures", "", *(f"- {f}" for f in failures), ""]
+        return "\n".join(parts)
