@@ -41,6 +41,7 @@ class Sampler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self._gpu is not None:
             self._gpu.close()

@@ -1,0 +1,156 @@
+"""The metric set under known traffic, read back through a real Prometheus: Triton's counters with
+their failure reasons, the pending count, the latency histograms, engine info and the host gauges."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server, wait_for
+from models import lookup, slow, write_config
+from test_prometheus import PROMETHEUS, eventually, prometheus  # noqa: F401  (the fixture, for this module's server)
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="no prometheus binary (scripts/install_prometheus.sh installs Debian's)"
+)
+SLOW_ROWS = 1024  # with 256 layers ~3 s a request on two cores: long enough for Prometheus (1 s scrapes) to see it
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("metrics") / "repo"
+    slow(root / "slow" / "1" / "model.onnx", layers=256)
+    write_config(
+        root / "slow",
+        "max_batch_size: 1024\ndynamic_batching { default_queue_policy { max_queue_size: 1 } }\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
+    )
+    lookup(root / "lookup" / "1" / "model.onnx")
+    write_config(root / "lookup", "max_batch_size: 8\n")
+    return root
+
+
+def _exposition(server: Server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def _sample(server: Server, line_start: str) -> float:
+    for line in _exposition(server).splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(line_start)
+
+
+def _slow(server: Server, outcomes: list[str], timeout: float | None = None) -> None:
+    client = grpcclient.InferenceServerClient(server.url)
+    tensor = grpcclient.InferInput("INPUT0", [SLOW_ROWS, 512], "FP32")
+    tensor.set_data_from_numpy(np.ones((SLOW_ROWS, 512), np.float32))
+    try:
+        client.infer("slow", [tensor], client_timeout=timeout)
+        outcomes.append("OK")
+    except InferenceServerException as exc:
+        outcomes.append(str(exc.status()))
+    finally:
+        client.close()
+
+
+def _lookup(server: Server, index: int, datatype: str = "INT64") -> str:
+    tensor = grpcclient.InferInput("INPUT0", [1, 1], datatype)
+    tensor.set_data_from_numpy(np.array([[index]], np.int64 if datatype == "INT64" else np.float32))
+    try:
+        server.client.infer("lookup", [tensor])
+        return "OK"
+    except InferenceServerException as exc:
+        return str(exc.status())
+
+
+def _value(url: str, expr: str) -> float:
+    return float(eventually(url, expr)[0]["value"][1])  # type: ignore[index]
+
+
+def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus: str) -> None:  # noqa: F811
+    eventually(prometheus, 'up{job="tensorgate"} == 1')
+    # lookup: five successes, one engine failure (an index beyond the table), one invalid request
+    assert [_lookup(server, 1) for _ in range(5)] == ["OK"] * 5
+    assert _lookup(server, 7) == "StatusCode.INTERNAL"
+    assert _lookup(server, 1, datatype="FP32") == "StatusCode.INVALID_ARGUMENT"
+    # slow: one running, one queued (max_queue_size 1), a third rejected
+    outcomes: list[str] = []
+    first = threading.Thread(target=_slow, args=(server, outcomes))
+    first.start()
+    wait_for(lambda: _sample(server, 'nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    second = threading.Thread(target=_slow, args=(server, outcomes))
+    second.start()
+    wait_for(lambda: _sample(server, 'tensorgate_queue_depth{model="slow"') == 1, 10, 0.01)
+    _slow(server, outcomes)  # the queue is full
+    assert outcomes == ["StatusCode.RESOURCE_EXHAUSTED"]
+    # Prometheus sees both in flight while they run
+    assert _value(prometheus, 'nv_inference_pending_request_count{model="slow"} == 2') == 2
+    first.join(30)
+    second.join(30)
+    # then one more running and one whose deadline passes while it waits behind it: cancelled
+    third = threading.Thread(target=_slow, args=(server, outcomes))
+    third.start()
+    wait_for(lambda: _sample(server, 'nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    _slow(server, outcomes, timeout=0.3)
+    third.join(30)
+    assert sorted(outcomes) == ["OK"] * 3 + ["StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"]
+
+    def failures(model: str) -> dict[str, float]:
+        rows = eventually(prometheus, f'nv_inference_request_failure{{model="{model}"}}')
+        return {r["metric"]["reason"]: float(r["value"][1]) for r in rows}  # type: ignore[index]
+
+    assert _value(prometheus, 'nv_inference_request_success{model="slow"} == 3') == 3
+    wait_for(lambda: failures("slow") == {"REJECTED": 1, "CANCELED": 1, "BACKEND": 0, "OTHER": 0}, 15, 0.5)
+    assert _value(prometheus, 'nv_inference_request_success{model="lookup"} == 5') == 5
+    # the invalid request was refused by the frontend's checks, before any queue: not a failed inference
+    assert failures("lookup") == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
+    assert _value(prometheus, 'nv_inference_pending_request_count{model="slow"} == 0') == 0
+    assert _value(prometheus, 'max_over_time(nv_inference_pending_request_count{model="slow"}[5m])') == 2
+    # histograms: three slow requests computed for over 0.1 s each; the queued one waited a whole run
+    assert _value(prometheus, 'tensorgate_compute_duration_seconds_count{model="slow"}') == 3
+    assert _value(prometheus, 'tensorgate_compute_duration_seconds_bucket{model="slow",le="0.1"}') == 0
+    waited = _value(prometheus, 'tensorgate_queue_duration_seconds_bucket{model="slow",le="0.25"}')
+    assert waited <= 2
+    p50 = _value(prometheus, 'histogram_quantile(0.5, tensorgate_request_duration_seconds_bucket{model="slow"})')
+    assert 0.1 < p50 < 60
+    info = eventually(prometheus, 'tensorgate_model_engine_info{model="lookup"}')
+    assert info[0]["metric"]["engine"] == "onnxruntime-cpu" and info[0]["metric"]["device"] == "cpu"  # type: ignore[index]
+    assert info[0]["metric"]["precision"] == "fp32"  # type: ignore[index]
+    assert 0 < _value(prometheus, 'nv_model_load_duration_secs{model="slow"}') < 60
+
+
+def test_host_gauges_match_the_machine(server: Server, prometheus: str) -> None:  # noqa: F811
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total = int(meminfo["MemTotal"].split()[0]) * 1024
+    assert _value(prometheus, "nv_cpu_memory_total_bytes") == total
+    used = _value(prometheus, "nv_cpu_memory_used_bytes")
+    assert 0 < used < total
+    assert 0 <= _value(prometheus, "nv_cpu_utilization") <= 1
+    if "nv_gpu_utilization" not in _exposition(server):
+        assert "event=gpu_metrics_off" in server.log  # why there are none, said once
+        assert server.log.count("event=gpu_metrics_off") == 1
+
+
+def test_promtool_finds_nothing_but_tritons_own_names(server: Server) -> None:
+    """Our families pass ``promtool check metrics``; what it says of Triton's nv_* names (abbreviated
+    units, a gauge named _count) is Triton's naming, kept so its dashboards work unchanged."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool (Debian's prometheus package brings it: scripts/install_prometheus.sh)")
+    text = _exposition(server)
+    ours = "\n".join(line for line in text.splitlines() if not re.match(r"(# (HELP|TYPE) )?nv_", line)) + "\n"
+    clean = subprocess.run([promtool, "check", "metrics"], input=ours, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    whole = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    findings = [line for line in (whole.stdout + whole.stderr).splitlines() if line.strip()]
+    assert findings and all(line.startswith("nv_") for line in findings), findings
