@@ -28,7 +28,11 @@ def test_gpu_gauges_match_nvml(tmp_path: Path, start_server) -> None:  # type: i
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.read().decode()
 
-    text = wait_for(lambda: (t := exposition()) if "nv_gpu_utilization" in t else "", 10)
+    def with_gpu_gauges() -> str:
+        text = exposition()
+        return text if "nv_gpu_utilization" in text else ""
+
+    text = wait_for(with_gpu_gauges, 10)
     pynvml.nvmlInit()
     try:
         for index in range(pynvml.nvmlDeviceGetCount()):
