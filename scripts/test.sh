@@ -16,7 +16,7 @@ if [[ "$(uname -m)" == "x86_64" ]]; then
 else
   echo "perf_analyzer: only shipped for x86_64; its tests will be skipped" >&2
 fi
-"$venv/bin/ruff" check server tests scripts bench
-"$venv/bin/ruff" format --check server tests scripts bench
+"$venv/bin/ruff" check server tests scripts bench deploy
+"$venv/bin/ruff" format --check server tests scripts bench deploy
 "$venv/bin/mypy"
 "$venv/bin/python" -m pytest "$@"
