@@ -226,9 +226,15 @@ CASES: list[BadCase] = [
     ),
     (
         "raw_for_huge_shape",
+        lambda: _request("large", Tensor("INPUT0", "FP32", [1, 2**58], raw=bytes(16))),
+        INVALID,
+        ("'INPUT0'", "16 bytes", f"needs {4 * 2**58} bytes"),
+    ),
+    (
+        "shape_beyond_any_tensor",
         lambda: _request("large", Tensor("INPUT0", "FP32", [1, 2**61], raw=bytes(16))),
         INVALID,
-        ("'INPUT0'", "16 bytes", f"needs {4 * 2**61} bytes"),
+        ("'INPUT0'", f"{2**61} elements", "more than a tensor can hold"),
     ),
     (
         "raw_count_below_inputs",

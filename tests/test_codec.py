@@ -100,3 +100,30 @@ def test_encode_response_carries_raw_outputs_and_bytes() -> None:
     assert np.frombuffer(out.raw_output_contents[0], np.float32).tolist() == [1.0] * 8
     text = encode_response(TEXT, 1, "", {"T": np.array([b"ab", b""], dtype=object)})
     assert text.raw_output_contents[0] == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+
+
+ANY = spec("max_batch_size: 0", [TensorInfo("X", FP32, (None, None))], [TensorInfo("Y", FP32, (None, None))])
+
+
+@pytest.mark.parametrize("dims", [[4611686018427387904, 0], [2**30, 2**30, 0, 2**10]])
+def test_a_shape_whose_element_count_overflows_is_refused_naming_the_tensor(dims: list[int]) -> None:
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="X", datatype="FP32", shape=dims)
+    req.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument, match=r"input 'X' has shape .*more than a tensor can hold"):
+        decode_request(req, ANY)
+
+
+def test_an_empty_tensor_at_the_element_bound_still_decodes() -> None:
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="X", datatype="FP32", shape=[2**59, 0])
+    req.raw_input_contents.append(b"")
+    assert decode_request(req, ANY).inputs["X"].shape == (2**59, 0)
+
+
+def test_names_a_client_sent_are_clipped_in_messages() -> None:
+    req = request()
+    req.outputs.add(name="N" * 100_000)
+    with pytest.raises(InvalidArgument) as caught:
+        decode_request(req, ADD)
+    assert len(caught.value.message) < 300 and "(100000 characters)" in caught.value.message

@@ -290,3 +290,66 @@ def test_failures_leave_stats_and_process_sound(
     assert server.client.is_server_live() and server.client.is_server_ready()
     assert "Traceback" not in server.log
     _check_serving(server, stub)
+
+
+# ---- messages that are not protobuf at all ----
+
+GARBAGE = bytes(range(256)) * 4  # not a valid message of any of these types (field 0, bad wire types)
+
+
+def _metric(server: Server, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("rpc", ["ModelInfer", "ModelMetadata", "ServerLive", "RepositoryModelLoad"])
+def test_a_message_that_does_not_parse_is_invalid_argument(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub, rpc: str
+) -> None:
+    before = _metric(server, "tensorgate_malformed_messages_total")
+    with grpc.insecure_channel(server.url) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{rpc}")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as caught:
+            call(GARBAGE, timeout=10)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert f"is not a valid inference.{rpc}Request" in error.details() and "Traceback" not in error.details()
+    assert "DecodeError" not in error.details()
+    assert _metric(server, "tensorgate_malformed_messages_total") == before + 1
+    _check_serving(server, stub)
+
+
+def test_every_stream_message_is_answered_even_one_that_does_not_parse(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    good = _good_add_sub(1).SerializeToString()
+    with grpc.insecure_channel(server.url) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        answers = list(stream(iter([good, GARBAGE, good]), timeout=30))
+    assert len(answers) == 3
+    errors = [a.error_message for a in answers if a.error_message]
+    assert errors == [errors[0]] and errors[0].startswith("stream message 2: ") and "ModelInferRequest" in errors[0]
+    assert sum(1 for a in answers if not a.error_message and a.infer_response.id == "good") == 2
+    _check_serving(server, stub)
+
+
+def test_a_long_unknown_model_name_gets_not_found_with_a_short_message(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Echoed whole, a 20,000-character name would push the status past the client's 8 KiB metadata
+    limit, and the client would see RESOURCE_EXHAUSTED instead of NOT_FOUND."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(_request("m" * 20_000, _fp32("INPUT0", _f32())), timeout=10)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert len(error.details()) < 300 and "(20000 characters)" in error.details()
+    error = _client_error(lambda: server.client.get_model_metadata("x" * 20_000))
+    assert error.status() == str(grpc.StatusCode.NOT_FOUND)

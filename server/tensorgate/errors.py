@@ -19,6 +19,15 @@ class Code(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
+CLIP = 64  # characters of a client's string echoed back in a message
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """A string a client sent, cut for an error message: the status metadata of a reply must stay far
+    below clients' limits (8 KiB for gRPC's), however long the name it names."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 class ServerError(Exception):
     """An error with a client-facing status code and a message that says what to do."""
 

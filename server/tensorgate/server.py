@@ -65,8 +65,7 @@ class Server:
                     settings.host,
                     settings.metrics_port,
                     lambda: [_version_metrics(v) for v in repository.ready_versions()],
-                    lambda: state.ready,
-                    lambda: state.internal_errors,
+                    state,
                     thread_cpu_seconds(threading.get_ident()),  # this thread runs the event loop
                     interval_ms=settings.metrics_interval_ms,
                     cpu=settings.allow_cpu_metrics,

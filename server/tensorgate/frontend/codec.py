@@ -12,7 +12,7 @@ import numpy as np
 
 from tensorgate import datatypes
 from tensorgate.datatypes import DataType
-from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.errors import InvalidArgument, Unimplemented, clip
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.request import InferRequest
@@ -33,6 +33,7 @@ _CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS_FIELDS = sorted(set(_CONTENTS_FIELD.values()))
+MAX_ELEMENTS = 2**59  # elements of one tensor: x 8 bytes (FP64, object) stays below numpy's 2**63 limit
 _UNSUPPORTED_TENSOR_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
@@ -56,6 +57,12 @@ def _check_shape(name: str, shape: tuple[int, ...], spec: TensorSpec, model: Mod
             return shape[0]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input '{name}' has shape {_shape_text(shape)}: dimensions cannot be negative")
+    elements = math.prod(d for d in shape if d)  # zeros aside: numpy refuses such a shape even when empty
+    if elements > MAX_ELEMENTS:
+        raise InvalidArgument(
+            f"input '{name}' has shape {_shape_text(shape)}: {elements} elements, more than a tensor can hold "
+            f"({MAX_ELEMENTS})"
+        )
     dims = list(shape)
     batch = 1
     if model.batched:
@@ -155,13 +162,13 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         spec = model.inputs.get(name)
         if spec is None:
             raise InvalidArgument(
-                f"unexpected input '{name}' for model '{model.name}'; its inputs are {sorted(model.inputs)}"
+                f"unexpected input '{clip(name)}' for model '{model.name}'; its inputs are {sorted(model.inputs)}"
             )
         if name in arrays:
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
         if tensor.datatype != spec.datatype.v2:
             raise InvalidArgument(
-                f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model '{model.name}' "
+                f"input '{name}' has datatype {clip(tensor.datatype) or '(empty)'} but model '{model.name}' "
                 f"expects {spec.datatype.v2}"
             )
         shape = tuple(tensor.shape)
@@ -193,7 +200,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     for requested in request.outputs:
         if requested.name not in model.outputs:
             raise InvalidArgument(
-                f"unexpected output '{requested.name}' requested from model '{model.name}'; "
+                f"unexpected output '{clip(requested.name)}' requested from model '{model.name}'; "
                 f"its outputs are {sorted(model.outputs)}"
             )
         if requested.parameters:
@@ -214,7 +221,7 @@ def _check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> No
     for key in _UNSUPPORTED_TENSOR_PARAMETERS:
         if key in tensor.parameters:
             raise Unimplemented(
-                f"input '{tensor.name}' uses shared memory ({key}), which tensorgate does not support yet; "
+                f"input '{clip(tensor.name)}' uses shared memory ({key}), which tensorgate does not support yet; "
                 "send the tensor in raw_input_contents"
             )
 

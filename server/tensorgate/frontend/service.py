@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from tensorgate import __version__
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, clip
 from tensorgate.frontend import codec
 from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
@@ -42,6 +42,7 @@ class ServerState:
     def __init__(self) -> None:
         self.ready = False
         self.internal_errors = 0
+        self.malformed_messages = 0  # messages that did not parse as their RPC's request
 
 
 def _duration(target: pb.StatisticDuration, source: Duration) -> None:
@@ -153,7 +154,7 @@ class InferenceService:
             elif key.startswith("file:"):
                 raise Unimplemented("loading model files sent in the request (file: parameters) is not supported")
             else:
-                raise InvalidArgument(f"unknown load parameter '{key}' (supported: config)")
+                raise InvalidArgument(f"unknown load parameter '{clip(key)}' (supported: config)")
         await self.repository.load(request.model_name, override)
         return pb.RepositoryModelLoadResponse()
 
@@ -173,10 +174,11 @@ class InferenceService:
         return codec.encode_response(served.spec, served.version, request.id, outputs)
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+        self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is answered as it completes (not necessarily in order); errors travel in
-        ``error_message`` and the stream stays open, as Triton does."""
+        ``error_message`` and the stream stays open, as Triton does. A message that does not parse
+        is answered too, with an error naming its place on the stream."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
@@ -195,7 +197,16 @@ class InferenceService:
 
         async def read() -> None:
             try:
-                async for request in requests:
+                received = 0
+                async for raw in requests:
+                    received += 1
+                    try:
+                        request = _parse(self.state, pb.ModelInferRequest, raw)
+                    except ServerError as exc:
+                        answers.put_nowait(
+                            pb.ModelStreamInferResponse(error_message=f"stream message {received}: {exc.message}")
+                        )
+                        continue
                     task = asyncio.create_task(answer(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -223,12 +234,19 @@ class InferenceService:
 
 
 def _unary(
-    state: ServerState, handler: Callable[[Req, Any], Awaitable[Resp]], response_type: type[Resp]
-) -> Callable[[Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Wrap a handler so errors become statuses (set, not raised: cheaper than abort)."""
+    state: ServerState,
+    handler: Callable[[Req, Any], Awaitable[Resp]],
+    request_type: type[Req],
+    response_type: type[Resp],
+) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Resp]], Awaitable[Resp]]:
+    """Wrap a handler: parse the request here (a message that does not parse is INVALID_ARGUMENT, not
+    gRPC's UNKNOWN with a Python exception), and turn errors into statuses (set, not raised: cheaper
+    than abort)."""
 
-    async def call(request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, Resp]) -> Resp:
+        request: Req | None = None
         try:
+            request = _parse(state, request_type, raw)
             response: Resp = await handler(request, context)
             return response
         except ServerError as exc:
@@ -245,6 +263,18 @@ def _unary(
         return empty
 
     return call
+
+
+def _parse(state: ServerState, message_type: type[Req], raw: bytes) -> Req:
+    try:
+        message: Req = message_type.FromString(raw)
+    except DecodeError:
+        state.malformed_messages += 1
+        raise InvalidArgument(
+            f"the message ({len(raw)} bytes) is not a valid inference.{message_type.DESCRIPTOR.name}; "
+            "check that the client speaks the KServe V2 / Triton protocol"
+        ) from None
+    return message
 
 
 def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
@@ -279,15 +309,15 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
 
     handlers: dict[str, grpc.RpcMethodHandler] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _unary(service.state, fn, resp),
-            request_deserializer=req.FromString,
+            _unary(service.state, fn, req, resp),
+            request_deserializer=None,  # bytes: _unary parses them, so a bad message gets a clear status
             response_serializer=resp.SerializeToString,
         )
         for rpc, (fn, req, resp) in unary.items()
     }
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         service.model_stream_infer,
-        request_deserializer=pb.ModelInferRequest.FromString,
+        request_deserializer=None,  # bytes: each message is parsed (and a bad one answered) in the handler
         response_serializer=pb.ModelStreamInferResponse.SerializeToString,
     )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -11,7 +11,13 @@ from prometheus_client.registry import REGISTRY
 
 from tensorgate.metrics.cpu import CpuReader
 from tensorgate.metrics.gpu import GpuReader
-from tensorgate.metrics.models import ModelStatsCollector, VersionMetrics, VersionSource, thread_cpu_seconds
+from tensorgate.metrics.models import (
+    ModelStatsCollector,
+    ServerView,
+    VersionMetrics,
+    VersionSource,
+    thread_cpu_seconds,
+)
 from tensorgate.metrics.sampler import Sampler
 
 __all__ = ["Sampler", "VersionMetrics", "serve_metrics", "thread_cpu_seconds"]
@@ -23,8 +29,7 @@ def serve_metrics(
     host: str,
     port: int,
     source: VersionSource,
-    ready: Callable[[], bool],
-    internal_errors: Callable[[], int],
+    server: ServerView,
     loop_cpu_seconds: Callable[[], float] | None,
     *,
     interval_ms: int = 2000,
@@ -40,7 +45,7 @@ def serve_metrics(
         gpu_reader = GpuReader.open() if gpu else None
         sampler = Sampler(interval_ms / 1000, CpuReader() if cpu else None, gpu_reader)
         sampler.start()
-    REGISTRY.register(ModelStatsCollector(source, ready, internal_errors, loop_cpu_seconds, sampler))
+    REGISTRY.register(ModelStatsCollector(source, server, loop_cpu_seconds, sampler))
     start_http_server(port, addr=host)
     log.info(
         "event=metrics_listening address=%s:%d path=/metrics interval_ms=%d cpu=%s gpu=%s",

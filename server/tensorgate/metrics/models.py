@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -77,30 +78,41 @@ class VersionMetrics:
 VersionSource = Callable[[], Iterable[VersionMetrics]]
 
 
+class ServerView(Protocol):
+    """What the collector reads of the server itself (the frontend's ServerState)."""
+
+    ready: bool
+    internal_errors: int  # requests failed by a server bug
+    malformed_messages: int  # messages that did not parse as their RPC's request
+
+
 class ModelStatsCollector(Collector):
     def __init__(
         self,
         source: VersionSource,
-        ready: Callable[[], bool],
-        internal_errors: Callable[[], int],
+        server: ServerView,
         loop_cpu_seconds: Callable[[], float] | None,
         sampler: Sampler | None = None,
     ) -> None:
         self._source = source
-        self._ready = ready
-        self._internal_errors = internal_errors
+        self._server = server
         self._loop_cpu_seconds = loop_cpu_seconds
         self._sampler = sampler
 
     def collect(self) -> Iterator[Metric]:
         yield from self._models(list(self._source()))
         ready = GaugeMetricFamily("tensorgate_server_ready", "1 when the server reports ready")
-        ready.add_metric([], 1.0 if self._ready() else 0.0)
+        ready.add_metric([], 1.0 if self._server.ready else 0.0)
         errors = _Counter(
             "tensorgate_internal_errors", "Requests that failed on a server bug (logged with a traceback)"
         )
-        errors.add({}, self._internal_errors())
-        yield from (ready, errors)
+        errors.add({}, self._server.internal_errors)
+        malformed = CounterMetricFamily(
+            "tensorgate_malformed_messages",
+            "gRPC messages that did not parse as their RPC's request (answered INVALID_ARGUMENT)",
+            value=self._server.malformed_messages,
+        )
+        yield from (ready, errors, malformed)
         if self._loop_cpu_seconds is not None:
             yield CounterMetricFamily(
                 "tensorgate_event_loop_cpu_seconds",

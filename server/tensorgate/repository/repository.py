@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tensorgate import backends
 from tensorgate.backends.base import BackendLoader, Engine
-from tensorgate.errors import Code, NotFound, ServerError, Unavailable
+from tensorgate.errors import Code, NotFound, ServerError, Unavailable, clip
 from tensorgate.model_config import RawConfig
 from tensorgate.repository import layout
 from tensorgate.repository.engine_plan import Capabilities
@@ -50,12 +50,14 @@ class Repository:
         """The version that serves a request, or a NotFound/Unavailable error saying why not."""
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFound(f"model '{name}' is not in the repository (see RepositoryIndex for the models served)")
+            raise NotFound(f"model '{clip(name)}' is not in the repository (see RepositoryIndex for the models served)")
         if version:
             try:
                 number = int(version)
             except ValueError:
-                raise NotFound(f"model '{name}' has no version '{version}': versions are positive integers") from None
+                raise NotFound(
+                    f"model '{name}' has no version '{clip(version)}': versions are positive integers"
+                ) from None
             found = entry.versions.get(number)
             if found is None:
                 if number in entry.failed_versions:
@@ -152,7 +154,7 @@ class Repository:
         """Load (or reload) a model from disk; raises ServerError if it cannot serve any version."""
         directory = layout.model_dir(self.root, name)
         if directory is None:
-            raise NotFound(f"no model directory '{name}' in the repository {self.root}")
+            raise NotFound(f"no model directory '{clip(name)}' in the repository {self.root}")
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
             if not entry.versions:
@@ -214,7 +216,7 @@ class Repository:
         entry = self._entries.get(name)
         if entry is None:
             if layout.model_dir(self.root, name) is None:
-                raise NotFound(f"no model '{name}' in the repository")
+                raise NotFound(f"no model '{clip(name)}' in the repository")
             return
         async with entry.lock:
             retiring = list(entry.versions.values())
