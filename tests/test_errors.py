@@ -353,3 +353,16 @@ def test_a_long_unknown_model_name_gets_not_found_with_a_short_message(
     assert len(error.details()) < 300 and "(20000 characters)" in error.details()
     error = _client_error(lambda: server.client.get_model_metadata("x" * 20_000))
     assert error.status() == str(grpc.StatusCode.NOT_FOUND)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_message_above_the_limit_is_refused_before_it_is_read(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub, compression: str | None
+) -> None:
+    """80 MB of zeros, beyond the default 64 MiB limit; gzipped it is 0.08 MB on the wire, and the
+    limit still holds for what it would decompress to."""
+    x = np.zeros((1, 20_000_000), np.float32)
+    tensor = grpcclient.InferInput("INPUT0", list(x.shape), "FP32").set_data_from_numpy(x)
+    error = _client_error(lambda: server.client.infer("large", [tensor], compression_algorithm=compression))
+    assert error.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED), error
+    _check_serving(server, stub)

@@ -75,7 +75,12 @@ class Settings:
         },
     )
     grpc_max_message_bytes: int = field(
-        default=2**31 - 1, metadata={"help": "largest gRPC message accepted or sent, in bytes"}
+        default=64 * 2**20,
+        metadata={
+            "help": "largest gRPC message accepted or sent, in bytes, after decompression (a request "
+            "holds its tensors: raise it for bigger ones; each message in flight can cost the server "
+            "this much memory)"
+        },
     )
     grpc_max_pending_calls: int = field(
         default=1000,
