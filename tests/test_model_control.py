@@ -236,6 +236,44 @@ def test_explicit_load_with_config_override(explicit_repo: Path, start_server: C
     assert status(error_of(infer, client, "c", "1")) == "NOT_FOUND"
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmHWM")
+
+
+def _warmup(dims: str, count: int = 1) -> str:
+    """A config override with one warmup sample of ``dims`` run ``count`` times."""
+    return (
+        f'{{"model_warmup": [{{"name": "w", "batch_size": 1, "count": {count}, '
+        f'"inputs": {{"INPUT0": {{"data_type": "TYPE_FP32", "dims": {dims}, "random_data": true}}}}}}]}}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (_warmup("[4096, 65536]"), "above 1073741824 bytes"),
+        (_warmup("[4611686018427387904, 8]"), "above 1073741824 bytes"),
+        (_warmup("[4]", count=20_000_000), "count 20000000 is above the 1000 runs"),
+    ],
+)
+def test_a_config_override_cannot_make_the_server_allocate_or_run_without_bound(
+    explicit_repo: Path, start_server: Callable[..., Server], config: str, words: str
+) -> None:
+    """A few hundred bytes of RepositoryModelLoad asking for gigabytes of warmup data, or twenty million
+    warmup runs, fail the load with the reason before anything is allocated or run."""
+    server = start_server(explicit_repo, *EXPLICIT)
+    client = server.client
+    before = _peak_rss_bytes(server.proc.pid)
+    err = error_of(client.load_model, "c", config=config)
+    assert status(err) == "INVALID_ARGUMENT" and words in err.message(), err
+    assert _peak_rss_bytes(server.proc.pid) - before < 64 << 20
+    client.load_model("c")
+    assert infer(client, "c") == (2.0, "2")
+
+
 def test_explicit_reload_failure_keeps_serving(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
     server = start_server(explicit_repo, *EXPLICIT, "--load-model", "b")
     client = server.client

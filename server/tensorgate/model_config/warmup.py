@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import numpy as np
 from tensorgate import datatypes
 from tensorgate.errors import ModelConfigError
 from tensorgate.model_config.spec import ModelSpec
+
+# What a config (config.pbtxt, or a load request's override) may make the server allocate and run
+# for warmup: a config is input too, and one sent over the wire must not exhaust the host.
+MAX_WARMUP_BYTES = 2**30  # all samples' inputs together
+MAX_WARMUP_COUNT = 1000  # runs of one sample on each instance
 
 
 @dataclass(frozen=True)
@@ -24,19 +30,33 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
     ``<model>/warmup/``; random data is seeded, so every instance warms up on the same values."""
     rng = np.random.default_rng(0)
     samples: list[WarmupSample] = []
+    total_bytes = 0
     for warmup in spec.config.model_warmup:
         rows = max(1, warmup.batch_size)
         if spec.batched and rows > spec.max_batch_size:
             raise ModelConfigError(f"model_warmup {warmup.name!r}: batch_size {rows} exceeds max_batch_size")
+        if warmup.count > MAX_WARMUP_COUNT:
+            raise ModelConfigError(
+                f"model_warmup {warmup.name!r}: count {warmup.count} is above the {MAX_WARMUP_COUNT} runs a "
+                "sample may take; warm up with fewer runs"
+            )
         arrays: dict[str, np.ndarray] = {}
         for name, sample in warmup.inputs.items():
             tensor = spec.inputs.get(name)
             if tensor is None:
                 raise ModelConfigError(f"model_warmup {warmup.name!r} names input {name!r}, which the model lacks")
             shape = ((rows,) if spec.batched else ()) + tuple(sample.dims)
+            if any(d < 0 for d in shape):
+                raise ModelConfigError(f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} < 0")
             dtype = tensor.datatype
             which = sample.WhichOneof("input_data_type")
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)  # Python integers: no silent overflow
+            total_bytes += count * max(dtype.itemsize, 8)  # BYTES: at least a pointer an element
+            if total_bytes > MAX_WARMUP_BYTES:
+                raise ModelConfigError(
+                    f"model_warmup {warmup.name!r} input {name!r}: shape {list(shape)} takes the warmup samples "
+                    f"above {MAX_WARMUP_BYTES} bytes; warm up with smaller samples"
+                )
             if which == "input_data_file":
                 path = model_dir / "warmup" / sample.input_data_file
                 if "/" in sample.input_data_file or not path.is_file():
