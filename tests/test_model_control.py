@@ -100,13 +100,20 @@ def test_poll_broken_model_and_failed_reload(tmp_path: Path, start_server: Calla
     wait_for(lambda: "level=ERROR" in server.log.split("event=model_changed model=m")[-1], timeout=10)
     assert client.is_model_ready("m")
     assert infer(client, "m") == (1.0, "1")
+    # ... and the index and the log say that its reload failed, and why
+    [(version, state, reason)] = index_of(client)["m"]
+    assert (version, state) == ("1", "READY") and "the last reload failed" in reason, reason
+    assert "cannot load model.onnx" in reason
+    assert "kept_versions=1" in server.log.split("event=model_changed model=m")[-1]
     publish(tmp_path, repo / "m" / "config.pbtxt", lambda p: p.write_text("sequence_batching {}"))
     wait_for(lambda: "sequence_batching is not supported" in server.log, timeout=10)
     assert infer(client, "m") == (1.0, "1")
-    # and a fix is picked up
+    wait_for(lambda: "sequence_batching is not supported" in index_of(client)["m"][0][2], timeout=10)
+    # and a fix is picked up, and the reason is gone
     (repo / "m" / "config.pbtxt").unlink()
     publish(tmp_path, repo / "m" / "1" / "model.onnx", lambda p: add_const(p, 11.0))
     wait_for(lambda: infer(client, "m")[0] == 11.0, timeout=10)
+    assert index_of(client)["m"] == [("1", "READY", "")]
 
 
 def test_poll_reload_does_not_fail_requests_in_flight(tmp_path: Path, start_server: Callable[..., Server]) -> None:

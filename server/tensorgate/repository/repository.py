@@ -103,7 +103,9 @@ class Repository:
                 if not ready_only:
                     rows.append(IndexEntry(name, "", "", ""))
                 continue
-            by_version = {n: (v.state.value, "") for n, v in entry.versions.items()}
+            # A version serving while its model's last reload failed says so (it keeps serving, as Triton).
+            serving = f"the last reload failed and this version keeps serving: {entry.reload_error}"
+            by_version = {n: (v.state.value, serving if entry.reload_error else "") for n, v in entry.versions.items()}
             by_version.update(
                 {
                     n: (ModelState.UNAVAILABLE.value, r)
@@ -166,17 +168,27 @@ class Repository:
                 result = await asyncio.to_thread(self.loader.load_model, name, directory, override)
             except Exception as exc:
                 reason = failure_reason(exc)
-                log.error("event=model_load_failed model=%s reason=%r", name, reason, exc_info=not expected(exc))
+                kept = ",".join(str(v) for v in sorted(entry.versions)) or "-"
+                log.error(
+                    "event=model_load_failed model=%s reason=%r kept_versions=%s",
+                    name,
+                    reason,
+                    kept,
+                    exc_info=not expected(exc),
+                )
                 entry.fingerprint = fingerprint
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, reason
                     entry.failed_versions = {}
+                else:
+                    entry.reload_error = reason
                 raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
             loaded, failed = result.loaded, result.failed
             if not loaded and entry.versions:
                 # A reload that would serve nothing leaves the versions already serving in place (as Triton).
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
                 entry.fingerprint = fingerprint
+                entry.reload_error = reason
                 log.error(
                     "event=model_load_failed model=%s reason=%r kept_versions=%s",
                     name,
@@ -188,6 +200,7 @@ class Repository:
                     Code.INVALID_ARGUMENT,
                 )
             old = entry.versions
+            entry.reload_error = ""
             entry.versions = {v.version: v for v in loaded}
             entry.failed_versions = failed
             entry.fingerprint = fingerprint

@@ -94,6 +94,7 @@ class ModelEntry:
     state: ModelState = ModelState.UNKNOWN
     reason: str = ""
     failed_versions: dict[int, str] = field(default_factory=dict)
+    reload_error: str = ""  # why the last reload failed while earlier versions kept serving
     fingerprint: Fingerprint = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
