@@ -86,7 +86,7 @@ async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
     delayed = policy(max_queue_delay_us=50_000)
     s = Scheduler("fake", 1, [instance], ModelStats(), delayed, inline_execution_us=50_000)
     s.placements[0] = warm.placements[0]  # what the instance measured, without the delay
-    assert s.placements[0].inline(2)
+    assert s.placements[0].inline(request(0, rows=2).nbytes)
     fast.batches.clear()
     first = asyncio.create_task(s.infer(request(1)))
     await asyncio.sleep(0.005)
@@ -144,7 +144,7 @@ async def test_a_few_stalled_batches_do_not_move_a_cheap_model_off_the_loop() ->
     for i in range(warmup + 100):
         await s.infer(request(i))
     assert backend.threads[warmup:] == [main] * 100  # 20 x the limit, four times: still typically cheap
-    assert s.placements[0].inline_ns(1) < 1_000_000
+    assert s.placements[0].inline_ns(request(0).nbytes) < 1_000_000
 
 
 class SlowPerRow(ThreadRecorder):
@@ -171,6 +171,24 @@ async def test_a_model_cheap_at_one_row_runs_big_batches_on_the_worker() -> None
     assert main not in backend.threads[before:]  # 80 rows: ~8 ms, never blocks the loop
     await s.infer(request(1))
     assert backend.threads[-1] == main  # and one row is still cheap
+
+
+async def test_one_row_of_32_mb_runs_on_the_worker_though_one_row_is_cheap() -> None:
+    """The class is the batch's bytes, not its rows: a one-row request of 32 MB is a size the
+    instance never measured, so it cannot stall the loop for the milliseconds it takes."""
+    main = threading.current_thread().name
+    backend = ThreadRecorder()
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), inline_execution_us=1_000)
+    for i in range(Placement.WARMUP_EXECUTIONS + 2):
+        await s.infer(request(i))
+    assert backend.threads[-1] == main  # one small row: cheap, on the loop
+    before = len(backend.threads)
+    for i in range(Placement.WARMUP_EXECUTIONS + 4):
+        out = await s.infer(request(i, width=8_000_000))  # one row, 32 MB
+        assert out["y"].shape == (1, 8_000_000)
+    assert main not in backend.threads[before:]
+    await s.infer(request(1))
+    assert backend.threads[-1] == main
 
 
 async def test_a_batch_far_above_the_limit_is_never_probed() -> None:

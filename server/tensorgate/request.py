@@ -26,5 +26,10 @@ class InferRequest:
     timeout_us: int = 0
     arrival_ns: int = field(default_factory=time.perf_counter_ns)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its input arrays (an object array of BYTES counts its pointers, not the strings)."""
+        return sum(a.nbytes for a in self.inputs.values())
+
 
 Outputs = dict[str, np.ndarray]

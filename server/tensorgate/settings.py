@@ -111,7 +111,7 @@ class Settings:
         default=250,
         metadata={
             "help": "run a batch on the event loop instead of the instance's worker thread when the "
-            "instance's batches of its size (1 row, 2-3, 4-7, ...) typically take less than this many "
+            "instance's batches of its size (input bytes, by powers of two) typically take less than this many "
             "microseconds there (below the cost of the hop to the thread and back, as measured in "
             "bench/RESULTS.md); 0 always uses the worker thread"
         },

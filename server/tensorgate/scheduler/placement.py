@@ -2,9 +2,11 @@
 
 Handing a batch to the worker thread and back costs two thread wake-ups and the worker's wait for
 the GIL (measured in bench/RESULTS.md). A batch that typically costs less than that runs on the loop
-instead: one whose size class (1 row, 2-3, 4-7, ... : ``rows.bit_length()``) has measured, typically,
-under ``inline_execution_us`` there. Each class earns its place by itself: a model cheap at one row
-can take milliseconds at 64. 0 turns it off (every batch on the worker).
+instead: one whose size class has measured, typically, under ``inline_execution_us`` there. The class
+is the batch's input bytes, by powers of two (``nbytes.bit_length()``), so each class earns its place
+by itself: a model cheap at one row can take milliseconds at 64 rows, or at one row of 32 MB, and a
+size it has not measured always starts on the worker. The loop's stall is so bounded by the limit
+whatever a request's size. 0 turns it off (every batch on the worker).
 """
 
 from __future__ import annotations
@@ -67,13 +69,13 @@ class Placement:
         self.inline_execution_ns = inline_execution_us * 1000
         self._classes: dict[int, SizeClass] = {}
 
-    def inline(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` runs on the event loop: its size class is measured cheaper
-        there than the hop to the worker, or a probe is due (see above)."""
+    def inline(self, nbytes: int) -> bool:
+        """Whether a batch of ``nbytes`` of inputs runs on the event loop: its size class is measured
+        cheaper there than the hop to the worker, or a probe is due (see above)."""
         limit = self.inline_execution_ns
         if limit <= 0:
             return False
-        size = self._classes.get(rows.bit_length())
+        size = self._classes.get(nbytes.bit_length())
         if size is None or size.executions < self.WARMUP_EXECUTIONS:
             return False
         inline = size.inline.value
@@ -82,9 +84,9 @@ class Placement:
             return True
         return size.worker.value < self.PROBE_BELOW * limit and size.since_inline >= self.PROBE_EVERY
 
-    def record(self, rows: int, ns: int, inline: bool) -> None:
-        """A batch of ``rows`` took ``ns`` (gather + execute + split) on the loop or on the worker."""
-        key = rows.bit_length()
+    def record(self, nbytes: int, ns: int, inline: bool) -> None:
+        """A batch of ``nbytes`` took ``ns`` (gather + execute + split) on the loop or on the worker."""
+        key = nbytes.bit_length()
         size = self._classes.get(key)
         if size is None:
             size = self._classes[key] = SizeClass()
@@ -96,7 +98,7 @@ class Placement:
             size.since_inline += 1
             size.worker.add(ns)
 
-    def inline_ns(self, rows: int = 1) -> int:
-        """A typical batch of ``rows``' size class on the event loop (ns); -1 until measured there."""
-        size = self._classes.get(rows.bit_length())
+    def inline_ns(self, nbytes: int) -> int:
+        """A typical batch of ``nbytes``' size class on the event loop (ns); -1 until measured there."""
+        size = self._classes.get(nbytes.bit_length())
         return -1 if size is None else size.inline.value

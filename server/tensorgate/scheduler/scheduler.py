@@ -68,13 +68,14 @@ class Scheduler:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
         if self._no_delay and self._idle and self._queue.empty:
             instance = self._idle[-1]
-            if self.placements[instance.index].inline(request.batch_size):
+            nbytes = request.nbytes
+            if self.placements[instance.index].inline(nbytes):
                 # Nothing queued, no queue delay to wait out, and a free instance whose batches run on
                 # the loop: run it now, without the queue's bookkeeping (a future, a queue entry, a
                 # shape key). The batch the queue would form is this request alone.
                 self._queue.level(request)  # the same priority check as a queued request
                 self._idle.pop()
-                (answer,) = self._run_inline(instance, (request,), request.outputs)
+                (answer,) = self._run_inline(instance, (request,), request.outputs, nbytes)
                 if isinstance(answer, ServerError):
                     raise answer
                 return answer
@@ -117,32 +118,41 @@ class Scheduler:
         """The one path a queued batch runs: where placement says, then its callers are answered."""
         requests = [e.request for e in batch]
         outputs = tuple(dict.fromkeys(name for r in requests for name in r.outputs))
-        if self.placements[instance.index].inline(sum(r.batch_size for r in requests)):
-            _settle(batch, self._run_inline(instance, requests, outputs))
+        nbytes = sum(r.nbytes for r in requests)
+        if self.placements[instance.index].inline(nbytes):
+            _settle(batch, self._run_inline(instance, requests, outputs, nbytes))
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
 
         def done(result: BatchResult) -> None:
-            _settle(batch, self._finished(instance, requests, result, started, inline=False))
+            _settle(batch, self._finished(instance, requests, result, started, nbytes, inline=False))
             self._schedule()
 
         instance.submit(requests, outputs, self._batched, lambda result: loop.call_soon_threadsafe(done, result))
 
-    def _run_inline(self, instance: Instance, requests: Sequence[InferRequest], outputs: Sequence[str]) -> list[Answer]:
+    def _run_inline(
+        self, instance: Instance, requests: Sequence[InferRequest], outputs: Sequence[str], nbytes: int
+    ) -> list[Answer]:
         started = time.perf_counter_ns()
         result = instance.run(requests, outputs, self._batched)
-        return self._finished(instance, requests, result, started, inline=True)
+        return self._finished(instance, requests, result, started, nbytes, inline=True)
 
     def _finished(
-        self, instance: Instance, requests: Sequence[InferRequest], result: BatchResult, started_ns: int, inline: bool
+        self,
+        instance: Instance,
+        requests: Sequence[InferRequest],
+        result: BatchResult,
+        started_ns: int,
+        nbytes: int,
+        inline: bool,
     ) -> list[Answer]:
         """A batch ended: its instance is free again, its cost and statistics are recorded; returns
         each request's answer (its outputs or its error), in batch order."""
         self._idle.append(instance)
         now_ns = time.perf_counter_ns()
         if result.error is None:
-            self.placements[instance.index].record(result.rows, result.total_ns, inline)
+            self.placements[instance.index].record(nbytes, result.total_ns, inline)
             self.stats.record_execution(result.rows, result.input_ns, result.infer_ns, result.output_ns)
         per_request: Sequence[Outputs | None] = result.per_request or [None] * len(requests)
         return [
