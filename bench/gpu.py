@@ -31,7 +31,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_models
 from tensorgate.backends import fp16
-from tensorgate.engines import Capabilities
+from tensorgate.repository.engine_plan import Capabilities
 
 HERE = Path(__file__).resolve().parent
 Run = Callable[[np.ndarray], object]

@@ -9,6 +9,7 @@ import csv
 import math
 import statistics
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -190,6 +191,24 @@ def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, 
         lines = [ln for ln in text.splitlines() if ln.strip()]
         return PaRun(model, c, repeat, False, f"rc={proc.returncode}: " + " | ".join(lines[-3:]), stats=stats, cpu=cpu)
     raise AssertionError("unreachable")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def log_pa(what: str, run: PaRun) -> None:
+    log(
+        f"{what} c{run.concurrency}: "
+        + (
+            f"{run.infer_per_s:,.0f} infer/s p50 {run.p50_us / 1000:.3f} ms avg batch "
+            f"{run.avg_batch:.2f} server CPU {run.server_cpu_us:.0f} µs/req"
+            + (f" other procs {run.cpu.foreign_pct:.0f}%" if run.cpu else "")
+            + (" (loose -s)" if run.retried else "")
+            if run.ok
+            else f"FAILED {run.error}"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,16 +5,18 @@ as a child process (``tensorgate serve`` or the bare grpc.aio echo peer), and it
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,15 @@ def _cpu_seconds(stat_path: str) -> float:
     return 0.0
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """CPU time of a whole process, all threads (those that exited included), to the nanosecond: its POSIX CPU
+    clock (clock_getcpuclockid's id, CPUCLOCK_SCHED); /proc's 10 ms ticks where that cannot be read."""
+    try:
+        return time.clock_gettime_ns((~pid << 3) | 2) / 1e9
+    except OSError:
+        return _cpu_seconds(f"/proc/{pid}/stat")
+
+
 @dataclass(frozen=True)
 class CpuSample:
     machine_busy: float  # seconds of all cores, busy
@@ -55,7 +66,7 @@ class CpuSample:
         busy = user + nice + system + irq + softirq + steal
         server = loop = 0.0
         if server_pid is not None:
-            server = _cpu_seconds(f"/proc/{server_pid}/stat")
+            server = _process_cpu_seconds(server_pid)
             loop = _cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
@@ -117,17 +128,20 @@ class Server:
     """A server under test as a child process on a fresh loopback port: ``python -m tensorgate serve``
     (:meth:`tensorgate`) or the bare grpc.aio echo peer, bench/echo_server.py (:meth:`echo`)."""
 
-    def __init__(self, command: Callable[[int], list[str]], log_path: Path) -> None:
+    def __init__(self, command: Callable[[int], list[str]], log_path: Path, code: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.command = command(self.port)
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}  # ahead of the editable install
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.client = grpcclient.InferenceServerClient(self.url)
 
     @classmethod
-    def tensorgate(cls, repo: Path, log_path: Path) -> Server:
+    def tensorgate(cls, repo: Path, log_path: Path, extra: Sequence[str] = (), code: Path | None = None) -> Server:
+        """``extra`` flags come last, so they override the defaults here (``--metrics-port``); ``code``: a
+        directory holding a ``tensorgate`` package (:func:`snapshot_code`) to run instead of server/."""
         return cls(
             lambda port: [
                 sys.executable,
@@ -142,8 +156,10 @@ class Server:
                 "-1",
                 "--host",
                 "127.0.0.1",
+                *extra,
             ],
             log_path,
+            code,
         )
 
     @classmethod
@@ -180,6 +196,16 @@ class Server:
         self.client.close()
         self._log.close()
         return int(self.proc.returncode)
+
+
+def snapshot_code(dest: Path) -> str:
+    """Copy server/tensorgate under ``dest``, so that every server a run starts runs the same code while
+    server/ is being edited; returns a digest of the copy (same digest, same code)."""
+    shutil.copytree(ROOT / "server" / "tensorgate", dest / "tensorgate", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha1()
+    for f in sorted(p for p in (dest / "tensorgate").rglob("*") if p.is_file()):
+        digest.update(f.relative_to(dest).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,24 @@
 """The :class:`Report` of one run: every measurement, and the markdown it prints and appends to bench/RESULTS.md
-(header, targets, closed loop, peer, batching on/off, where the time goes, open loop, raw ORT, correctness)."""
+(header, targets, closed loop, peer, batching on/off, where the time goes, open loop, raw ORT, correctness);
+:class:`RunInfo`, the header every section of RESULTS.md starts with."""
 
 from __future__ import annotations
 
-import datetime
 import math
-import os
-import platform
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 import make_models
-import numpy as np
-import onnxruntime as ort
 from load import CheckResult, OpenLoopRun, PaRun, formed_batch
-from processes import cpu_model
 from settings import Settings
-from tables import fmt_int, fmt_ms, fmt_x, median, table, top_batches
+from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table, top_batches
 
 
 @dataclass
 class Report:
     settings: Settings
-    command: str
-    started: datetime.datetime
+    info: RunInfo
     checks: list[CheckResult] = field(default_factory=list)
     runs: list[PaRun] = field(default_factory=list)
     open_runs: list[OpenLoopRun] = field(default_factory=list)
@@ -36,9 +29,6 @@ class Report:
     peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
     peer_exit: int | None = None  # None: the peer was not run
     peer_error: str = ""  # the echo server did not start
-    load_before: str = ""
-    code: str = ""  # git_state() when the run started, before the server imported the code
-    seconds: float = 0.0
 
     def cell(self, model: str, c: int) -> list[PaRun]:
         return [r for r in self.runs if r.model == model and r.concurrency == c and r.ok]
@@ -318,16 +308,8 @@ class Report:
 
     def markdown(self) -> str:
         s = self.settings
-        uname = platform.uname()
         parts = [
-            f"## {self.started:%Y-%m-%d %H:%M} UTC{' (quick)' if s.quick else ''}",
-            "",
-            f"- command: `{self.command}`",
-            f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {uname.release}; "
-            f"Python {platform.python_version()}, onnxruntime {ort.__version__}, grpcio {grpc.__version__}, "
-            f"numpy {np.__version__}",
-            f"- code: {self.code}",
-            f"- load average before the run: {self.load_before}; run took {self.seconds / 60:.1f} min",
+            *self.info.header(" (quick)" if s.quick else ""),
             f"- closed loop: perf_analyzer -p {s.measurement_ms} -s {s.stability_pct} -r {s.max_trials}, "
             f"one sample per request, {s.repeats} sweep(s), medians; "
             "spread = (max - min) / median of infer/s over the sweeps",

@@ -1,6 +1,7 @@
 """The batching benchmark: tensorgate under Triton's perf_analyzer, an open-loop generator, and raw ONNX Runtime.
 
     python bench/run.py [--quick] [--models identity,mlp,...] [--concurrency 1,4,16,64] [--repeats 3]
+    python bench/run.py --metrics-ab [--models identity,mlp] [--concurrency 16] [--repeats 3]
 
 One run builds the model repository (bench/make_models.py), starts ``tensorgate serve`` on a free port,
 checks that every model answers exactly what raw ONNX Runtime answers, sweeps closed-loop load with
@@ -10,43 +11,56 @@ concurrencies on a bare grpc.aio echo of ``identity`` (bench/echo_server.py, the
 Python gRPC server does on the day's machine), measures raw in-process ONNX Runtime with nothing else
 running, prints the tables and appends them to bench/RESULTS.md.
 
+``--metrics-ab`` runs only the metrics on / off comparison instead (bench/metrics_ab.py): per round, one server
+with metrics on and scraped once a second and one with metrics off, same flags otherwise, in alternating order.
+
 It is a benchmark, not a test: missed targets are reported, not failed. The exit status is 1 only when
-the server answered differently from ONNX Runtime, a perf_analyzer run failed, or the server did not
-exit 0 on SIGTERM.
+the server answered differently from ONNX Runtime, a perf_analyzer run failed, a server did not start, or a
+server did not exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import math
 import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
-from load import PaRun, check_model, formed_batch, open_loop, perf_analyzer, raw_session, raw_throughput
+import metrics_ab
+from load import check_model, formed_batch, log, log_pa, open_loop, perf_analyzer, raw_session, raw_throughput
 from processes import CpuDelta, CpuSample, Server
 from report import Report
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
+from tables import RunInfo
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short run: c1 and c16, one repeat, short windows")
     p.add_argument(
-        "--models",
-        default=",".join(make_models.DEFAULT_MODELS),
-        help="comma-separated models (default: %(default)s; also: cnn_small)",
+        "--metrics-ab",
+        action="store_true",
+        help="only compare metrics on (scraped every second) with metrics off, servers started alternately "
+        "(default models identity,mlp, concurrency 16)",
     )
-    p.add_argument("--concurrency", help="comma-separated closed-loop concurrencies (default 1,4,16,64; quick 1,16)")
-    p.add_argument("--repeats", type=int, help="closed-loop sweeps, medians reported (default 3; quick 1)")
+    p.add_argument(
+        "--models",
+        help=f"comma-separated models (default: {','.join(make_models.DEFAULT_MODELS)}; also: cnn_small)",
+    )
+    p.add_argument(
+        "--concurrency",
+        help="comma-separated closed-loop concurrencies (default 1,4,16,64; quick 1,16; --metrics-ab 16)",
+    )
+    p.add_argument(
+        "--repeats", type=int, help="closed-loop sweeps (--metrics-ab: rounds), medians reported (default 3; quick 1)"
+    )
     p.add_argument("--measurement-ms", type=int, help="perf_analyzer -p (default 1500; quick 500)")
     p.add_argument("--stability", type=int, help="perf_analyzer -s percent (default 25; quick 40)")
     p.add_argument("--max-trials", type=int, help="perf_analyzer -r (default 6; quick 4)")
@@ -64,12 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--no-peer", action="store_true", help="skip the bare grpc.aio echo peer baseline (bench/echo_server.py)"
     )
     a = p.parse_args(argv)
-    quick = bool(a.quick)
-    models = tuple(m for m in a.models.split(",") if m)
+    quick, ab = bool(a.quick), bool(a.metrics_ab)
+    default_models = ("identity", "mlp") if ab else tuple(make_models.DEFAULT_MODELS)
+    models = tuple(m for m in a.models.split(",") if m) if a.models else default_models
     unknown = [m for m in models if m not in make_models.MODELS]
     if unknown:
         p.error(f"unknown models {unknown}; choose from {', '.join(make_models.MODELS)}")
-    conc = a.concurrency or ("1,16" if quick else "1,4,16,64")
+    conc = a.concurrency or ("16" if ab else "1,16" if quick else "1,4,16,64")
     return Settings(
         models=models,
         concurrency=tuple(int(c) for c in conc.split(",") if c),
@@ -86,6 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         results=None if a.no_results else a.results,
         quick=quick,
         peer=not a.no_peer,
+        metrics_ab=ab,
     )
 
 
@@ -122,22 +138,6 @@ def append_results(path: Path, text: str) -> None:
 # the run
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def log_pa(what: str, run: PaRun) -> None:
-    log(
-        f"{what} c{run.concurrency}: "
-        + (
-            f"{run.infer_per_s:,.0f} infer/s p50 {run.p50_us / 1000:.3f} ms avg batch "
-            f"{run.avg_batch:.2f} server CPU {run.server_cpu_us:.0f} µs/req" + (" (loose -s)" if run.retried else "")
-            if run.ok
-            else f"FAILED {run.error}"
-        )
-    )
-
-
 def run_peer(report: Report, s: Settings, tmp: Path) -> None:
     """The same-run peer: bench/echo_server.py alone on the machine (tensorgate has exited), swept with
     perf_analyzer at identity's concurrencies and repeats. A failure is reported, never fatal to the run."""
@@ -160,17 +160,8 @@ def run_peer(report: Report, s: Settings, tmp: Path) -> None:
             print(echo.log_tail(), file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    s = parse_args(argv)
-    if subprocess.run([str(PERF_ANALYZER), "--version"], capture_output=True).returncode != 0:
-        print(f"perf_analyzer is not installed ({PERF_ANALYZER}): scripts/install_perf_analyzer.sh", file=sys.stderr)
-        return 2
-    report = Report(s, shlex.join([sys.executable, *sys.argv]), datetime.datetime.now(datetime.timezone.utc))
-    report.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    report.code = git_state()
-    t_start = time.monotonic()
-    log(f"building the model repository in {s.repo}")
-    make_models.build(s.repo, list(s.models))
+def run_full(s: Settings, report: Report) -> bool:
+    """The batching benchmark, steps 2-7 of bench/README.md; True when something failed."""
     sessions = {m: raw_session(s.repo, m) for m in s.models}
 
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp_name:
@@ -227,14 +218,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         foreign = CpuDelta.between(before, CpuSample.take(None), client_is_self=True).foreign_pct
         report.raw_foreign_pct = max(report.raw_foreign_pct, foreign)
         log(f"raw ORT {file} b{b}: {report.raw[(file, b)]:,.0f} samples/s (other processes {foreign:.0f}%)")
-    report.seconds = time.monotonic() - t_start
+    return report.server_exit != 0 or any(not c.exact for c in report.checks) or bool(report.failures())
 
-    text = report.markdown()
+
+def main(argv: Sequence[str] | None = None) -> int:
+    s = parse_args(argv)
+    if subprocess.run([str(PERF_ANALYZER), "--version"], capture_output=True).returncode != 0:
+        print(f"perf_analyzer is not installed ({PERF_ANALYZER}): scripts/install_perf_analyzer.sh", file=sys.stderr)
+        return 2
+    info = RunInfo(shlex.join([sys.executable, *sys.argv]), git_state())
+    log(f"building the model repository in {s.repo}")
+    make_models.build(s.repo, list(s.models))
+    if s.metrics_ab:
+        ab = metrics_ab.MetricsAb(s, info)
+        with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp_name:
+            metrics_ab.measure(ab, Path(tmp_name))
+        bad, markdown = bool(ab.failures()), ab.markdown
+    else:
+        report = Report(s, info)
+        bad, markdown = run_full(s, report), report.markdown
+    info.finish()
+    text = markdown()
     print(text)
     if s.results is not None:
         append_results(s.results, text)
         log(f"appended to {s.results}")
-    bad = report.server_exit != 0 or any(not c.exact for c in report.checks) or bool(report.failures())
     return 1 if bad else 0
 
 

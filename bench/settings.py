@@ -28,3 +28,4 @@ class Settings:
     results: Path | None
     quick: bool
     peer: bool  # also sweep the bare grpc.aio echo (bench/echo_server.py) when identity is measured
+    metrics_ab: bool  # only the metrics on / off comparison (bench/metrics_ab.py)

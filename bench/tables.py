@@ -1,12 +1,22 @@
 """Formatting for the report: medians that skip missing values, numbers as the tables print them, markdown
-tables, and batch-size shares."""
+tables, batch-size shares, and :class:`RunInfo`, the header every section of bench/RESULTS.md starts with."""
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+import platform
 import statistics
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from processes import cpu_model
 
 
 def median(values: Iterator[float] | Sequence[float]) -> float:
@@ -47,3 +57,38 @@ def top_batches(batches: Counter[int], k: int = 3) -> str:
     if not total:
         return "-"
     return ", ".join(f"{b}:{100 * n / total:.0f}%" for b, n in batches.most_common(k))
+
+
+def load_average() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+@dataclass
+class RunInfo:
+    """The command, the machine, the code and the machine's load: the first lines of a RESULTS.md section."""
+
+    command: str
+    code: str  # git_state() when the run started, before the server imported the code
+    started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
+    load_before: str = field(default_factory=load_average)
+    load_after: str = ""
+    seconds: float = 0.0
+    _t0: float = field(default_factory=time.monotonic)
+
+    def finish(self) -> None:
+        self.seconds = time.monotonic() - self._t0
+        self.load_after = load_average()
+
+    def header(self, title: str) -> list[str]:
+        uname = platform.uname()
+        return [
+            f"## {self.started:%Y-%m-%d %H:%M} UTC{title}",
+            "",
+            f"- command: `{self.command}`",
+            f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {uname.release}; "
+            f"Python {platform.python_version()}, onnxruntime {ort.__version__}, grpcio {grpc.__version__}, "
+            f"numpy {np.__version__}",
+            f"- code: {self.code}",
+            f"- load average before the run: {self.load_before}, after: {self.load_after}; "
+            f"run took {self.seconds / 60:.1f} min",
+        ]
