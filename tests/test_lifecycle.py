@@ -177,3 +177,42 @@ def test_strict_readiness(tmp_path: Path, start_server, strict: bool) -> None:  
     wait_for(lambda: "event=server_ready" in server.log)
     assert server.client.is_server_live() and server.client.is_model_ready("good")
     assert server.client.is_server_ready() is (not strict)
+
+
+def test_the_exit_timeout_is_kept_with_a_batch_that_runs_longer(tmp_path: Path) -> None:
+    """--exit-timeout-secs 2 while a batch of ~10 s runs: the process is gone ~2 s after SIGTERM,
+    with status 1 (work was abandoned) and the log saying so."""
+    repo = tmp_path / "repo"
+    slow(repo / "slow" / "1" / "model.onnx", layers=4096)
+    write_config(repo / "slow", "max_batch_size: 1024\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    server = Server(repo, "--exit-timeout-secs", "2")
+    threads, outcomes = _slow_requests(server, 1)
+    wait_for(lambda: "event=model_ready" in server.log, 10, 0.05)
+    time.sleep(0.5)  # the batch is running
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    code = server.proc.wait(15)
+    assert time.monotonic() - started < 4, "the exit timeout was not kept"
+    assert code == 1 and "event=shutdown_timeout" in server.log, server.log
+    for t in threads:
+        t.join(30)
+    assert outcomes and outcomes[0] is not None  # the abandoned request failed, it did not hang
+    server.stop()
+
+
+def test_sigterm_during_a_long_warmup_exits_within_the_timeout(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    slow(repo / "slow" / "1" / "model.onnx", layers=256)
+    write_config(
+        repo / "slow",
+        "max_batch_size: 1024\nmodel_warmup [ { name: 'w' batch_size: 1024 count: 1000 inputs { key: 'INPUT0' "
+        "value: { data_type: TYPE_FP32 dims: [ 512 ] zero_data: true } } } ]\n",
+    )
+    server = Server(repo, "--exit-timeout-secs", "2", wait_ready=False)
+    wait_for(lambda: "event=model_instances model=slow" in server.log, 20, 0.05)  # warming up now
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    code = server.proc.wait(15)
+    assert time.monotonic() - started < 4 and code == 1, server.log
+    assert "event=shutdown_timeout" in server.log
+    server.stop()

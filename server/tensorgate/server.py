@@ -1,6 +1,7 @@
 """One server process, in three phases: startup (frontend listening, models loaded, then ready),
 serving until SIGTERM/SIGINT, and shutdown (not ready, stop taking requests, finish the ones in
-flight, unload, return 0). A second signal during shutdown, or during startup, exits at once."""
+flight, unload, return 0). A second signal during shutdown, or during startup, exits at once; work
+still running ``--exit-timeout-secs`` after the first is abandoned and the process exits 1."""
 
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ class Server:
             os._exit(128 + sig)
         log.info("event=signal_received signal=%s", signal.Signals(sig).name)
         self._stop.set()
+        # The exit timeout is a promise, kept even where the loop cannot act: a batch that runs past
+        # it, a model load or warmup that has not ended (they run on threads nothing can interrupt).
+        watchdog = threading.Timer(self.settings.exit_timeout_secs, self._exit_timed_out)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _exit_timed_out(self) -> None:
+        log.error(
+            "event=shutdown_timeout exit_timeout_secs=%.1f reason=%r",
+            self.settings.exit_timeout_secs,
+            "work still running at the exit timeout was abandoned (requests in flight failed)",
+        )
+        logging.shutdown()
+        os._exit(1)
 
     async def startup(self) -> GrpcFrontend | None:
         """Listen (not ready yet), load the repository, then report ready; None if it cannot listen."""
