@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import Server, index_of, wait_for
@@ -361,3 +363,39 @@ def test_version_directory_without_model_file(tmp_path: Path, start_server: Call
     publish(tmp_path, repo / "m" / "2" / "model.onnx", lambda p: add_const(p, 2.0))
     wait_for(lambda: client.is_model_ready("m", "2"), timeout=10)
     assert infer(client, "m") == (2.0, "2")
+
+
+def test_model_control_restricted_to_a_header(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    """As Triton's --grpc-restricted-protocol: RepositoryIndex/Load/Unload need the header and its
+    value; inference, metadata and the health service need nothing."""
+    server = start_server(
+        explicit_repo, *EXPLICIT, "--load-model", "a", "--grpc-restricted-protocol", "model-repository:Admin-Key=s3cret"
+    )
+    client = server.client
+    for call in (lambda: client.load_model("b"), lambda: client.unload_model("a"), client.get_model_repository_index):
+        err = error_of(call)
+        assert status(err) == "UNAVAILABLE" and "expecting header 'admin-key'" in err.message(), err
+        assert "s3cret" not in err.message()
+    err = error_of(client.load_model, "b", headers={"admin-key": "s3cre"})
+    assert status(err) == "UNAVAILABLE"
+    assert infer(client, "a") == (1.0, "1") and client.is_server_ready() and client.get_model_metadata("a")
+    client.load_model("b", headers={"admin-key": "s3cret"})
+    assert infer(client, "b") == (5.0, "1")
+    client.unload_model("b", headers={"admin-key": "s3cret"})
+    assert not client.is_model_ready("b")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.url) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert "s3cret" not in server.log
+
+
+@pytest.mark.parametrize("value", ["model-repository", "model-repository:key", "nope:k=v", ":k=v"])
+def test_a_malformed_restriction_is_refused_at_start(tmp_path: Path, value: str) -> None:
+    from conftest import serve_command
+
+    done = subprocess.run(
+        serve_command(tmp_path, 0, -1, "--grpc-restricted-protocol", value), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "--grpc-restricted-protocol" in done.stderr, done.stderr

@@ -32,6 +32,47 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+# Triton's protocol groups, as its --grpc-restricted-protocol names them.
+PROTOCOLS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """RPC groups served only to calls that carry the header ``key`` with the value ``value``."""
+
+    protocols: frozenset[str]
+    key: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{','.join(sorted(self.protocols))}:{self.key}=<hidden>"
+
+
+def _restriction(text: str) -> Restriction | None:
+    """``PROTOCOL[,PROTOCOL...]:KEY=VALUE`` (Triton's format); empty: nothing restricted."""
+    if not text.strip():
+        return None
+    groups, sep, header = text.partition(":")
+    key, eq, value = header.partition("=")
+    protocols = frozenset(g.strip() for g in groups.split(",") if g.strip())
+    if not sep or not eq or not key.strip() or not value or not protocols:
+        raise ValueError(f"expected PROTOCOL[,PROTOCOL...]:KEY=VALUE, not {text!r}")
+    unknown = sorted(protocols - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"unknown protocol group(s) {unknown}; known: {', '.join(PROTOCOLS)}")
+    return Restriction(protocols, key.strip().lower(), value)
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -97,6 +138,16 @@ class Settings:
         metadata={
             "help": "let other processes bind the same gRPC port (off: a leftover server cannot steal traffic)",
             "type": _bool,
+        },
+    )
+    grpc_restricted_protocol: Restriction | None = field(
+        default=None,
+        metadata={
+            "help": "serve these RPC groups only to calls with this header, as Triton's flag of the same name: "
+            "PROTOCOL[,PROTOCOL...]:KEY=VALUE, e.g. model-repository:admin-key=SECRET; groups: "
+            + ", ".join(PROTOCOLS)
+            + ". The standard grpc.health.v1 service stays open for probes; empty: nothing restricted",
+            "type": _restriction,
         },
     )
     strict_readiness: bool = field(

@@ -7,6 +7,7 @@ gRPC status it names; anything else is our bug: logged with the request id, coun
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository import ModelVersion, Repository
-from tensorgate.settings import ControlMode
+from tensorgate.settings import ControlMode, Restriction
 from tensorgate.stats import Duration, ModelStats
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,12 @@ class InferenceService:
             finally:
                 answers.put_nowait(None)
 
+        restriction = self.repository.settings.grpc_restricted_protocol
+        if restriction is not None and GROUPS["ModelStreamInfer"] in restriction.protocols:
+            try:
+                _check_allowed(restriction, context)
+            except ServerError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
         reader = asyncio.create_task(read())
         try:
             while (item := await answers.get()) is not None:
@@ -233,19 +240,52 @@ class InferenceService:
         )
 
 
+# Which of Triton's protocol groups each RPC is in (for --grpc-restricted-protocol).
+GROUPS: dict[str, str] = {
+    **dict.fromkeys(("ServerLive", "ServerReady", "ModelReady"), "health"),
+    **dict.fromkeys(("ServerMetadata", "ModelMetadata"), "metadata"),
+    **dict.fromkeys(("ModelInfer", "ModelStreamInfer"), "inference"),
+    **{
+        f"{kind}SharedMemory{verb}": "shared-memory"
+        for kind in ("System", "Cuda")
+        for verb in ("Status", "Register", "Unregister")
+    },
+    "ModelConfig": "model-config",
+    **dict.fromkeys(("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"), "model-repository"),
+    "ModelStatistics": "statistics",
+    "TraceSetting": "trace",
+    "LogSettings": "logging",
+}
+
+
+def _check_allowed(restriction: Restriction | None, context: Any) -> None:
+    """UNAVAILABLE unless the call carries the restriction's header and value (compared in constant
+    time), as Triton answers a restricted protocol."""
+    if restriction is None:
+        return
+    sent = [v for k, v in (context.invocation_metadata() or ()) if k == restriction.key]
+    given = sent[0] if sent and isinstance(sent[0], str) else ""
+    if not hmac.compare_digest(given.encode(), restriction.value.encode()):
+        raise ServerError(
+            f"This protocol is restricted, expecting header '{restriction.key}' with its value", Code.UNAVAILABLE
+        )
+
+
 def _unary(
     state: ServerState,
     handler: Callable[[Req, Any], Awaitable[Resp]],
     request_type: type[Req],
     response_type: type[Resp],
+    restriction: Restriction | None = None,
 ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Resp]], Awaitable[Resp]]:
-    """Wrap a handler: parse the request here (a message that does not parse is INVALID_ARGUMENT, not
-    gRPC's UNKNOWN with a Python exception), and turn errors into statuses (set, not raised: cheaper
-    than abort)."""
+    """Wrap a handler: refuse a call its restriction does not allow, parse the request here (a message
+    that does not parse is INVALID_ARGUMENT, not gRPC's UNKNOWN with a Python exception), and turn
+    errors into statuses (set, not raised: cheaper than abort)."""
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, Resp]) -> Resp:
         request: Req | None = None
         try:
+            _check_allowed(restriction, context)
             request = _parse(state, request_type, raw)
             response: Resp = await handler(request, context)
             return response
@@ -307,9 +347,14 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     unary["TraceSetting"] = (service.unimplemented, pb.TraceSettingRequest, pb.TraceSettingResponse)
     unary["LogSettings"] = (service.unimplemented, pb.LogSettingsRequest, pb.LogSettingsResponse)
 
+    restriction = service.repository.settings.grpc_restricted_protocol
+
+    def restricted(rpc: str) -> Restriction | None:
+        return restriction if restriction is not None and GROUPS[rpc] in restriction.protocols else None
+
     handlers: dict[str, grpc.RpcMethodHandler] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _unary(service.state, fn, req, resp),
+            _unary(service.state, fn, req, resp, restricted(rpc)),
             request_deserializer=None,  # bytes: _unary parses them, so a bad message gets a clear status
             response_serializer=resp.SerializeToString,
         )
