@@ -29,6 +29,7 @@ class Server:
         self.repository = Repository(settings)
         self._stop = asyncio.Event()
         self._sampler: Sampler | None = None
+        self._watchdog: threading.Timer | None = None
 
     async def serve(self) -> int:
         """The process's exit status: 0 after a clean shutdown, 1 if it could not start."""
@@ -53,9 +54,9 @@ class Server:
         self._stop.set()
         # The exit timeout is a promise, kept even where the loop cannot act: a batch that runs past
         # it, a model load or warmup that has not ended (they run on threads nothing can interrupt).
-        watchdog = threading.Timer(self.settings.exit_timeout_secs, self._exit_timed_out)
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog = threading.Timer(self.settings.exit_timeout_secs, self._exit_timed_out)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def _exit_timed_out(self) -> None:
         log.error(
@@ -108,10 +109,14 @@ class Server:
         log.info("event=shutdown_started grace_secs=%.1f", self.settings.exit_timeout_secs)
         self.state.ready = False
         await frontend.set_serving(False)
-        await frontend.stop(self.settings.exit_timeout_secs)
+        # In-flight requests get the exit timeout but a tenth (at most a second), kept for unloading.
+        timeout = self.settings.exit_timeout_secs
+        await frontend.stop(max(0.0, timeout - min(1.0, timeout / 10)))
         await self.repository.stop()
         if self._sampler is not None:
             self._sampler.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         log.info("event=shutdown_complete")
 
 
