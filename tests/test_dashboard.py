@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -32,13 +30,13 @@ import promql_parser
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
-from conftest import ROOT, Server, free_port
+from conftest import ROOT, Server
+from prom import PROMETHEUS, query, running_prometheus
 from tritonclient.utils import InferenceServerException
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "tensorgate.json"
 RULES = DEPLOY / "prometheus" / "rules.yml"
-PROMETHEUS = shutil.which("prometheus")
 GPU_SERIES = ("nv_gpu_", "nv_energy_consumption")  # only a server with a GPU exports them
 BUILD_SERIES = ("tensorgate_engine_build", "tensorgate_fp16_gate")  # samples only after an engine build
 SUFFIXES = {"histogram": ("_bucket", "_sum", "_count")}
@@ -243,22 +241,8 @@ def prometheus(traffic: str, server: Server, tmp_path_factory: pytest.TempPathFa
     if PROMETHEUS is None:
         pytest.skip("no prometheus binary (scripts/install_prometheus.sh installs Debian's)")
     work = tmp_path_factory.mktemp("prometheus")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: [{json.dumps(str(RULES))}]\n"
-        "scrape_configs:\n"
-        f"  - job_name: tensorgate\n    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n"
-    )
-    port = free_port()
     log = work / "log"
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with running_prometheus(work, server.metrics_port, [RULES]) as url:
         assert not wait_for_data(url, {'up{job="tensorgate"} == 1': ""}, 60), f"no scrape:\n{log.read_text()}"
         send_traffic(server)  # while scraped, so that rates are above 0
         served = 'sum(rate(nv_inference_request_success{model="identity"}[1m])) > 0'
@@ -266,16 +250,6 @@ def prometheus(traffic: str, server: Server, tmp_path_factory: pytest.TempPathFa
         recorded = "model_version:tensorgate_request_duration_seconds:p99_5m"
         assert not wait_for_data(url, {served: "", recorded: ""}, 60), f"no rates, no rules:\n{log.read_text()}"
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
-def query(url: str, expr: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=5) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]["result"]  # type: ignore[no-any-return]
 
 
 def wait_for_data(url: str, exprs: dict[str, str], timeout: float) -> dict[str, str]:

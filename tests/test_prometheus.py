@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, free_port
+from conftest import Server
+from prom import PROMETHEUS, query, running_prometheus
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="no prometheus binary (scripts/install_prometheus.sh installs Debian's)"
 )
@@ -23,33 +18,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("prometheus")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: tensorgate\n    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n"
-    )
-    port = free_port()
-    assert PROMETHEUS is not None
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(work / "log").open("wb"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), server.metrics_port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
-def query(url: str, expr: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=5) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]["result"]  # type: ignore[no-any-return]
 
 
 def eventually(url: str, expr: str, timeout: float = 30) -> list[dict[str, object]]:
