@@ -216,3 +216,20 @@ def test_sigterm_during_a_long_warmup_exits_within_the_timeout(tmp_path: Path) -
     assert time.monotonic() - started < 4 and code == 1, server.log
     assert "event=shutdown_timeout" in server.log
     server.stop()
+
+
+def test_grpc_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
+    """--grpc-address and --metrics-address win over --host (here an address no interface has, which
+    would fail the start if either server used it)."""
+    repo = tmp_path / "repo"
+    identity(repo / "identity" / "1" / "model.onnx")
+    server = Server(
+        repo, "--host", "192.0.2.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+        "--grpc-keepalive-time-ms", "60000", "--grpc-max-connection-age-ms", "600000",
+    )  # fmt: skip
+    assert server.client.is_server_ready()
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        assert b"tensorgate_server_ready 1.0" in r.read()
+    assert server.stop() == 0

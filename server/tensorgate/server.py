@@ -13,7 +13,7 @@ import signal
 import threading
 
 from tensorgate import __version__
-from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse
+from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.metrics import Sampler, VersionMetrics, serve_metrics, thread_cpu_seconds
 from tensorgate.repository import ModelVersion, Repository
@@ -72,13 +72,13 @@ class Server:
         settings, state, repository = self.settings, self.state, self.repository
         try:
             frontend = GrpcFrontend(settings, InferenceService(repository, state))
-        except PortInUse as exc:
+        except (PortInUse, TlsError) as exc:
             log.error("event=startup_failed reason=%r", str(exc))
             return None
         if settings.metrics_port >= 0:
             try:
                 self._sampler = serve_metrics(
-                    settings.host,
+                    settings.metrics_address or settings.host,
                     settings.metrics_port,
                     lambda: [_version_metrics(v) for v in repository.ready_versions()],
                     state,
@@ -92,7 +92,9 @@ class Server:
                 log.error("event=startup_failed reason=%r", reason)
                 return None
         await frontend.start()
-        log.info("event=grpc_listening version=%s address=%s:%d", __version__, settings.host, frontend.port)
+        tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
+        address = frontend.address.rsplit(":", 1)[0]
+        log.info("event=grpc_listening version=%s address=%s:%d tls=%s", __version__, address, frontend.port, tls)
         await repository.start()
         # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
         # the garbage collector's full passes, each a pause of every request in flight (bench/RESULTS.md).

@@ -86,6 +86,34 @@ class Settings:
         metadata={"help": "directory of models: <repo>/<model>/[config.pbtxt] and <version>/model.onnx", "type": Path},
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC and metrics servers bind"})
+    grpc_address: str = field(default="", metadata={"help": "address the gRPC server binds (empty: --host)"})
+    metrics_address: str = field(default="", metadata={"help": "address the metrics server binds (empty: --host)"})
+    grpc_tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM certificate chain: serve gRPC over TLS (with --grpc-tls-key)", "type": Path},
+    )
+    grpc_tls_key: Path | None = field(
+        default=None, metadata={"help": "PEM private key of --grpc-tls-cert", "type": Path}
+    )
+    grpc_tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "PEM CA certificates: mutual TLS, every client must present a certificate they signed",
+            "type": Path,
+        },
+    )
+    grpc_keepalive_time_ms: int = field(
+        default=7_200_000, metadata={"help": "idle time before the server pings a client (gRPC's default)"}
+    )
+    grpc_keepalive_timeout_ms: int = field(
+        default=20_000, metadata={"help": "how long a keepalive ping may go unanswered before the connection closes"}
+    )
+    grpc_max_connection_age_ms: int = field(
+        default=0,
+        metadata={
+            "help": "close connections older than this (clients reconnect, so load spreads over new replicas); 0: never"
+        },
+    )
     grpc_port: int = field(default=8001, metadata={"help": "port of the KServe V2 gRPC service (0 picks a free one)"})
     metrics_port: int = field(
         default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"}

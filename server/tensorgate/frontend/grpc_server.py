@@ -13,6 +13,28 @@ class PortInUse(RuntimeError):
     pass
 
 
+class TlsError(RuntimeError):
+    """The TLS settings cannot be used (missing pair, unreadable file); the message says which."""
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from --grpc-tls-cert/--grpc-tls-key (mutual TLS with --grpc-tls-client-ca);
+    None: plaintext."""
+    cert, key, client_ca = settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_client_ca
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise TlsError("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+        return None
+    if cert is None or key is None:
+        raise TlsError("TLS needs both --grpc-tls-cert and --grpc-tls-key")
+    try:
+        pair = (key.read_bytes(), cert.read_bytes())
+        roots = client_ca.read_bytes() if client_ca is not None else None
+    except OSError as exc:
+        raise TlsError(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=roots is not None)
+
+
 class GrpcFrontend:
     def __init__(self, settings: Settings, service: InferenceService) -> None:
         limit = settings.grpc_max_message_bytes
@@ -20,7 +42,11 @@ class GrpcFrontend:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if settings.grpc_so_reuseport else 0),
+            ("grpc.keepalive_time_ms", settings.grpc_keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", settings.grpc_keepalive_timeout_ms),
         ]
+        if settings.grpc_max_connection_age_ms > 0:
+            options.append(("grpc.max_connection_age_ms", settings.grpc_max_connection_age_ms))
         if settings.grpc_max_pending_calls > 0:
             # gRPC core's cap on calls that arrived but that the server has not taken yet (random
             # early drops between the two limits; its defaults are 1000 and 3000).
@@ -33,9 +59,14 @@ class GrpcFrontend:
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        address = f"{settings.host}:{settings.grpc_port}"
+        self.address = f"{settings.grpc_address or settings.host}:{settings.grpc_port}"
+        address = self.address
+        credentials = server_credentials(settings)
         try:
-            self.port = self.server.add_insecure_port(address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise PortInUse(f"cannot listen on {address}: {exc}") from None
         if self.port == 0:
