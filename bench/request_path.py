@@ -6,8 +6,10 @@ several rounds of the calling thread's CPU time, in microseconds per request, an
 InferenceSession.run baseline (CPU time: wall time on these shared machines swings with the neighbours).
 
 For a figure that does not move with the machine, count instructions: run it under
-``valgrind --tool=callgrind`` with ``--rounds 1`` at two values of ``-n`` and divide the difference of
-the totals by the difference of ``n`` (bench/RESULTS.md has such a before/after).
+``valgrind --tool=callgrind --separate-threads=yes`` with ``--rounds 1`` at two values of ``-n`` and
+divide the difference of the main thread's totals by the difference of ``n`` (only the main thread:
+how ONNX Runtime's pool threads share a run varies from run to run; bench/RESULTS.md has such a
+before/after).
 """
 
 from __future__ import annotations
