@@ -25,11 +25,13 @@ class InferRequest:
     priority: int = 0
     timeout_us: int = 0
     arrival_ns: int = field(default_factory=time.perf_counter_ns)
+    # Bytes of its input arrays (an object array of BYTES counts its pointers, not the strings), as
+    # the codec counted them while decoding; -1: count them here.
+    nbytes: int = -1
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its input arrays (an object array of BYTES counts its pointers, not the strings)."""
-        return sum(a.nbytes for a in self.inputs.values())
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            self.nbytes = sum(a.nbytes for a in self.inputs.values())
 
 
 Outputs = dict[str, np.ndarray]

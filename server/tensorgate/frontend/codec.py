@@ -153,6 +153,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             "send one raw_input_contents entry per input, in the order of inputs"
         )
     arrays: dict[str, np.ndarray] = {}
+    nbytes = 0
     batch: int | None = None
     batch_from = ""
     for index, tensor in enumerate(request.inputs):
@@ -190,6 +191,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         if spec.datatype.is_bytes:
             _check_utf8(name, flat)
         arrays[name] = flat.reshape(shape)
+        nbytes += flat.nbytes
     missing = [n for n, s in model.inputs.items() if n not in arrays and not s.optional]
     if missing:
         raise InvalidArgument(
@@ -214,6 +216,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         batch_size=batch if batch is not None else 1,
         priority=_int_parameter(request, "priority") if request.parameters else 0,
         timeout_us=_int_parameter(request, "timeout") if request.parameters else 0,
+        nbytes=nbytes,
     )
 
 

@@ -66,16 +66,8 @@ class PriorityQueue:
         self._queues: list[deque[Pending]] = [deque() for _ in range(levels)]
         self._delayed: list[deque[Pending]] = [deque() for _ in range(levels)]
         self._queued = [0] * levels  # live entries per level (for max_queue_size)
+        self.depth = 0  # live entries waiting, over every level
         self._delay_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not any(self._queued)
-
-    @property
-    def depth(self) -> int:
-        """Live entries waiting, over every level."""
-        return sum(self._queued)
 
     def level(self, request: InferRequest) -> int:
         """The queue (0 = highest priority) a request goes to; InvalidArgument if out of range."""
@@ -109,6 +101,7 @@ class PriorityQueue:
             entry.timer = loop.call_later(timeout_us / 1e6, self._expire, entry, timeout_us)
         self._queues[level].append(entry)
         self._queued[level] += 1
+        self.depth += 1
         return entry
 
     def forget(self, entry: Pending) -> None:
@@ -120,6 +113,7 @@ class PriorityQueue:
             entry.timer.cancel()
             entry.timer = None
         self._queued[entry.level] -= 1
+        self.depth -= 1
 
     def _expire(self, entry: Pending, timeout_us: int) -> None:
         entry.timer = None

@@ -66,7 +66,7 @@ class Scheduler:
     async def infer(self, request: InferRequest) -> Outputs:
         if self._closing:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
-        if self._no_delay and self._idle and self._queue.empty:
+        if self._no_delay and self._idle and not self._queue.depth:
             instance = self._idle[-1]
             nbytes = request.nbytes
             if self.placements[instance.index].inline(nbytes):
@@ -118,7 +118,7 @@ class Scheduler:
         """The one path a queued batch runs: where placement says, then its callers are answered."""
         requests = [e.request for e in batch]
         outputs = tuple(dict.fromkeys(name for r in requests for name in r.outputs))
-        nbytes = sum(r.nbytes for r in requests)
+        nbytes = requests[0].nbytes if len(requests) == 1 else sum(r.nbytes for r in requests)
         if self.placements[instance.index].inline(nbytes):
             _settle(batch, self._run_inline(instance, requests, outputs, nbytes))
             return
