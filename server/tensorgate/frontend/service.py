@@ -24,7 +24,7 @@ from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository import ModelVersion, Repository
-from tensorgate.settings import ControlMode, Restriction
+from tensorgate.settings import ControlMode, Restriction, Settings
 from tensorgate.stats import Duration, ModelStats
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,10 @@ class InferenceService:
             finally:
                 answers.put_nowait(None)
 
-        restriction = self.repository.settings.grpc_restricted_protocol
-        if restriction is not None and GROUPS["ModelStreamInfer"] in restriction.protocols:
-            try:
-                _check_allowed(restriction, context)
-            except ServerError as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+        try:
+            _check_allowed(_restriction_of(self.repository.settings, "ModelStreamInfer"), context)
+        except ServerError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
         reader = asyncio.create_task(read())
         try:
             while (item := await answers.get()) is not None:
@@ -256,6 +254,12 @@ GROUPS: dict[str, str] = {
     "TraceSetting": "trace",
     "LogSettings": "logging",
 }
+
+
+def _restriction_of(settings: Settings, rpc: str) -> Restriction | None:
+    """The --grpc-restricted-protocol restriction that covers ``rpc``, if any."""
+    restriction = settings.grpc_restricted_protocol
+    return restriction if restriction is not None and GROUPS[rpc] in restriction.protocols else None
 
 
 def _check_allowed(restriction: Restriction | None, context: Any) -> None:
@@ -347,14 +351,9 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     unary["TraceSetting"] = (service.unimplemented, pb.TraceSettingRequest, pb.TraceSettingResponse)
     unary["LogSettings"] = (service.unimplemented, pb.LogSettingsRequest, pb.LogSettingsResponse)
 
-    restriction = service.repository.settings.grpc_restricted_protocol
-
-    def restricted(rpc: str) -> Restriction | None:
-        return restriction if restriction is not None and GROUPS[rpc] in restriction.protocols else None
-
     handlers: dict[str, grpc.RpcMethodHandler] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _unary(service.state, fn, req, resp, restricted(rpc)),
+            _unary(service.state, fn, req, resp, _restriction_of(service.repository.settings, rpc)),
             request_deserializer=None,  # bytes: _unary parses them, so a bad message gets a clear status
             response_serializer=resp.SerializeToString,
         )

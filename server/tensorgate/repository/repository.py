@@ -168,33 +168,13 @@ class Repository:
                 result = await asyncio.to_thread(self.loader.load_model, name, directory, override)
             except Exception as exc:
                 reason = failure_reason(exc)
-                kept = ",".join(str(v) for v in sorted(entry.versions)) or "-"
-                log.error(
-                    "event=model_load_failed model=%s reason=%r kept_versions=%s",
-                    name,
-                    reason,
-                    kept,
-                    exc_info=not expected(exc),
-                )
-                entry.fingerprint = fingerprint
-                if not entry.versions:
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, reason
-                    entry.failed_versions = {}
-                else:
-                    entry.reload_error = reason
+                _load_failed(entry, fingerprint, reason, exc_info=not expected(exc))
                 raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
             loaded, failed = result.loaded, result.failed
             if not loaded and entry.versions:
                 # A reload that would serve nothing leaves the versions already serving in place (as Triton).
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
-                entry.fingerprint = fingerprint
-                entry.reload_error = reason
-                log.error(
-                    "event=model_load_failed model=%s reason=%r kept_versions=%s",
-                    name,
-                    reason,
-                    ",".join(str(v) for v in sorted(entry.versions)),
-                )
+                _load_failed(entry, fingerprint, reason)
                 raise ServerError(
                     f"failed to load '{name}': {reason} (the versions loaded before keep serving)",
                     Code.INVALID_ARGUMENT,
@@ -278,3 +258,18 @@ class Repository:
             log.info("event=model_%s model=%s", "changed" if entry else "added", name)
             with contextlib.suppress(ServerError):  # already logged and recorded in the index
                 await self.load(name)
+
+
+def _load_failed(entry: ModelEntry, fingerprint: Fingerprint, reason: str, exc_info: bool = False) -> None:
+    """A (re)load that serves nothing new, logged: the versions serving before keep serving and the
+    index says why their reload failed; with none, the model is UNAVAILABLE with the reason."""
+    kept = ",".join(str(v) for v in sorted(entry.versions)) or "-"
+    log.error(
+        "event=model_load_failed model=%s reason=%r kept_versions=%s", entry.name, reason, kept, exc_info=exc_info
+    )
+    entry.fingerprint = fingerprint
+    if entry.versions:
+        entry.reload_error = reason
+    else:
+        entry.state, entry.reason = ModelState.UNAVAILABLE, reason
+        entry.failed_versions = {}

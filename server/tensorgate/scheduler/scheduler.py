@@ -89,7 +89,7 @@ class Scheduler:
             # Client cancelled or its deadline passed: if it is still queued it never runs.
             if not entry.taken:
                 self._queue.forget(entry)
-                self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns, failure=Failure.CANCELED)
+                self._count_failed(request, Failure.CANCELED)
             raise
         finally:
             self._in_flight -= 1
@@ -102,7 +102,11 @@ class Scheduler:
         return self._queue.depth
 
     def _count_rejected(self, request: InferRequest) -> None:
-        self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns, failure=Failure.REJECTED)
+        self._count_failed(request, Failure.REJECTED)
+
+    def _count_failed(self, request: InferRequest, failure: Failure) -> None:
+        """A request that never ran: refused, timed out or cancelled while queued."""
+        self.stats.record_request(False, time.perf_counter_ns() - request.arrival_ns, failure=failure)
 
     # ---- running batches ----
 
