@@ -1,7 +1,13 @@
 """One server process, in three phases: startup (frontend listening, models loaded, then ready),
-serving until SIGTERM/SIGINT, and shutdown (not ready, stop taking requests, finish the ones in
-flight, unload, return 0). A second signal during shutdown, or during startup, exits at once; work
-still running ``--exit-timeout-secs`` after the first is abandoned and the process exits 1."""
+serving until SIGTERM/SIGINT, and shutdown (not ready, drain, stop taking requests, finish the ones
+in flight, unload, return 0). A second signal during shutdown, or during startup, exits at once; work
+still running ``--exit-timeout-secs`` after the first is abandoned and the process exits 1.
+
+Shutdown loses no request that reached the server. gRPC cancels, without a message, the calls it has
+received but not yet handed to the service when it stops (grpc/grpc#41785), so before it stops the
+service takes every call gRPC holds: it keeps answering until no new call has come for a moment,
+then refuses new ones (UNAVAILABLE, saying why) until those in flight are done.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
@@ -30,6 +37,7 @@ class Server:
         self._stop = asyncio.Event()
         self._sampler: Sampler | None = None
         self._watchdog: threading.Timer | None = None
+        self._signalled_at = 0.0  # time.monotonic() of the first signal
 
     async def serve(self) -> int:
         """The process's exit status: 0 after a clean shutdown, 1 if it could not start."""
@@ -51,6 +59,7 @@ class Server:
             logging.shutdown()
             os._exit(128 + sig)
         log.info("event=signal_received signal=%s", signal.Signals(sig).name)
+        self._signalled_at = time.monotonic()
         self._stop.set()
         # The exit timeout is a promise, kept even where the loop cannot act: a batch that runs past
         # it, a model load or warmup that has not ended (they run on threads nothing can interrupt).
@@ -70,6 +79,13 @@ class Server:
     async def startup(self) -> GrpcFrontend | None:
         """Listen (not ready yet), load the repository, then report ready; None if it cannot listen."""
         settings, state, repository = self.settings, self.state, self.repository
+        if settings.drain_delay_secs and settings.drain_delay_secs >= settings.exit_timeout_secs:
+            reason = (
+                f"--drain-delay-secs ({settings.drain_delay_secs:.1f}) must be shorter than --exit-timeout-secs "
+                f"({settings.exit_timeout_secs:.1f}), which counts from the signal and must leave time to finish"
+            )
+            log.error("event=startup_failed reason=%r", reason)
+            return None
         try:
             frontend = GrpcFrontend(settings, InferenceService(repository, state))
         except (PortInUse, TlsError) as exc:
@@ -107,19 +123,54 @@ class Server:
         return frontend
 
     async def shutdown(self, frontend: GrpcFrontend) -> None:
-        """Not ready (health NOT_SERVING), refuse new calls, let those in flight finish, unload."""
-        log.info("event=shutdown_started grace_secs=%.1f", self.settings.exit_timeout_secs)
-        self.state.ready = False
+        """Not ready (health NOT_SERVING), drain, take what gRPC holds, refuse new calls, let those in
+        flight finish, unload."""
+        settings, state = self.settings, self.state
+        log.info(
+            "event=shutdown_started drain_delay_secs=%.1f exit_timeout_secs=%.1f",
+            settings.drain_delay_secs,
+            settings.exit_timeout_secs,
+        )
+        state.ready = False
         await frontend.set_serving(False)
-        # In-flight requests get the exit timeout but a tenth (at most a second), kept for unloading.
-        timeout = self.settings.exit_timeout_secs
-        await frontend.stop(max(0.0, timeout - min(1.0, timeout / 10)))
+        if settings.drain_delay_secs > 0:
+            log.info(
+                "event=draining drain_delay_secs=%.1f reason=%r",
+                settings.drain_delay_secs,
+                "not ready, still answering: requests on their way while endpoints update are not lost",
+            )
+            await asyncio.sleep(settings.drain_delay_secs)
+        # What gRPC already holds reaches the service within moments: answer it, as any request.
+        await _until_quiet(state, QUIET_SECS, SETTLE_SECS)
+        state.stop_accepting()
+        # Requests in flight get the exit timeout but a tenth (at most a second), kept for unloading.
+        timeout = settings.exit_timeout_secs
+        deadline = self._signalled_at + max(0.0, timeout - min(1.0, timeout / 10))
+        log.info("event=closing in_flight=%d", state.inferring)
+        while state.inferring and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await _until_quiet(state, QUIET_SECS, min(SETTLE_SECS, max(0.0, deadline - time.monotonic())))
+        await frontend.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.stop()
         if self._sampler is not None:
             self._sampler.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
         log.info("event=shutdown_complete")
+
+
+QUIET_SECS = 0.05  # no new inference call for this long: gRPC holds no more
+SETTLE_SECS = 0.5  # at most this long waiting for that
+
+
+async def _until_quiet(state: ServerState, quiet: float, limit: float) -> None:
+    """Until no inference call has reached the service for ``quiet`` seconds, at most ``limit``."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        seen = state.inference_calls
+        await asyncio.sleep(quiet)
+        if state.inference_calls == seen:
+            return
 
 
 def _version_metrics(v: ModelVersion) -> VersionMetrics:

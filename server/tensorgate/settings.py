@@ -161,6 +161,15 @@ class Settings:
             "(1000)"
         },
     )
+    grpc_stream_max_outstanding: int = field(
+        default=1024,
+        metadata={
+            "help": "messages of one ModelStreamInfer stream that may be unanswered at once (running, queued, or "
+            "answered but not read by the client); at this many the server reads no more of the stream until "
+            "the client reads an answer (HTTP/2 flow control then holds the client's writes), which bounds a "
+            "stream's memory to about this many answers"
+        },
+    )
     grpc_so_reuseport: bool = field(
         default=False,
         metadata={
@@ -219,7 +228,19 @@ class Settings:
         },
     )
     exit_timeout_secs: float = field(
-        default=30.0, metadata={"help": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"}
+        default=30.0,
+        metadata={
+            "help": "on SIGTERM/SIGINT, the process exits within this many seconds (drain delay included): "
+            "requests in flight get until then to finish, work still running after it is abandoned (exit 1)"
+        },
+    )
+    drain_delay_secs: float = field(
+        default=0.0,
+        metadata={
+            "help": "on SIGTERM/SIGINT, readiness turns NOT_SERVING at once but requests are still taken for this "
+            "many seconds, so that those already on their way (load balancers, Kubernetes endpoints not yet "
+            "updated) are answered; must be shorter than --exit-timeout-secs"
+        },
     )
     log_level: str = field(
         default="INFO",

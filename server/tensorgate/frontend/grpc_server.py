@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tensorgate.frontend.service import SERVICE_NAME, InferenceService, generic_handler
+from tensorgate.frontend.service import InferenceService, generic_handler
 from tensorgate.settings import Settings
+
+# The service names that ask whether the process is alive; every other name asks whether it is ready.
+LIVENESS_NAMES = frozenset({"liveness", "live"})
+_LIVENESS = "liveness"
+_READINESS = ""
+
+
+class Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1`` for whatever service name a probe sends (as Triton answers): ``liveness``
+    (or ``live``) is SERVING from the moment the port listens until the process exits, loads and
+    drain included; any other name (``""``, the inference service, ``readiness``...) is SERVING while
+    the server is ready: models loaded at start, not shutting down."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        return await super().Check(_canonical(request), context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        await super().Watch(_canonical(request), context)
+
+
+def _canonical(request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckRequest:
+    name = _LIVENESS if request.service in LIVENESS_NAMES else _READINESS
+    return health_pb2.HealthCheckRequest(service=name)
 
 
 class PortInUse(RuntimeError):
@@ -57,7 +82,7 @@ class GrpcFrontend:
             ]
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((generic_handler(service),))
-        self.health = health.aio.HealthServicer()
+        self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{settings.grpc_address or settings.host}:{settings.grpc_port}"
         address = self.address
@@ -73,13 +98,14 @@ class GrpcFrontend:
             raise PortInUse(f"cannot listen on {address} (port in use?)")
 
     async def start(self) -> None:
-        await self.server.start()
         await self.set_serving(False)
+        await self.health.set(_LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
+        """Readiness, as every service name but liveness reports it."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+        await self.health.set(_READINESS, status)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls and wait up to ``grace`` seconds for those in flight."""

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from tensorgate import __version__
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, clip
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, Unimplemented, clip
 from tensorgate.frontend import codec
 from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "tensorgate"
+SHUTTING_DOWN = "the server is shutting down and takes no new requests; retry on another replica"
 EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics")
 
 Req = TypeVar("Req", bound=Message)
@@ -44,6 +45,13 @@ class ServerState:
         self.ready = False
         self.internal_errors = 0
         self.malformed_messages = 0  # messages that did not parse as their RPC's request
+        # Shutdown watches these: inference requests that reached the service, and those in it now.
+        self.inference_calls = 0
+        self.inferring = 0
+        self.closing = asyncio.Event()  # set when shutdown stops taking inference requests
+
+    def stop_accepting(self) -> None:
+        self.closing.set()
 
 
 def _duration(target: pb.StatisticDuration, source: Duration) -> None:
@@ -169,19 +177,35 @@ class InferenceService:
     # ---- inference ----
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Any = None) -> pb.ModelInferResponse:
-        served = self.repository.get(request.model_name, request.model_version)
-        decoded = codec.decode_request(request, served.spec)
-        outputs = await served.scheduler.infer(decoded)
-        return codec.encode_response(served.spec, served.version, request.id, outputs)
+        state = self.state
+        state.inference_calls += 1
+        if state.closing.is_set():
+            raise Unavailable(SHUTTING_DOWN)
+        state.inferring += 1
+        try:
+            served = self.repository.get(request.model_name, request.model_version)
+            decoded = codec.decode_request(request, served.spec)
+            outputs = await served.scheduler.infer(decoded)
+            return codec.encode_response(served.spec, served.version, request.id, outputs)
+        finally:
+            state.inferring -= 1
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is answered as it completes (not necessarily in order); errors travel in
         ``error_message`` and the stream stays open, as Triton does. A message that does not parse
-        is answered too, with an error naming its place on the stream."""
+        is answered too, with an error naming its place on the stream.
+
+        Flow control: at most ``--grpc-stream-max-outstanding`` messages of a stream may be unanswered
+        (running, queued, or answered but not yet sent because the client does not read); at the
+        bound no further message is read from the stream until one is sent, so HTTP/2's flow control
+        holds the client's writes. On shutdown the stream ends with UNAVAILABLE once every message it
+        had sent is answered."""
+        state = self.state
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.repository.settings.grpc_stream_max_outstanding)
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
@@ -191,18 +215,24 @@ class InferenceService:
                 response.infer_response.id = request.id
                 response.infer_response.model_name = request.model_name
             except Exception as exc:
-                self.state.internal_errors += 1
+                state.internal_errors += 1
                 log.exception("event=internal_error rpc=ModelStreamInfer request_id=%r", request.id)
                 response = pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
             answers.put_nowait(response)
 
         async def read() -> None:
+            messages = aiter(requests)
             try:
                 received = 0
-                async for raw in requests:
+                while True:
+                    await slots.acquire()  # released when an answer has been sent
+                    try:
+                        raw = await anext(messages)
+                    except StopAsyncIteration:
+                        break
                     received += 1
                     try:
-                        request = _parse(self.state, pb.ModelInferRequest, raw)
+                        request = _parse(state, pb.ModelInferRequest, raw)
                     except ServerError as exc:
                         answers.put_nowait(
                             pb.ModelStreamInferResponse(error_message=f"stream message {received}: {exc.message}")
@@ -211,23 +241,33 @@ class InferenceService:
                     task = asyncio.create_task(answer(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.gather(*list(pending), return_exceptions=True)
+                await _settled(pending)
             finally:
                 answers.put_nowait(None)
+
+        ended_by_shutdown = asyncio.Event()
+
+        async def close_on_shutdown() -> None:
+            await state.closing.wait()
+            await _settled(pending)
+            ended_by_shutdown.set()
+            answers.put_nowait(None)
 
         try:
             _check_allowed(_restriction_of(self.repository.settings, "ModelStreamInfer"), context)
         except ServerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-        reader = asyncio.create_task(read())
+        helpers = (asyncio.create_task(read()), asyncio.create_task(close_on_shutdown()))
         try:
             while (item := await answers.get()) is not None:
                 yield item
+                slots.release()
         finally:
-            reader.cancel()
-            for task in list(pending):
+            for task in (*helpers, *pending):
                 task.cancel()
+        if ended_by_shutdown.is_set():
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(f"{SHUTTING_DOWN}; every message received on this stream was answered")
 
     # ---- not implemented ----
 
@@ -254,6 +294,12 @@ GROUPS: dict[str, str] = {
     "TraceSetting": "trace",
     "LogSettings": "logging",
 }
+
+
+async def _settled(tasks: set[asyncio.Task[None]]) -> None:
+    """Until every task of a set that may still grow has ended."""
+    while tasks:
+        await asyncio.gather(*list(tasks), return_exceptions=True)
 
 
 def _restriction_of(settings: Settings, rpc: str) -> Restriction | None:

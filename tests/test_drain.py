@@ -1,0 +1,172 @@
+"""Shutdown under steady traffic (nothing in flight is lost; new calls are still taken for the drain
+delay) and the health service as Kubernetes probes call it (any service name)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import Server, wait_for
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from models import add_sub, slow, write_config
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Call:
+    started: float
+    ended: float
+    error: str | None  # None: answered with the right outputs
+
+
+def _repo(root: Path) -> Path:
+    repo = root / "repo"
+    add_sub(repo / "add_sub" / "1" / "model.onnx")
+    write_config(
+        repo / "add_sub",
+        "max_batch_size: 8\ndynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n",
+    )
+    slow(repo / "slow" / "1" / "model.onnx")
+    write_config(repo / "slow", "max_batch_size: 64\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    return repo
+
+
+class Traffic:
+    """Closed-loop workers, each with its own tritonclient, calling until told to stop; every call
+    is recorded with its start and end (monotonic) and its error, if any."""
+
+    def __init__(self, url: str, workers: int, model: str = "add_sub") -> None:
+        self.url = url
+        self.model = model
+        self.calls: list[Call] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, args=(i,)) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, seed: int) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        rows = 16 if self.model == "add_sub" else 512
+        a = np.full((1, rows), seed, np.float32) if self.model == "add_sub" else np.ones((4, rows), np.float32)
+        b = np.ones_like(a)
+        inputs = [grpcclient.InferInput("INPUT0", list(a.shape), "FP32")]
+        inputs[0].set_data_from_numpy(a)
+        if self.model == "add_sub":
+            inputs.append(grpcclient.InferInput("INPUT1", list(b.shape), "FP32"))
+            inputs[1].set_data_from_numpy(b)
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                error: str | None = None
+                try:
+                    result = client.infer(self.model, inputs, client_timeout=30)
+                    if self.model == "add_sub" and not np.array_equal(result.as_numpy("OUTPUT0"), a + b):
+                        error = "wrong answer"
+                except Exception as exc:
+                    error = str(exc)
+                with self._lock:
+                    self.calls.append(Call(started, time.monotonic(), error))
+                if error is not None:
+                    time.sleep(0.01)  # refused: the server is going away
+        finally:
+            client.close()
+
+    def stop(self) -> list[Call]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self.calls
+
+
+def _steady(server: Server, traffic: Traffic, seconds: float = 1.0) -> float:
+    """Let the traffic run, check it succeeds, then SIGTERM the server; the signal's time."""
+    wait_for(lambda: len(traffic.calls) >= 20, 20, 0.01)
+    time.sleep(seconds)
+    assert all(c.error is None for c in traffic.calls), [c.error for c in traffic.calls if c.error][:3]
+    signalled = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    return signalled
+
+
+@pytest.mark.parametrize("model", ["add_sub", "slow"])
+def test_sigterm_under_steady_traffic_loses_no_request_in_flight(tmp_path: Path, model: str) -> None:
+    """Every call sent before the signal is answered, fast model or slow batches; calls sent after it
+    (no drain delay) may be refused, never cut off."""
+    server = Server(_repo(tmp_path))
+    traffic = Traffic(server.url, 8, model)
+    signalled = _steady(server, traffic)
+    code = server.proc.wait(30)
+    calls = traffic.stop()
+    server.stop()
+    assert code == 0, server.log
+    before = [c for c in calls if c.started < signalled]
+    lost = [c.error for c in before if c.error is not None]
+    assert not lost, f"{len(lost)} of {len(before)} calls in flight at SIGTERM failed: {lost[:3]}"
+    # Calls sent after the signal are answered or refused with UNAVAILABLE and a message; only those
+    # that reach gRPC in the last instant before it stops, well after the signal, are cancelled by
+    # gRPC itself (grpc/grpc#41785), which a drain delay avoids (next test).
+    refused = [c for c in calls if c.started >= signalled and c.error is not None]
+    odd = [c for c in refused if not any(s in c.error for s in ("UNAVAILABLE", "failed to connect", "refused"))]
+    assert all(c.started - signalled >= 0.5 for c in odd), [(c.started - signalled, c.error) for c in odd][:3]
+    assert "event=shutdown_complete" in server.log
+
+
+def test_drain_delay_keeps_taking_requests_while_not_ready(tmp_path: Path) -> None:
+    """SIGTERM turns readiness NOT_SERVING at once (liveness stays SERVING), but requests are still
+    answered for --drain-delay-secs, so calls already on their way while the endpoint is still listed
+    succeed; then the process exits 0."""
+    drain = 2.0
+    server = Server(_repo(tmp_path), "--drain-delay-secs", str(drain))
+    channel = grpc.insecure_channel(server.url)
+    health = health_pb2_grpc.HealthStub(channel)
+    traffic = Traffic(server.url, 4)
+    signalled = _steady(server, traffic, 0.5)
+    wait_for(lambda: "event=draining" in server.log, 5, 0.01)
+    readiness = health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=5).status
+    liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5).status
+    assert not server.client.is_server_ready()
+    assert (readiness, liveness) == (NOT_SERVING, SERVING)
+    code = server.proc.wait(30)
+    exited = time.monotonic()
+    calls = traffic.stop()
+    channel.close()
+    server.stop()
+    assert code == 0, server.log
+    assert exited - signalled >= drain
+    in_drain = [c for c in calls if signalled <= c.started and c.ended < signalled + drain - 0.3]
+    assert len(in_drain) >= 10, f"only {len(in_drain)} calls during the drain delay"
+    failed = [c.error for c in calls if c.started < signalled + drain - 0.3 and c.error is not None]
+    assert not failed, f"{len(failed)} calls sent before the drain delay ended failed: {failed[:3]}"
+
+
+def test_drain_delay_must_leave_time_to_finish(tmp_path: Path) -> None:
+    server = Server(_repo(tmp_path), "--drain-delay-secs", "10", "--exit-timeout-secs", "5", wait_ready=False)
+    assert server.proc.wait(30) != 0
+    assert "--drain-delay-secs (10.0) must be shorter than --exit-timeout-secs (5.0)" in server.log
+    server.stop()
+
+
+def test_health_answers_any_service_name(tmp_path: Path) -> None:
+    """Probes may send any service name: 'liveness' means the process is up, every other name (the
+    empty one, the inference service, 'readiness', anything) means ready to serve."""
+    server = Server(_repo(tmp_path))
+    with grpc.insecure_channel(server.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "inference.GRPCInferenceService", "readiness", "liveness", "anything-else"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == SERVING, name
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=10)
+        assert next(watch).status == SERVING
+        server.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        watch.cancel()
+    assert server.stop() == 0
