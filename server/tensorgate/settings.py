@@ -195,6 +195,22 @@ class Settings:
             "type": _bool,
         },
     )
+    max_queue_wait_ms: int = field(
+        default=1000,
+        metadata={
+            "help": "admission bound: a request that would wait longer than this in its model's queue (the requests "
+            "queued ahead times the recent cost of one) is refused at once with RESOURCE_EXHAUSTED, counted as "
+            "REJECTED; admitted requests then wait at most about this long. A model's parameter max_queue_wait_ms "
+            "overrides it; 0: no bound"
+        },
+    )
+    execution_timeout_ms: int = field(
+        default=60_000,
+        metadata={
+            "help": "a batch still running after this long is stopped: its requests fail with UNAVAILABLE and the "
+            "instance serves again. A model's parameter execution_timeout_ms overrides it; 0: none"
+        },
+    )
     inline_execution_us: int = field(
         default=250,
         metadata={

@@ -83,6 +83,11 @@ class Backend(Protocol):
         """Run one batch; returns exactly the outputs named."""
         ...
 
+    def terminate(self) -> None:
+        """Stop the batch running now as soon as the engine can (called from another thread while
+        ``execute`` runs; ``execute`` then raises). An engine that cannot stop a run lets it end."""
+        ...
+
     def close(self) -> None:
         """Release what the instance holds (sessions, device memory)."""
         ...

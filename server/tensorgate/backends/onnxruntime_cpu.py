@@ -93,6 +93,10 @@ class OnnxRuntimeCpuBackend:
         if not active or active[0] != wanted:
             # ONNX Runtime silently falls back to the CPU when e.g. the CUDA libraries are missing.
             raise BackendLoadError(f"ONNX Runtime did not start {wanted} (it runs {active}); see its log for why")
+        # One RunOptions for every run: terminate() sets its flag from another thread, and ONNX
+        # Runtime stops the run at its next operator; each run clears it first. The scheduler calls
+        # terminate() only while a batch runs, never between runs, so no stale request stops a later one.
+        self._run_options = ort.RunOptions()
         self._inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
@@ -136,9 +140,11 @@ class OnnxRuntimeCpuBackend:
 
     def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         names = list(output_names)
+        run_options = self._run_options
+        run_options.terminate = False
         if self._plain:
             try:
-                return dict(zip(names, self._session.run(names, inputs), strict=True))
+                return dict(zip(names, self._session.run(names, inputs, run_options), strict=True))
             except Exception as exc:
                 raise BackendExecuteError(f"ONNX Runtime failed: {exc}") from exc
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
@@ -152,9 +158,10 @@ class OnnxRuntimeCpuBackend:
                         name: _bf16_value(array) if self._input_types.get(name) == BFLOAT16 else array
                         for name, array in feeds.items()
                     },
+                    run_options,
                 )
             else:
-                results = self._session.run(names, feeds)
+                results = self._session.run(names, feeds, run_options)
         except BackendExecuteError:
             raise
         except Exception as exc:
@@ -176,11 +183,14 @@ class OnnxRuntimeCpuBackend:
                 values[name] = _bf16_value(array)
             else:
                 values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-        results = self._session.run_with_ort_values(names, values)
+        results = self._session.run_with_ort_values(names, values, self._run_options)
         return [
             _bf16_to_numpy(value) if self._output_types.get(name) == BFLOAT16 else value.numpy()
             for name, value in zip(names, results, strict=True)
         ]
+
+    def terminate(self) -> None:
+        self._run_options.terminate = True
 
     def close(self) -> None:
         del self._session

@@ -184,6 +184,7 @@ class InferenceService:
         state.inferring += 1
         try:
             served = self.repository.get(request.model_name, request.model_version)
+            served.scheduler.admit()
             decoded = codec.decode_request(request, served.spec)
             outputs = await served.scheduler.infer(decoded)
             return codec.encode_response(served.spec, served.version, request.id, outputs)

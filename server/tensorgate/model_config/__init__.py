@@ -5,8 +5,9 @@ The canonical config is the ``ModelConfig`` protobuf (field names and numbers as
 Triton model repository parses unchanged. The steps, one module each: ``parse`` (config.pbtxt),
 ``supported`` (what we serve; nothing is silently ignored), ``completion`` (filled from the ONNX
 file, validated against it), ``warmup``, ``instances`` (count, placement, ONNX Runtime parameters),
-``version_policy`` and ``batching`` (the scheduler's policy). Below the repository nothing sees the
-protobuf config: the scheduler gets a :class:`BatchingPolicy`, the request path a :class:`ModelSpec`.
+``version_policy``, ``batching`` (the scheduler's policy) and ``limits`` (queue wait, execution
+time). Below the repository nothing sees the protobuf config: the scheduler gets a
+:class:`BatchingPolicy`, the request path a :class:`ModelSpec`.
 """
 
 from tensorgate.model_config.batching import BatchingPolicy, QueuePolicy, TimeoutAction, batching_policy
@@ -18,6 +19,7 @@ from tensorgate.model_config.instances import (
     instance_settings,
     ort_parameters,
 )
+from tensorgate.model_config.limits import Limits
 from tensorgate.model_config.parse import CONFIG_FILE, model_filename, read_config
 from tensorgate.model_config.spec import ModelSpec, RawConfig, TensorSpec
 from tensorgate.model_config.supported import check_supported
@@ -28,6 +30,7 @@ __all__ = [
     "CONFIG_FILE",
     "BatchingPolicy",
     "InstanceSettings",
+    "Limits",
     "ModelSpec",
     "OrtParameters",
     "QueuePolicy",

@@ -11,6 +11,7 @@ from tensorgate.datatypes import DataType
 from tensorgate.errors import ModelConfigError
 from tensorgate.model_config.batching import batching_policy
 from tensorgate.model_config.instances import instance_settings
+from tensorgate.model_config.limits import limits
 from tensorgate.model_config.spec import ModelSpec, RawConfig, TensorSpec
 from tensorgate.proto import model_config_pb2 as mc
 
@@ -161,6 +162,7 @@ def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequ
         config,
         batching=batching_policy(config),
         instances=instance_settings(config),
+        limits=limits(config),
     )
 
 

@@ -8,6 +8,7 @@ from functools import cached_property
 from tensorgate.datatypes import DataType
 from tensorgate.model_config.batching import BatchingPolicy
 from tensorgate.model_config.instances import InstanceSettings
+from tensorgate.model_config.limits import Limits
 from tensorgate.proto import model_config_pb2 as mc
 
 
@@ -40,6 +41,7 @@ class ModelSpec:
     config: mc.ModelConfig = field(compare=False)
     batching: BatchingPolicy = field(default_factory=BatchingPolicy)
     instances: InstanceSettings = field(default_factory=lambda: InstanceSettings())
+    limits: Limits = field(default_factory=Limits)
 
     @cached_property
     def batched(self) -> bool:

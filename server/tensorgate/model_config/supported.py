@@ -6,6 +6,7 @@ from __future__ import annotations
 from tensorgate.errors import ModelConfigError
 from tensorgate.model_config.batching import batching_problems
 from tensorgate.model_config.instances import ORT_PARAMETERS, ort_parameter_problems
+from tensorgate.model_config.limits import LIMIT_PARAMETERS, limit_problems
 from tensorgate.proto import model_config_pb2 as mc
 
 PLATFORMS = ("", "onnxruntime_onnx")
@@ -72,7 +73,8 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     if config.cc_model_filenames:
         hints.append("cc_model_filenames ignored")
     fatal.extend(ort_parameter_problems(config))
-    ignored = sorted(k for k in config.parameters if k not in ORT_PARAMETERS)
+    fatal.extend(limit_problems(config))
+    ignored = sorted(k for k in config.parameters if k not in ORT_PARAMETERS and k not in LIMIT_PARAMETERS)
     if ignored:
         hints.append(f"parameters ignored: {', '.join(ignored)}")
     if fatal:

@@ -175,6 +175,8 @@ class Loader:
             stats or ModelStats(),
             spec.batching,
             self.settings.inline_execution_us,
+            _or_default(spec.limits.max_queue_wait_ms, self.settings.max_queue_wait_ms),
+            _or_default(spec.limits.execution_timeout_ms, self.settings.execution_timeout_ms),
         )
         return ModelVersion(
             name,
@@ -259,3 +261,7 @@ def _warm_up(name: str, number: int, spec: ModelSpec, model_dir: Path, backends:
             len(backends),
             time.perf_counter() - started,
         )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value

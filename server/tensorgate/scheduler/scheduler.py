@@ -29,6 +29,7 @@ from tensorgate.stats import Failure, ModelStats
 log = logging.getLogger(__name__)
 
 Answer = Outputs | ServerError
+OVERLOAD_LOG_SECS = 10.0  # at most one overload warning per model version this often
 
 
 class Scheduler:
@@ -40,6 +41,8 @@ class Scheduler:
         stats: ModelStats,
         policy: BatchingPolicy | None = None,
         inline_execution_us: int = 0,
+        max_queue_wait_ms: int = 0,
+        execution_timeout_ms: int = 0,
     ) -> None:
         self.model = model
         self.version = version
@@ -55,6 +58,13 @@ class Scheduler:
         self._closing = False
         self._drained = asyncio.Event()
         self._drained.set()
+        self.max_queue_wait_ms = max_queue_wait_ms  # 0: no admission bound
+        self.execution_timeout_ms = execution_timeout_ms  # 0: none
+        self._request_ns = 0  # recent cost of one request of a batch, per instance (moving average)
+        self._running: dict[int, list[Pending]] = {}  # Instance.index -> its batch on the worker thread
+        self._stopped: set[int] = set()  # instances whose batch was stopped at the execution timeout
+        self.refused = 0  # requests refused at once because the queue was too long (admission)
+        self._refusals_logged_at = -OVERLOAD_LOG_SECS
 
     @property
     def in_flight(self) -> int:
@@ -78,6 +88,7 @@ class Scheduler:
                 (answer,) = self._run_inline(instance, (request,), request.outputs, nbytes)
                 if isinstance(answer, ServerError):
                     raise answer
+                assert answer is not None  # None only for batches run with their queue entries
                 return answer
         entry = self._queue.push(request)
         self._in_flight += 1
@@ -86,15 +97,50 @@ class Scheduler:
         try:
             return await entry.future
         except asyncio.CancelledError:
-            # Client cancelled or its deadline passed: if it is still queued it never runs.
+            # Client cancelled or its deadline passed: if it is still queued it never runs; if its
+            # batch is running and every request of it has gone, the run is stopped.
             if not entry.taken:
                 self._queue.forget(entry)
                 self._count_failed(request, Failure.CANCELED)
+            else:
+                self._stop_if_abandoned(entry)
             raise
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
+
+    def admit(self) -> None:
+        """Refuse a new request at once (RESOURCE_EXHAUSTED, counted REJECTED) when the requests
+        queued ahead of it would take longer than ``max_queue_wait_ms`` to run, as the recent cost
+        of a request says: under overload the queue, and so the wait of those admitted, stays
+        bounded, and the excess is told so in microseconds instead of timing out."""
+        if not self.max_queue_wait_ms or not self._queue.depth:
+            return
+        wait_ns = self._queue.depth * self._request_ns // len(self.instances)
+        if wait_ns <= self.max_queue_wait_ms * 1_000_000:
+            return
+        self.refused += 1
+        self.stats.record_request(False, 0, failure=Failure.REJECTED)
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= OVERLOAD_LOG_SECS:
+            self._refusals_logged_at = now
+            log.warning(
+                "event=overloaded model=%s version=%d queued=%d expected_wait_ms=%d max_queue_wait_ms=%d "
+                "refused_total=%d",
+                self.model,
+                self.version,
+                self._queue.depth,
+                wait_ns // 1_000_000,
+                self.max_queue_wait_ms,
+                self.refused,
+            )
+        raise ServerError(
+            f"model '{self.model}' version {self.version} is overloaded: the {self._queue.depth} requests queued "
+            f"ahead would take about {wait_ns // 1_000_000} ms, above its bound of {self.max_queue_wait_ms} ms "
+            "(parameter max_queue_wait_ms, or --max-queue-wait-ms); retry later, or add instances or replicas",
+            Code.RESOURCE_EXHAUSTED,
+        )
 
     @property
     def queue_depth(self) -> int:
@@ -128,16 +174,61 @@ class Scheduler:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
+        self._running[instance.index] = batch
+        timeout = self.execution_timeout_ms
+        timer = loop.call_later(timeout / 1000, self._timed_out, instance, batch) if timeout else None
 
         def done(result: BatchResult) -> None:
-            _settle(batch, self._finished(instance, requests, result, started, nbytes, inline=False))
+            del self._running[instance.index]
+            if timer is not None:
+                timer.cancel()
+            if instance.index in self._stopped:
+                self._stopped.discard(instance.index)
+                ran_ms = (time.perf_counter_ns() - started) // 1_000_000
+                log.info("event=instance_recovered instance=%s ran_ms=%d", instance.name, ran_ms)
+            _settle(batch, self._finished(instance, requests, result, started, nbytes, inline=False, entries=batch))
             self._schedule()
 
         instance.submit(requests, outputs, self._batched, lambda result: loop.call_soon_threadsafe(done, result))
 
+    def _timed_out(self, instance: Instance, batch: list[Pending]) -> None:
+        """A batch ran past the execution timeout: its requests fail now (UNAVAILABLE) and the run
+        is stopped, so the instance serves again (it rejoins when the engine returns)."""
+        error = Unavailable(
+            f"model '{self.model}' version {self.version}: the batch ran past the execution timeout of "
+            f"{self.execution_timeout_ms} ms (parameter execution_timeout_ms, or --execution-timeout-ms) and was "
+            "stopped; retry, or raise the timeout"
+        )
+        for entry in batch:
+            if not entry.future.done():
+                self._count_failed(entry.request, Failure.OTHER)
+                entry.future.set_exception(error)
+        log.error(
+            "event=execution_timeout model=%s version=%d instance=%s requests=%d execution_timeout_ms=%d",
+            self.model,
+            self.version,
+            instance.name,
+            len(batch),
+            self.execution_timeout_ms,
+        )
+        self._stopped.add(instance.index)
+        instance.backend.terminate()
+
+    def _stop_if_abandoned(self, entry: Pending) -> None:
+        """Stop a running batch once every request in it has gone (cancelled, past its deadline)."""
+        for index, batch in self._running.items():
+            if entry in batch:
+                if all(e.future.done() for e in batch) and index not in self._stopped:
+                    log.info(
+                        "event=batch_abandoned model=%s version=%d requests=%d", self.model, self.version, len(batch)
+                    )
+                    self._stopped.add(index)
+                    self.instances[index].backend.terminate()
+                return
+
     def _run_inline(
         self, instance: Instance, requests: Sequence[InferRequest], outputs: Sequence[str], nbytes: int
-    ) -> list[Answer]:
+    ) -> list[Answer | None]:
         started = time.perf_counter_ns()
         result = instance.run(requests, outputs, self._batched)
         return self._finished(instance, requests, result, started, nbytes, inline=True)
@@ -150,19 +241,35 @@ class Scheduler:
         started_ns: int,
         nbytes: int,
         inline: bool,
-    ) -> list[Answer]:
+        entries: Sequence[Pending] | None = None,
+    ) -> list[Answer | None]:
         """A batch ended: its instance is free again, its cost and statistics are recorded; returns
-        each request's answer (its outputs or its error), in batch order."""
+        each request's answer (its outputs or its error), in batch order; None for a request already
+        answered (at the execution timeout) or that left while its run was stopped."""
         self._idle.append(instance)
         now_ns = time.perf_counter_ns()
         if result.error is None:
             self.placements[instance.index].record(nbytes, result.total_ns, inline)
             self.stats.record_execution(result.rows, result.input_ns, result.infer_ns, result.output_ns)
+            each = result.total_ns // len(requests)
+            self._request_ns = each if not self._request_ns else (7 * self._request_ns + each) // 8
         per_request: Sequence[Outputs | None] = result.per_request or [None] * len(requests)
-        return [
-            self._answer(request, result, outputs, started_ns, now_ns)
-            for request, outputs in zip(requests, per_request, strict=True)
-        ]
+        if entries is None:
+            return [
+                self._answer(request, result, outputs, started_ns, now_ns)
+                for request, outputs in zip(requests, per_request, strict=True)
+            ]
+        answers: list[Answer | None] = []
+        for entry, outputs in zip(entries, per_request, strict=True):
+            future = entry.future
+            if future.done() and not future.cancelled():
+                answers.append(None)  # failed at the execution timeout, and counted then
+            elif future.cancelled() and result.error is not None:
+                self._count_failed(entry.request, Failure.CANCELED)  # its run was stopped: all had left
+                answers.append(None)
+            else:
+                answers.append(self._answer(entry.request, result, outputs, started_ns, now_ns))
+        return answers
 
     def _answer(
         self, request: InferRequest, result: BatchResult, outputs: Outputs | None, started_ns: int, now_ns: int
@@ -209,9 +316,9 @@ class Scheduler:
         await asyncio.gather(*(asyncio.to_thread(i.close) for i in self.instances))
 
 
-def _settle(batch: Sequence[Pending], answers: Sequence[Answer]) -> None:
+def _settle(batch: Sequence[Pending], answers: Sequence[Answer | None]) -> None:
     for entry, answer in zip(batch, answers, strict=True):
-        if entry.future.done():
+        if answer is None or entry.future.done():
             continue
         if isinstance(answer, ServerError):
             entry.future.set_exception(answer)

@@ -97,6 +97,9 @@ class TensorRTBackend:
             out[name] = np.frombuffer(memoryview(buffer), dtype=binding.dtype, count=count).reshape(shapes[name]).copy()
         return out
 
+    def terminate(self) -> None:
+        """A TensorRT run on its stream cannot be stopped from outside: it ends on its own."""
+
     def close(self) -> None:
         cudart = self._cudart
         for binding in self._bindings.values():

@@ -1,0 +1,42 @@
+"""The bounds a model version's config may set on its requests, as ``parameters`` (string values,
+like the ONNX Runtime settings): how long a request may expect to wait in the queue before it is
+refused at once, and how long a batch may run. Absent, the server's flags decide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tensorgate.proto import model_config_pb2 as mc
+
+LIMIT_PARAMETERS: dict[str, tuple[int, int]] = {  # name -> allowed range, in milliseconds
+    "max_queue_wait_ms": (0, 3_600_000),  # 0: no bound
+    "execution_timeout_ms": (0, 86_400_000),  # 0: none
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a config asks for; None where the server's default applies."""
+
+    max_queue_wait_ms: int | None = None
+    execution_timeout_ms: int | None = None
+
+
+def limit_problems(config: mc.ModelConfig) -> list[str]:
+    problems = []
+    for key, (low, high) in LIMIT_PARAMETERS.items():
+        if key not in config.parameters:
+            continue
+        text = config.parameters[key].string_value.strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            problems.append(f"parameters {key!r} must be an integer from {low} to {high} in string_value, not {text!r}")
+    return problems
+
+
+def limits(config: mc.ModelConfig) -> Limits:
+    """The limits of a config already passed by check_supported."""
+
+    def value(key: str) -> int | None:
+        return int(config.parameters[key].string_value) if key in config.parameters else None
+
+    return Limits(value("max_queue_wait_ms"), value("execution_timeout_ms"))

@@ -1,0 +1,153 @@
+"""What bounds the server's work and memory whatever clients do: a stream's unanswered messages,
+overload admission, the execution timeout, the /metrics server."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import ROOT, wait_for
+from models import slow, write_config
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _add_sub_request(request_id: str = "") -> bytes:
+    a = np.ones((1, 16), np.float32).tobytes()
+    request = service_pb2.ModelInferRequest(model_name="add_sub", id=request_id)
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.extend([a, a])
+    return request.SerializeToString()
+
+
+def _answered(server, model: str) -> int:  # type: ignore[no-untyped-def]
+    return int(server.client.get_inference_statistics(model).model_stats[0].inference_stats.success.count)
+
+
+def _plateau(read, seconds: float = 1.0, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
+    """The value ``read()`` settles at (unchanged for ``seconds``)."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(seconds)
+        now = read()
+        if now == last:
+            return int(now)
+        last = now
+    raise TimeoutError(f"still changing after {timeout}s (last {last})")
+
+
+@pytest.mark.parametrize("bound", [16, 1_000_000])
+def test_a_stream_whose_answers_are_not_read_stops_being_read(tmp_path: Path, start_server, bound: int) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends 5,000 stream messages and reads no answer: with the bound, the server
+    stops reading the stream once its answers back up (the client's and the server's HTTP/2 windows
+    hold a few hundred small ones), instead of answering all and holding them; when the client
+    reads, every message is answered. The 1,000,000 case is the contrast without a bound."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repo", repo)
+    server = start_server(repo, "--grpc-stream-max-outstanding", str(bound))
+    count = 5000
+    # No BDP probing: the client's receive window stays at HTTP/2's 64 KiB, so it fills fast.
+    with grpc.insecure_channel(server.url, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        answers = channel.stream_stream(STREAM)(iter([_add_sub_request()] * count), timeout=120)
+        settled = _plateau(lambda: _answered(server, "add_sub"))
+        if bound < count:
+            assert settled < count // 5, f"{settled} of {count} messages run while the client read no answer"
+        else:
+            assert settled == count
+        received = [service_pb2.ModelStreamInferResponse.FromString(raw) for raw in answers]
+    assert len(received) == count
+    assert not [r.error_message for r in received if r.error_message]
+
+
+def _slow_repo(root: Path, parameters: dict[str, str], max_batch_size: int = 8192) -> Path:
+    repo = root / "repo"
+    slow(repo / "slow" / "1" / "model.onnx")
+    params = "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in parameters.items())
+    write_config(
+        repo / "slow", f"max_batch_size: {max_batch_size}\ninstance_group [ {{ count: 1 kind: KIND_CPU }} ]\n{params}"
+    )
+    return repo
+
+
+def _slow_call(url: str, rows: int, timeout: float | None = None) -> tuple[float, str | None]:
+    """One call of ``rows`` rows to the slow model: its latency and its error (None: answered)."""
+    client = grpcclient.InferenceServerClient(url)
+    data = np.ones((rows, 512), np.float32)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    started = time.monotonic()
+    try:
+        out = client.infer("slow", [tensor], client_timeout=timeout).as_numpy("OUTPUT0")
+        error = None if out is not None and out.shape == data.shape else "wrong output"
+    except InferenceServerException as exc:
+        error = f"{exc.status()} {exc.message()}"
+    finally:
+        client.close()
+    return time.monotonic() - started, error
+
+
+def test_overload_is_refused_at_once_and_admitted_requests_wait_a_bounded_time(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """40 simultaneous requests of ~40 ms each (on an idle machine) to a one-instance model with a
+    300 ms admission bound: those that would wait longer are refused at once with RESOURCE_EXHAUSTED and a
+    message, counted as REJECTED; the admitted ones finish within a small multiple of the bound
+    (without it the last would wait ~3 s)."""
+    bound_ms = 300
+    server = start_server(_slow_repo(tmp_path, {"max_queue_wait_ms": str(bound_ms)}))
+    warm = [_slow_call(server.url, 256) for _ in range(3)]  # the admission estimate learns the cost
+    assert all(error is None for _, error in warm)
+    cost = float(np.median([latency for latency, _ in warm]))
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda _: _slow_call(server.url, 256), range(40)))
+    admitted = [latency for latency, error in results if error is None]
+    refused = [(latency, error) for latency, error in results if error is not None]
+    assert admitted and refused, results
+    assert all("StatusCode.RESOURCE_EXHAUSTED" in e and "is overloaded" in e for _, e in refused), refused[:2]
+    assert "max_queue_wait_ms" in refused[0][1]
+    # The bound, plus the batch running when a request came and its own (and the machine's noise).
+    assert max(admitted) < bound_ms / 1000 + 3 * cost, (cost, sorted(admitted))
+    assert 40 * cost > 2 * (bound_ms / 1000 + 3 * cost)  # without the bound the last would wait this long
+    assert np.median([latency for latency, _ in refused]) < np.median(admitted)
+    stats = server.client.get_inference_statistics("slow").model_stats[0].inference_stats
+    assert stats.fail.count == len(refused)
+    assert "event=overloaded model=slow version=1" in server.log
+
+
+def test_a_batch_past_the_execution_timeout_is_stopped_and_the_model_keeps_serving(  # type: ignore[no-untyped-def]
+    tmp_path: Path, start_server
+) -> None:
+    """A batch of several seconds under a 200 ms execution timeout: its caller gets UNAVAILABLE
+    naming the timeout about then, ONNX Runtime's run is stopped, and the same instance answers the
+    next request."""
+    server = start_server(_slow_repo(tmp_path, {"execution_timeout_ms": "200"}))
+    assert _slow_call(server.url, 16)[1] is None
+    latency, error = _slow_call(server.url, 8192)
+    assert error is not None and "StatusCode.UNAVAILABLE" in error and "execution timeout of 200 ms" in error, error
+    assert latency < 2.0
+    assert _slow_call(server.url, 16)[1] is None
+    log = wait_for(lambda: server.log if "event=instance_recovered" in server.log else None, 10)
+    assert "event=execution_timeout model=slow version=1 instance=slow_0 requests=1 execution_timeout_ms=200" in log
+
+
+def test_a_running_batch_whose_callers_all_left_is_stopped(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """No execution timeout, but the only caller of a long batch gives up (its deadline): the run is
+    stopped rather than delaying the next request by the whole batch."""
+    server = start_server(_slow_repo(tmp_path, {"execution_timeout_ms": "0"}))
+    assert _slow_call(server.url, 16)[1] is None
+    _, error = _slow_call(server.url, 8192, timeout=0.2)
+    assert error is not None and "DEADLINE_EXCEEDED" in error, error
+    wait_for(lambda: "event=batch_abandoned model=slow version=1 requests=1" in server.log, 10)
+    wait_for(lambda: "event=instance_recovered instance=slow_0" in server.log, 10)
+    assert _slow_call(server.url, 16)[1] is None
+    stats = server.client.get_inference_statistics("slow").model_stats[0].inference_stats
+    assert stats.fail.count == 1  # counted once, as cancelled
