@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import ROOT, wait_for
-from models import slow, write_config
+from models import identity, slow, write_config
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -151,3 +151,80 @@ def test_a_running_batch_whose_callers_all_left_is_stopped(tmp_path: Path, start
     assert _slow_call(server.url, 16)[1] is None
     stats = server.client.get_inference_statistics("slow").model_stats[0].inference_stats
     assert stats.fail.count == 1  # counted once, as cancelled
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_half_open_metrics_connections_hold_no_thread_and_are_closed(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """200 connections to /metrics that send half a request line and wait: the server's threads do
+    not grow, a scrape is still answered meanwhile, and the idle connections are closed (10 s)."""
+    import shutil
+    import socket
+    import urllib.request
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repo", repo)
+    server = start_server(repo)
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+    before = _threads(server.proc.pid)
+    idle = [socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30) for _ in range(200)]
+    try:
+        for s in idle:
+            s.sendall(b"GET /metr")
+        time.sleep(1)
+        assert _threads(server.proc.pid) <= before + 1, (before, _threads(server.proc.pid))
+        assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+        started = time.monotonic()
+        for s in idle:
+            assert s.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 25
+    finally:
+        for s in idle:
+            s.close()
+    assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+
+
+def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A valid 4 MB BYTES request of 1,000,000 empty elements is answered in full, while ServerLive,
+    called every 5 ms meanwhile, never waits more than a third of that request's own latency (the
+    BYTES decoding and encoding run off the event loop; before, the loop stalled for most of it)."""
+    import threading
+
+    from onnx import TensorProto
+
+    repo = tmp_path / "repo"
+    identity(repo / "text" / "1" / "model.onnx", TensorProto.STRING, ("n",), "TEXT", "OUT")
+    write_config(repo / "text", "max_batch_size: 0\n")
+    server = start_server(repo)
+    count = 1_000_000
+    request = service_pb2.ModelInferRequest(model_name="text")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[count])
+    request.raw_input_contents.append(b"\0\0\0\0" * count)
+    waits: list[float] = []
+    done = threading.Event()
+    with grpc.insecure_channel(server.url) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        def probe() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                live(b"", timeout=30)
+                waits.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        answer = service_pb2.ModelInferResponse.FromString(infer(request.SerializeToString(), timeout=60))
+        latency = time.monotonic() - started
+        done.set()
+        prober.join()
+    assert list(answer.outputs[0].shape) == [count]
+    assert answer.raw_output_contents[0] == b"\0\0\0\0" * count
+    assert max(waits) < latency / 3, (max(waits), latency)

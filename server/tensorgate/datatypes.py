@@ -57,9 +57,20 @@ BY_ONNX: dict[int, DataType] = {d.onnx: d for d in _ALL}
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:
-    """V2 raw encoding of a BYTES tensor: each element as a 4-byte little-endian length + bytes."""
+    """V2 raw encoding of a BYTES tensor: each element as a 4-byte little-endian length + bytes.
+    Elements all ``bytes`` of one length (fixed-size tokens, empty strings) are laid out by numpy
+    in one pass, with no Python object per element."""
+    flat = array.reshape(-1)
+    if flat.size and set(map(type, flat)) == {bytes}:
+        lengths = np.fromiter(map(len, flat), dtype=np.int64, count=flat.size)
+        length = int(lengths[0])
+        if (lengths == length).all():
+            out = np.empty((flat.size, 4 + length), dtype=np.uint8)
+            out[:, :4] = np.frombuffer(length.to_bytes(4, "little"), dtype=np.uint8)
+            out[:, 4:] = np.frombuffer(b"".join(flat), dtype=np.uint8).reshape(flat.size, length)
+            return out.tobytes()
     parts: list[bytes] = []
-    for item in array.reshape(-1):
+    for item in flat:
         data = item if isinstance(item, bytes) else str(item).encode("utf-8")
         parts.append(len(data).to_bytes(4, "little"))
         parts.append(data)
@@ -68,12 +79,23 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 def deserialize_bytes(raw: bytes | memoryview, count: int) -> np.ndarray:
     """Inverse of :func:`serialize_bytes`; raises ValueError when ``raw`` does not hold exactly
-    ``count`` elements."""
-    view = memoryview(raw)
+    ``count`` elements. Elements all of one length are found by numpy (the length prefixes read as
+    one strided array) and need no parsing loop; empty ones share one ``b""``."""
+    view = memoryview(raw).cast("B")
     if 4 * count > len(view):  # before allocating: a shape can claim far more elements than were sent
         raise ValueError(
             f"are {len(view)} bytes, fewer than the {4 * count} that {count} length-prefixed elements need"
         )
+    if count and len(view) % count == 0:
+        width = len(view) // count
+        lengths = np.ndarray((count,), dtype="<u4", buffer=view, strides=(width,))
+        if (lengths == width - 4).all():
+            if width == 4:
+                return np.full(count, b"", dtype=np.object_)
+            items = np.ndarray((count,), dtype=f"V{width - 4}", buffer=view, offset=4, strides=(width,))
+            out = np.empty(count, dtype=np.object_)
+            out[:] = items.tolist()  # bytes objects, NULs kept (a "S" dtype would strip trailing ones)
+            return out
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):

@@ -22,7 +22,7 @@ import time
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
 from tensorgate.frontend.service import InferenceService, ServerState
-from tensorgate.metrics import Sampler, VersionMetrics, serve_metrics, thread_cpu_seconds
+from tensorgate.metrics import MetricsEndpoint, VersionMetrics, serve_metrics, thread_cpu_seconds
 from tensorgate.repository import ModelVersion, Repository
 from tensorgate.settings import Settings
 
@@ -35,7 +35,7 @@ class Server:
         self.state = ServerState()
         self.repository = Repository(settings)
         self._stop = asyncio.Event()
-        self._sampler: Sampler | None = None
+        self._metrics: MetricsEndpoint | None = None
         self._watchdog: threading.Timer | None = None
         self._signalled_at = 0.0  # time.monotonic() of the first signal
 
@@ -48,8 +48,7 @@ class Server:
         if frontend is None:
             return 1
         await self._stop.wait()
-        await self.shutdown(frontend)
-        return 0
+        return await self.shutdown(frontend)
 
     def _on_signal(self, sig: int) -> None:
         if self._stop.is_set():
@@ -93,7 +92,7 @@ class Server:
             return None
         if settings.metrics_port >= 0:
             try:
-                self._sampler = serve_metrics(
+                self._metrics = serve_metrics(
                     settings.metrics_address or settings.host,
                     settings.metrics_port,
                     lambda: [_version_metrics(v) for v in repository.ready_versions()],
@@ -122,9 +121,10 @@ class Server:
         log.info("event=server_ready models=%s", ",".join(ready) or "-")
         return frontend
 
-    async def shutdown(self, frontend: GrpcFrontend) -> None:
+    async def shutdown(self, frontend: GrpcFrontend) -> int:
         """Not ready (health NOT_SERVING), drain, take what gRPC holds, refuse new calls, let those in
-        flight finish, unload."""
+        flight finish, unload. The exit status: 0, or 1 if requests still running at the exit timeout
+        were abandoned (gRPC cancels them; their runs are stopped)."""
         settings, state = self.settings, self.state
         log.info(
             "event=shutdown_started drain_delay_secs=%.1f exit_timeout_secs=%.1f",
@@ -150,13 +150,23 @@ class Server:
         while state.inferring and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         await _until_quiet(state, QUIET_SECS, min(SETTLE_SECS, max(0.0, deadline - time.monotonic())))
+        abandoned = state.inferring
         await frontend.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.stop()
-        if self._sampler is not None:
-            self._sampler.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if abandoned:
+            log.error(
+                "event=shutdown_timeout exit_timeout_secs=%.1f requests_abandoned=%d reason=%r",
+                timeout,
+                abandoned,
+                "requests still running at the exit timeout were cancelled",
+            )
+            return 1
         log.info("event=shutdown_complete")
+        return 0
 
 
 QUIET_SECS = 0.05  # no new inference call for this long: gRPC holds no more

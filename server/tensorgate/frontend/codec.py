@@ -130,7 +130,10 @@ def _from_raw(name: str, raw: bytes, shape: Sequence[int], dtype: DataType, coun
 
 def _check_utf8(name: str, flat: np.ndarray) -> None:
     """BYTES inputs of an ONNX model are string tensors, which hold UTF-8 text. Checked here, per
-    request: found by the engine, one bad request would fail every request batched with it."""
+    request: found by the engine, one bad request would fail every request batched with it. ASCII
+    text (the usual case) is valid as a whole, in one pass; otherwise element by element."""
+    if b"".join(flat).isascii():
+        return
     for i, item in enumerate(flat):
         try:
             item.decode("utf-8")
@@ -139,6 +142,34 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
                 f"input '{name}': element {i} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
                 "the model's BYTES inputs are ONNX string tensors, which hold UTF-8 text"
             ) from None
+
+
+# BYTES tensors cost Python work per element (a UTF-8 check, an object each when their lengths
+# differ): a request or response with more than this many of them is decoded or encoded on a thread,
+# so the event loop keeps serving other calls meanwhile.
+BYTES_ELEMENTS_ON_LOOP = 4096
+
+
+def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:
+    """Whether decoding ``request`` may take long enough to stall the event loop (BYTES inputs of
+    more than BYTES_ELEMENTS_ON_LOOP elements, judged from their sizes before any parsing)."""
+    if not model.bytes_inputs:
+        return False
+    for tensor in request.inputs:
+        spec = model.inputs.get(tensor.name)
+        if spec is not None and spec.datatype.is_bytes:
+            claimed = len(tensor.contents.bytes_contents)
+            if claimed > BYTES_ELEMENTS_ON_LOOP:
+                return True
+    # Raw BYTES contents hold at least 4 bytes an element.
+    return sum(len(raw) for raw in request.raw_input_contents) > 4 * BYTES_ELEMENTS_ON_LOOP
+
+
+def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray]) -> bool:
+    """Whether encoding ``outputs`` may stall the event loop (many BYTES elements)."""
+    return model.bytes_outputs and sum(a.size for n, a in outputs.items() if model.outputs[n].datatype.is_bytes) > (
+        BYTES_ELEMENTS_ON_LOOP
+    )
 
 
 def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:

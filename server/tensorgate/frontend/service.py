@@ -185,9 +185,15 @@ class InferenceService:
         try:
             served = self.repository.get(request.model_name, request.model_version)
             served.scheduler.admit()
-            decoded = codec.decode_request(request, served.spec)
+            spec = served.spec
+            if spec.bytes_inputs and codec.heavy_request(request, spec):
+                decoded = await asyncio.to_thread(codec.decode_request, request, spec)
+            else:
+                decoded = codec.decode_request(request, spec)
             outputs = await served.scheduler.infer(decoded)
-            return codec.encode_response(served.spec, served.version, request.id, outputs)
+            if spec.bytes_outputs and codec.heavy_response(spec, outputs):
+                return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs)
+            return codec.encode_response(spec, served.version, request.id, outputs)
         finally:
             state.inferring -= 1
 

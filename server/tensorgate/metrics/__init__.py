@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import start_http_server
+import waitress
+from prometheus_client import make_wsgi_app
 from prometheus_client.registry import REGISTRY
 
 from tensorgate.metrics.cpu import CpuReader
@@ -20,9 +23,31 @@ from tensorgate.metrics.models import (
 )
 from tensorgate.metrics.sampler import Sampler
 
-__all__ = ["Sampler", "VersionMetrics", "serve_metrics", "thread_cpu_seconds"]
+__all__ = ["MetricsEndpoint", "Sampler", "VersionMetrics", "serve_metrics", "thread_cpu_seconds"]
 
 log = logging.getLogger(__name__)
+
+# The HTTP server of /metrics (waitress): one event loop thread holds the connections, a fixed pool
+# answers scrapes. A client that connects and sends nothing, or stops reading, holds no thread and
+# is closed once idle; past the connection limit new ones wait in the listen backlog.
+SCRAPE_THREADS = 2
+CONNECTION_LIMIT = 512  # far above what scrapers need; a flood past it waits in the backlog
+IDLE_TIMEOUT_SECS = 10
+
+
+class MetricsEndpoint:
+    """The /metrics server and the sampler; ``stop`` ends both."""
+
+    def __init__(self, server: Any, sampler: Sampler | None) -> None:  # a waitress server
+        self.sampler = sampler
+        self._server = server
+        self._thread = threading.Thread(target=server.run, name="tg-metrics-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.close()
+        if self.sampler is not None:
+            self.sampler.stop()
 
 
 def serve_metrics(
@@ -35,9 +60,9 @@ def serve_metrics(
     interval_ms: int = 2000,
     cpu: bool = True,
     gpu: bool = True,
-) -> Sampler | None:
-    """Start the /metrics HTTP endpoint on its own thread, and the sampler of host (``cpu``) and GPU
-    (``gpu``) state when either is on; returns the sampler (to stop at shutdown)."""
+) -> MetricsEndpoint:
+    """Start the /metrics HTTP endpoint on its own threads, and the sampler of host (``cpu``) and
+    GPU (``gpu``) state when either is on. OSError if the address cannot be bound."""
     sampler = None
     if cpu or gpu:
         if not gpu:
@@ -46,7 +71,19 @@ def serve_metrics(
         sampler = Sampler(interval_ms / 1000, CpuReader() if cpu else None, gpu_reader)
         sampler.start()
     REGISTRY.register(ModelStatsCollector(source, server, loop_cpu_seconds, sampler))
-    start_http_server(port, addr=host)
+    http = waitress.create_server(
+        make_wsgi_app(REGISTRY),
+        host=host,
+        port=port,
+        threads=SCRAPE_THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_TIMEOUT_SECS,
+        cleanup_interval=1,
+        asyncore_use_poll=True,  # select() would stop at 1024 descriptors
+        ident="tensorgate",
+        clear_untrusted_proxy_headers=True,
+    )
+    endpoint = MetricsEndpoint(http, sampler)
     log.info(
         "event=metrics_listening address=%s:%d path=/metrics interval_ms=%d cpu=%s gpu=%s",
         host,
@@ -55,4 +92,4 @@ def serve_metrics(
         str(cpu).lower(),
         str(gpu).lower(),
     )
-    return sampler
+    return endpoint

@@ -47,6 +47,14 @@ class ModelSpec:
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
+    @cached_property
+    def bytes_inputs(self) -> bool:
+        return any(t.datatype.is_bytes for t in self.inputs.values())
+
+    @cached_property
+    def bytes_outputs(self) -> bool:
+        return any(t.datatype.is_bytes for t in self.outputs.values())
+
 
 @dataclass(frozen=True)
 class RawConfig:
