@@ -38,9 +38,16 @@ def serve_command(repo: Path, port: int, metrics_port: int, *args: str) -> list[
 class Server:
     """A ``tensorgate serve`` child process; ``url`` is its gRPC address."""
 
-    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        port: int | None = None,
+    ) -> None:
         self.repo = repo
-        self.port = free_port()
+        self.port = port or free_port()
         self.metrics_port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = repo.parent / f"server-{self.port}.log"

@@ -3,6 +3,7 @@ delay) and the health service as Kubernetes probes call it (any service name).""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -44,9 +45,12 @@ class Traffic:
     """Closed-loop workers, each with its own tritonclient, calling until told to stop; every call
     is recorded with its start and end (monotonic) and its error, if any."""
 
-    def __init__(self, url: str, workers: int, model: str = "add_sub") -> None:
+    def __init__(
+        self, url: str, workers: int, model: str = "add_sub", channel_args: list[tuple[str, str]] | None = None
+    ) -> None:
         self.url = url
         self.model = model
+        self.channel_args = channel_args
         self.calls: list[Call] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -55,7 +59,7 @@ class Traffic:
             t.start()
 
     def _work(self, seed: int) -> None:
-        client = grpcclient.InferenceServerClient(self.url)
+        client = grpcclient.InferenceServerClient(self.url, channel_args=self.channel_args)
         rows = 16 if self.model == "add_sub" else 512
         a = np.full((1, rows), seed, np.float32) if self.model == "add_sub" else np.ones((4, rows), np.float32)
         b = np.ones_like(a)
@@ -170,3 +174,42 @@ def test_health_answers_any_service_name(tmp_path: Path) -> None:
         assert next(watch).status == NOT_SERVING
         watch.cancel()
     assert server.stop() == 0
+
+
+def test_two_replicas_keep_serving_while_one_is_drained_and_restarted(tmp_path: Path) -> None:
+    """Clients on a round_robin channel over two replicas, with client-side health checking on the
+    readiness service (what a service mesh or an L7 balancer does with Kubernetes' endpoints): one
+    replica gets SIGTERM (drain delay 1 s), exits 0 and is started again on the same port; every
+    request of the steady traffic succeeds, and both replicas serve before and after."""
+    repo = _repo(tmp_path)
+    a, b = Server(repo, "--drain-delay-secs", "1"), Server(repo, "--drain-delay-secs", "1")
+    health_check = {"serviceName": "readiness"}
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": health_check})
+    url = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
+    traffic = Traffic(url, 4, channel_args=[("grpc.service_config", config)])
+    try:
+        wait_for(lambda: _answered(a) > 20 and _answered(b) > 20, 20, 0.05)
+        signalled = time.monotonic()
+        a.send_signal(signal.SIGTERM)
+        assert a.proc.wait(30) == 0, a.log
+        assert time.monotonic() - signalled < 30
+        served_by_b = _answered(b)
+        time.sleep(0.5)
+        assert _answered(b) > served_by_b  # b carried the traffic meanwhile
+        a.stop()
+        a = Server(repo, "--drain-delay-secs", "1", port=a.port)
+        wait_for(lambda: _answered(a) > 20, 30, 0.05)  # the channel took the restarted replica back
+    finally:
+        calls = traffic.stop()
+        a.stop()
+        b.stop()
+    failed = [c.error for c in calls if c.error is not None]
+    assert len(calls) > 100 and not failed, f"{len(failed)} of {len(calls)} calls failed: {failed[:3]}"
+
+
+def _answered(server: Server) -> int:
+    try:
+        stats = server.client.get_inference_statistics("add_sub").model_stats[0]
+    except Exception:
+        return 0
+    return int(stats.inference_stats.success.count)
