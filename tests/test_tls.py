@@ -144,3 +144,52 @@ def test_half_a_tls_setup_stops_the_start_with_the_reason(tmp_path: Path, flags:
         [*serve_command(tmp_path, 0, -1), *flags], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert done.returncode == 1 and "event=startup_failed" in done.stderr and "--grpc-tls-" in done.stderr, done.stderr
+
+
+def test_renewed_certificates_are_taken_without_a_restart(tmp_path: Path, repo: Path, pki: dict[str, Path]) -> None:
+    """The server's certificate and key files are replaced by a pair from another CA (a renewal
+    with a rotated CA): new connections get the new certificate, with no restart; a renewal caught
+    half-written (new certificate, old key) keeps the pair in use and says why."""
+    cert, key = tmp_path / "tls.pem", tmp_path / "tls.key"
+    shutil.copy(pki["server.pem"], cert)
+    shutil.copy(pki["server.key"], key)
+    server = Server(repo, "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key), wait_ready=False)
+    try:
+        wait_for(lambda: "event=server_ready" in server.log or server.proc.poll() is not None, 60)
+        old = _client(server, pki, with_certificate=False)
+        assert _identity(old).shape == (1, 16)
+        old.close()
+        other = _other_pki(tmp_path / "other")
+        cert.write_bytes(other["server.pem"].read_bytes())  # half-written: the key is still the old one
+        fresh = _client(server, pki, with_certificate=False)
+        assert _identity(fresh).shape == (1, 16)  # still the old pair
+        fresh.close()
+        wait_for(lambda: "event=tls_reload_failed" in server.log, 10)
+        key.write_bytes(other["server.key"].read_bytes())
+        renewed = _client(server, other, with_certificate=False)
+        assert _identity(renewed).shape == (1, 16)
+        renewed.close()
+        assert "event=tls_reloaded" in server.log
+        stale = _client(server, pki, with_certificate=False)
+        with pytest.raises(InferenceServerException):
+            stale.is_server_live(client_timeout=5)
+        stale.close()
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def _other_pki(out: Path) -> dict[str, Path]:
+    out.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("another CA", ca_key, None, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    files = {
+        "ca.pem": ca.public_bytes(serialization.Encoding.PEM),
+        "server.pem": _certificate("server", key, (ca.subject, ca_key), ca=False).public_bytes(
+            serialization.Encoding.PEM
+        ),
+        "server.key": _pem_key(key),
+    }
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return {name: out / name for name in files}

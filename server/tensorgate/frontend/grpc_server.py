@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import ssl
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -9,6 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tensorgate.frontend.service import InferenceService, generic_handler
 from tensorgate.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The service names that ask whether the process is alive; every other name asks whether it is ready.
 LIVENESS_NAMES = frozenset({"liveness", "live"})
@@ -43,8 +48,8 @@ class TlsError(RuntimeError):
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS credentials from --grpc-tls-cert/--grpc-tls-key (mutual TLS with --grpc-tls-client-ca);
-    None: plaintext."""
+    """TLS credentials from --grpc-tls-cert/--grpc-tls-key (mutual TLS with --grpc-tls-client-ca),
+    read again at the next handshake after a file changes; None: plaintext."""
     cert, key, client_ca = settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_client_ca
     if cert is None and key is None:
         if client_ca is not None:
@@ -52,12 +57,57 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     if cert is None or key is None:
         raise TlsError("TLS needs both --grpc-tls-cert and --grpc-tls-key")
-    try:
-        pair = (key.read_bytes(), cert.read_bytes())
-        roots = client_ca.read_bytes() if client_ca is not None else None
-    except OSError as exc:
-        raise TlsError(f"cannot read a TLS file: {exc}") from None
-    return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=roots is not None)
+    files = TlsFiles(cert, key, client_ca)
+    return grpc.dynamic_ssl_server_credentials(
+        files.read(), files.changed, require_client_authentication=client_ca is not None
+    )
+
+
+class TlsFiles:
+    """The PEM files of the TLS setup, watched: a new certificate (a renewal by cert-manager, a
+    rotated CA) is taken at the next connection's handshake without a restart. A change is taken
+    only once the certificate and key match, so a renewal caught half-written keeps the old pair."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
+        self.paths = (cert, key, client_ca)
+        self._stamp = self._stat()
+        self._refused = self._stamp  # the last change found unusable (logged once)
+
+    def _stat(self) -> tuple[tuple[int, int] | None, ...]:
+        stamps: list[tuple[int, int] | None] = []
+        for path in self.paths:
+            try:
+                info = path.stat() if path is not None else None
+            except OSError:
+                info = None
+            stamps.append((info.st_mtime_ns, info.st_size) if info is not None else None)
+        return tuple(stamps)
+
+    def read(self) -> grpc.ServerCertificateConfiguration:
+        """The files' configuration now; TlsError if they cannot be read or do not match."""
+        cert, key, client_ca = self.paths
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            pair = (key.read_bytes(), cert.read_bytes())
+            roots = client_ca.read_bytes() if client_ca is not None else None
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise TlsError(f"cannot use the TLS files: {exc}") from None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
+
+    def changed(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's fetcher, called at each handshake: the new configuration if a file changed."""
+        stamp = self._stat()
+        if stamp == self._stamp or stamp == self._refused:
+            return None
+        try:
+            configuration = self.read()
+        except TlsError as exc:
+            self._refused = stamp
+            log.warning("event=tls_reload_failed reason=%r keeping=%r", str(exc), "the certificate in use")
+            return None
+        self._stamp = stamp
+        log.info("event=tls_reloaded cert=%s", self.paths[0])
+        return configuration
 
 
 class GrpcFrontend:
