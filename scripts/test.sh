@@ -16,6 +16,17 @@ if [[ "$(uname -m)" == "x86_64" ]]; then
 else
   echo "perf_analyzer: only shipped for x86_64; its tests will be skipped" >&2
 fi
+# tests/test_image.py builds the CPU image (scripts/build_image.sh) and runs it with podman.
+image_tools=(podman buildah runc mmdebstrap)
+for tool in "${image_tools[@]}"; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${image_tools[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${image_tools[@]}" >/dev/null 2>&1; } \
+      || echo "podman: not installed; tests/test_image.py will be skipped" >&2
+    break
+  fi
+done
 "$venv/bin/ruff" check server tests scripts bench deploy
 "$venv/bin/ruff" format --check server tests scripts bench deploy
 "$venv/bin/mypy"
