@@ -28,10 +28,11 @@ def free_port() -> int:
 
 
 def serve_command(repo: Path, port: int, metrics_port: int, *args: str) -> list[str]:
-    """``tensorgate serve`` on loopback with the given ports."""
+    """``tensorgate serve`` on loopback with the given ports (HTTP/REST on any free one unless
+    ``args`` name ``--http-port``, which then wins)."""
     return [
         sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-        "--grpc-port", str(port), "--metrics-port", str(metrics_port), *args,
+        "--grpc-port", str(port), "--metrics-port", str(metrics_port), "--http-port", "0", *args,
     ]  # fmt: skip
 
 

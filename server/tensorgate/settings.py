@@ -87,6 +87,7 @@ class Settings:
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC and metrics servers bind"})
     grpc_address: str = field(default="", metadata={"help": "address the gRPC server binds (empty: --host)"})
+    http_address: str = field(default="", metadata={"help": "address the HTTP/REST server binds (empty: --host)"})
     metrics_address: str = field(default="", metadata={"help": "address the metrics server binds (empty: --host)"})
     grpc_tls_cert: Path | None = field(
         default=None,
@@ -115,6 +116,10 @@ class Settings:
         },
     )
     grpc_port: int = field(default=8001, metadata={"help": "port of the KServe V2 gRPC service (0 picks a free one)"})
+    http_port: int = field(
+        default=8000,
+        metadata={"help": "port of the KServe V2 HTTP/REST API (0 picks a free one, -1 disables it)"},
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"}
     )
