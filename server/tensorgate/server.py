@@ -21,6 +21,7 @@ import time
 
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
+from tensorgate.frontend.http_server import HttpFrontend
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.metrics import MetricsEndpoint, VersionMetrics, serve_metrics, thread_cpu_seconds
 from tensorgate.repository import ModelVersion, Repository
@@ -36,6 +37,7 @@ class Server:
         self.repository = Repository(settings)
         self._stop = asyncio.Event()
         self._metrics: MetricsEndpoint | None = None
+        self._http: HttpFrontend | None = None
         self._watchdog: threading.Timer | None = None
         self._signalled_at = 0.0  # time.monotonic() of the first signal
 
@@ -86,7 +88,8 @@ class Server:
             log.error("event=startup_failed reason=%r", reason)
             return None
         try:
-            frontend = GrpcFrontend(settings, InferenceService(repository, state))
+            frontend_service = InferenceService(repository, state)
+            frontend = GrpcFrontend(settings, frontend_service)
         except (PortInUse, TlsError) as exc:
             log.error("event=startup_failed reason=%r", str(exc))
             return None
@@ -107,6 +110,16 @@ class Server:
                 log.error("event=startup_failed reason=%r", reason)
                 return None
         await frontend.start()
+        if settings.http_port >= 0:
+            self._http = HttpFrontend(settings, frontend_service)
+            try:
+                await self._http.start()
+            except OSError as exc:
+                reason = f"cannot serve HTTP on {self._http.host}:{settings.http_port}: {exc}"
+                log.error("event=startup_failed reason=%r", reason)
+                await frontend.stop(0)
+                return None
+            log.info("event=http_listening address=%s:%d", self._http.host, self._http.port)
         tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
         address = frontend.address.rsplit(":", 1)[0]
         log.info("event=grpc_listening version=%s address=%s:%d tls=%s", __version__, address, frontend.port, tls)
@@ -151,6 +164,8 @@ class Server:
             await asyncio.sleep(0.005)
         await _until_quiet(state, QUIET_SECS, min(SETTLE_SECS, max(0.0, deadline - time.monotonic())))
         abandoned = state.inferring
+        if self._http is not None:
+            await self._http.stop()
         await frontend.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.stop()
         if self._metrics is not None:

@@ -261,7 +261,7 @@ class InferenceService:
             answers.put_nowait(None)
 
         try:
-            _check_allowed(_restriction_of(self.repository.settings, "ModelStreamInfer"), context)
+            check_allowed(restriction_of(self.repository.settings, "ModelStreamInfer"), context)
         except ServerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
         helpers = (asyncio.create_task(read()), asyncio.create_task(close_on_shutdown()))
@@ -309,13 +309,13 @@ async def _settled(tasks: set[asyncio.Task[None]]) -> None:
         await asyncio.gather(*list(tasks), return_exceptions=True)
 
 
-def _restriction_of(settings: Settings, rpc: str) -> Restriction | None:
+def restriction_of(settings: Settings, rpc: str) -> Restriction | None:
     """The --grpc-restricted-protocol restriction that covers ``rpc``, if any."""
     restriction = settings.grpc_restricted_protocol
     return restriction if restriction is not None and GROUPS[rpc] in restriction.protocols else None
 
 
-def _check_allowed(restriction: Restriction | None, context: Any) -> None:
+def check_allowed(restriction: Restriction | None, context: Any) -> None:
     """UNAVAILABLE unless the call carries the restriction's header and value (compared in constant
     time), as Triton answers a restricted protocol."""
     if restriction is None:
@@ -342,7 +342,7 @@ def _unary(
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, Resp]) -> Resp:
         request: Req | None = None
         try:
-            _check_allowed(restriction, context)
+            check_allowed(restriction, context)
             request = _parse(state, request_type, raw)
             response: Resp = await handler(request, context)
             return response
@@ -406,7 +406,7 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
 
     handlers: dict[str, grpc.RpcMethodHandler] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _unary(service.state, fn, req, resp, _restriction_of(service.repository.settings, rpc)),
+            _unary(service.state, fn, req, resp, restriction_of(service.repository.settings, rpc)),
             request_deserializer=None,  # bytes: _unary parses them, so a bad message gets a clear status
             response_serializer=resp.SerializeToString,
         )

@@ -1,0 +1,281 @@
+"""The KServe V2 REST bodies (JSON, and Triton's binary tensor data extension) to and from the
+protobuf messages of the gRPC service.
+
+An HTTP inference request becomes a ``ModelInferRequest`` whose tensors are all in
+``raw_input_contents`` (binary data as sent; JSON ``data`` laid out by numpy), so it goes through
+the same checks, messages and scheduler as a gRPC one. Only what is particular to JSON is checked
+here: that the body is JSON of the right shape, and that ``data`` holds as many values of the
+declared datatype as the declared shape needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from tensorgate import datatypes
+from tensorgate.errors import InvalidArgument, clip
+from tensorgate.proto import inference_pb2 as pb
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class OutputChoice:
+    """Which outputs go back as binary data (Triton's ``binary_data`` / ``binary_data_output``)."""
+
+    default_binary: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.default_binary)
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+def _parameters(target: Any, given: object, what: str, skip: tuple[str, ...] = ()) -> None:
+    """JSON parameters into a protobuf map of InferParameter."""
+    for key, value in _object(given, f"{what} 'parameters'").items():
+        if key in skip:
+            continue
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+            param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        elif isinstance(value, str):
+            param.string_param = value
+        else:
+            raise InvalidArgument(f"{what} parameter '{clip(key)}' must be a boolean, an integer, a number or a string")
+
+
+def _shape(name: str, given: object) -> list[int]:
+    if not isinstance(given, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and _INT64[0] <= d <= _INT64[1] for d in given
+    ):
+        raise InvalidArgument(f"input '{clip(name)}': 'shape' must be a list of integers")
+    return given
+
+
+def _flatten(data: object, out: list[object]) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _flatten(item, out)
+    else:
+        out.append(data)
+
+
+def _json_data(name: str, datatype: str, shape: list[int], data: object) -> bytes:
+    """The raw V2 encoding of an input's JSON ``data`` (flat or nested, row-major)."""
+    dtype = datatypes.BY_V2.get(datatype)
+    if dtype is None:
+        return b""  # the datatype is refused, by name, where every request's are checked
+    values: list[object] = []
+    _flatten(data, values)
+    needed = math.prod(shape) if all(d >= 0 for d in shape) else -1
+    if len(values) != needed:
+        raise InvalidArgument(
+            f"input '{clip(name)}' has {len(values)} values in 'data' but its shape {shape} needs "
+            f"{needed if needed >= 0 else 'a non-negative number of'}"
+        )
+    if dtype.is_bytes:
+        texts = [v for v in values if isinstance(v, str)]
+        if len(texts) != len(values):
+            raise InvalidArgument(f"input '{clip(name)}' is BYTES: its 'data' must hold strings")
+        return datatypes.serialize_bytes(np.array([v.encode("utf-8") for v in texts], dtype=np.object_))
+    if dtype.v2 == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            raise InvalidArgument(f"input '{clip(name)}' is BOOL: its 'data' must hold true or false")
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise InvalidArgument(f"input '{clip(name)}' is {dtype.v2}: its 'data' must hold numbers")
+    elif dtype.numpy.kind in "iu" and not all(isinstance(v, int) for v in values):
+        raise InvalidArgument(f"input '{clip(name)}' is {dtype.v2}: its 'data' must hold integers")
+    try:
+        if dtype.v2 == "BF16":
+            return _bf16_bits(np.asarray(values, dtype=np.float32)).tobytes()
+        return np.asarray(values, dtype=dtype.numpy).tobytes()
+    except OverflowError:
+        raise InvalidArgument(f"input '{clip(name)}': a value in 'data' does not fit {dtype.v2}") from None
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    """FP32 values to BF16 bit patterns, rounded to nearest even."""
+    bits = values.view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_values(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def infer_request(
+    model_name: str, version: str, body: bytes, header_length: str | None
+) -> tuple[pb.ModelInferRequest, OutputChoice]:
+    """A V2 REST inference request (with binary tensors after the JSON header when
+    ``Inference-Header-Content-Length`` says where it ends) as a ModelInferRequest."""
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(
+                f"{HEADER_LENGTH} is {clip(header_length)} but the body has {len(body)} bytes; it must be the "
+                "length of the JSON part, which the binary tensor data follows"
+            )
+        header, binary = body[: int(header_length)], body[int(header_length) :]
+    try:
+        parsed = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    j = _object(parsed, "the request body")
+    request = pb.ModelInferRequest(model_name=model_name, model_version=version)
+    request_id = j.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    request.id = request_id
+    choice = OutputChoice()
+    if "parameters" in j:
+        params = _object(j["parameters"], "'parameters'")
+        choice.default_binary = params.get("binary_data_output") is True
+        _parameters(request.parameters, params, "request", skip=("binary_data_output",))
+    inputs = j.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidArgument("the request needs 'inputs', a list of tensors")
+    offset = 0
+    for given in inputs:
+        tensor = _object(given, "each of 'inputs'")
+        name = tensor.get("name")
+        datatype = tensor.get("datatype")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidArgument("each input needs a 'name' and a 'datatype' (strings)")
+        shape = _shape(name, tensor.get("shape"))
+        target = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        params = _object(tensor.get("parameters", {}), f"input '{clip(name)}' 'parameters'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise InvalidArgument(
+                    f"input '{clip(name)}': binary_data_size {clip(str(size))} does not fit the {len(binary) - offset} "
+                    "bytes of binary data left in the body"
+                )
+            request.raw_input_contents.append(binary[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            request.raw_input_contents.append(_json_data(name, datatype, shape, tensor["data"]))
+        else:
+            raise InvalidArgument(f"input '{clip(name)}' has neither 'data' nor a binary_data_size parameter")
+        _parameters(target.parameters, params, f"input '{clip(name)}'", skip=("binary_data_size", "binary_data"))
+    if offset != len(binary):
+        raise InvalidArgument(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
+    for given in j.get("outputs", []) or []:
+        wanted = _object(given, "each of 'outputs'")
+        name = wanted.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument("each requested output needs a 'name' (a string)")
+        target = request.outputs.add(name=name)
+        params = _object(wanted.get("parameters", {}), f"output '{clip(name)}' 'parameters'")
+        if "binary_data" in params:
+            choice.binary[name] = params["binary_data"] is True
+        _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
+    return request, choice
+
+
+def _json_values(datatype: str, raw: bytes) -> list[Any]:
+    dtype = datatypes.BY_V2[datatype]
+    if dtype.is_bytes:
+        count = _bytes_count(raw)
+        return [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, count)]
+    array = np.frombuffer(raw, dtype=dtype.numpy)
+    if dtype.v2 == "BF16":
+        array = _bf16_values(array)
+    values: list[Any] = array.tolist()
+    return values
+
+
+def _bytes_count(raw: bytes) -> int:
+    count, offset = 0, 0
+    while offset < len(raw):
+        offset += 4 + int.from_bytes(raw[offset : offset + 4], "little")
+        count += 1
+    return count
+
+
+def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
+    """The V2 REST body of a response, and the length of its JSON part when binary data follows."""
+    out: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        out["id"] = response.id
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if choice.is_binary(tensor.name):
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_values(tensor.datatype, raw)
+        outputs.append(entry)
+    out["outputs"] = outputs
+    header = json.dumps(out, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A protobuf message as Triton writes it in JSON: field names as in the .proto, every field
+    (zeros and empty lists too), 64-bit integers as numbers, enums by name."""
+    out: dict[str, Any] = {}
+    for f in message.DESCRIPTOR.fields:
+        if f.containing_oneof is not None and message.WhichOneof(f.containing_oneof.name) != f.name:
+            continue
+        value = getattr(message, f.name)
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            value_field = f.message_type.fields_by_name["value"]
+            out[f.name] = {k: _json_scalar(value_field, v) for k, v in value.items()}
+        elif f.label == FieldDescriptor.LABEL_REPEATED:
+            out[f.name] = [_json_scalar(f, v) for v in value]
+        else:
+            out[f.name] = _json_scalar(f, value)
+    return out
+
+
+def _json_scalar(f: FieldDescriptor, value: Any) -> Any:
+    if f.message_type is not None:
+        return message_json(value)
+    if f.enum_type is not None:
+        return f.enum_type.values_by_number[value].name if value in f.enum_type.values_by_number else value
+    if f.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    return value
+
+
+def load_parameters(body: bytes) -> Mapping[str, str]:
+    """The ``parameters`` of a repository load request body (Triton's: ``config`` as a JSON string)."""
+    if not body.strip():
+        return {}
+    try:
+        j = _object(json.loads(body), "the request body")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    params = _object(j.get("parameters", {}), "'parameters'")
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"load parameter '{clip(key)}' must be a string")
+        out[key] = value
+    return out

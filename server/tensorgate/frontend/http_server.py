@@ -1,0 +1,222 @@
+"""The KServe V2 HTTP/REST API (with Triton's binary tensor data, statistics and model repository
+extensions) on aiohttp, on the event loop gRPC uses.
+
+Every route turns its request into the gRPC service's protobuf request and calls the same
+:class:`InferenceService` method, so both faces share one set of checks and error messages, one
+repository, and one scheduler per model: HTTP and gRPC requests batch together. A
+:class:`ServerError` becomes Triton's HTTP status for it and a ``{"error": "..."}`` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from tensorgate.errors import Code, InvalidArgument, ServerError
+from tensorgate.frontend import http_codec
+from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of
+from tensorgate.proto import inference_pb2 as pb
+from tensorgate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Triton's HTTP status for each error (its HttpCodeFromError): everything else is 400.
+HTTP_STATUS: dict[Code, int] = {
+    Code.NOT_FOUND: 404,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 503,  # a full queue is UNAVAILABLE in Triton
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Headers:
+    """The request's headers where the restriction check expects gRPC metadata."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(k.lower(), v) for k, v in self._request.headers.items()]
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(body=json.dumps(value, separators=(",", ":")).encode(), content_type="application/json")
+
+
+class HttpFrontend:
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        self.settings = settings
+        self.service = service
+        self.host = settings.http_address or settings.host
+        self.port = settings.http_port
+        self._runner: web.AppRunner | None = None
+        app = web.Application(client_max_size=settings.grpc_max_message_bytes)
+        self._add_routes(app)
+        self.app = app
+
+    def _add_routes(self, app: web.Application) -> None:
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        get, post = "GET", "POST"
+        routes: list[tuple[str, str, str, Handler]] = [
+            (get, "/v2", "ServerMetadata", self.server_metadata),
+            (get, "/v2/health/live", "ServerLive", self.server_live),
+            (get, "/v2/health/ready", "ServerReady", self.server_ready),
+            (get, "/v2/models/stats", "ModelStatistics", self.model_statistics),
+            (post, "/v2/repository/index", "RepositoryIndex", self.repository_index),
+            (post, "/v2/repository/models/{model}/load", "RepositoryModelLoad", self.load),
+            (post, "/v2/repository/models/{model}/unload", "RepositoryModelUnload", self.unload),
+        ]
+        for prefix in (model, versioned):
+            routes += [
+                (get, prefix, "ModelMetadata", self.model_metadata),
+                (get, f"{prefix}/ready", "ModelReady", self.model_ready),
+                (get, f"{prefix}/config", "ModelConfig", self.model_config),
+                (get, f"{prefix}/stats", "ModelStatistics", self.model_statistics),
+                (post, f"{prefix}/infer", "ModelInfer", self.infer),
+            ]
+        for method, path, rpc, handler in routes:
+            app.router.add_route(method, path, self._wrap(rpc, handler))
+
+    def _wrap(self, rpc: str, handler: Handler) -> Handler:
+        """Refuse what --grpc-restricted-protocol restricts (the same groups as over gRPC), and turn
+        errors into Triton's statuses."""
+        restriction = restriction_of(self.settings, rpc)
+        state = self.service.state
+
+        async def call(request: web.Request) -> web.StreamResponse:
+            try:
+                check_allowed(restriction, _Headers(request))
+                return await handler(request)
+            except ServerError as exc:
+                return _error(exc.message, HTTP_STATUS.get(exc.code, 400))
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.settings.grpc_max_message_bytes
+                return _error(f"the request body exceeds {limit} bytes (--grpc-max-message-bytes)", 413)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                state.internal_errors += 1
+                log.exception("event=internal_error rpc=%s protocol=http path=%s", rpc, request.path)
+                return _error(f"internal error: {exc}", 500)
+
+        return call
+
+    # ---- health and metadata ----
+
+    async def server_live(self, request: web.Request) -> web.Response:
+        live = await self.service.server_live(pb.ServerLiveRequest(), None)
+        return web.Response(status=200 if live.live else 400)
+
+    async def server_ready(self, request: web.Request) -> web.Response:
+        ready = await self.service.server_ready(pb.ServerReadyRequest(), None)
+        return web.Response(status=200 if ready.ready else 400)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        ready = await self.service.model_ready(pb.ModelReadyRequest(name=name, version=version), None)
+        return web.Response(status=200 if ready.ready else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        response = await self.service.server_metadata(pb.ServerMetadataRequest(), None)
+        return _json(http_codec.message_json(response))
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        response = await self.service.model_metadata(pb.ModelMetadataRequest(name=name, version=version), None)
+        return _json(http_codec.message_json(response))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        response = await self.service.model_config(pb.ModelConfigRequest(name=name, version=version), None)
+        return _json(http_codec.message_json(response.config))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        query = pb.ModelStatisticsRequest(name=name, version=version)
+        response = await self.service.model_statistics(query, None)
+        return _json(http_codec.message_json(response))
+
+    # ---- repository ----
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ready = False
+        if body.strip():
+            try:
+                parsed = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+            ready = isinstance(parsed, dict) and parsed.get("ready") is True
+        response = await self.service.repository_index(pb.RepositoryIndexRequest(ready=ready), None)
+        return _json([http_codec.message_json(m) for m in response.models])
+
+    async def load(self, request: web.Request) -> web.Response:
+        query = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
+        for key, value in http_codec.load_parameters(await request.read()).items():
+            query.parameters[key].string_param = value
+        await self.service.repository_model_load(query, None)
+        return _json({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        await request.read()
+        query = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
+        await self.service.repository_model_unload(query, None)
+        return _json({})
+
+    # ---- inference ----
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        body = await request.read()
+        query, choice = http_codec.infer_request(name, version, body, request.headers.get(http_codec.HEADER_LENGTH))
+        response = await self.service.model_infer(query)
+        payload, header_length = http_codec.infer_response(response, choice)
+        if header_length is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(
+            body=payload,
+            content_type="application/octet-stream",
+            headers={http_codec.HEADER_LENGTH: str(header_length)},
+        )
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Listen; OSError if the address cannot be bound."""
+        # Requests in flight at cleanup get the shutdown's grace; the exit timeout bounds it anyway.
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.exit_timeout_secs
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses: list[Any] = runner.addresses
+        self.port = int(addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop listening, let the requests in flight finish, close the connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info.get("model", ""), request.match_info.get("version", "")
