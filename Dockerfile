@@ -65,7 +65,7 @@ ENV PATH=/opt/tensorgate/bin:$PATH \
     PYTHONUNBUFFERED=1
 VOLUME ["/cache"]
 USER 1000
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 ENTRYPOINT ["tensorgate", "serve"]
 
 # ---- gpu ------------------------------------------------------------------------------------------
@@ -117,5 +117,5 @@ ENV PATH=/opt/tensorgate/bin:$PATH \
     PYTHONUNBUFFERED=1
 VOLUME ["/cache"]
 USER 1000
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 ENTRYPOINT ["tensorgate", "serve"]

@@ -160,7 +160,7 @@ def test_image_config(podman: Podman, image: str) -> None:
     assert config.get("User") == "1000", config
     assert config.get("Entrypoint") == ["tensorgate", "serve"]
     assert not config.get("Cmd")
-    assert set(config.get("ExposedPorts") or {}) == {"8001/tcp", "8002/tcp"}
+    assert set(config.get("ExposedPorts") or {}) == {"8000/tcp", "8001/tcp", "8002/tcp"}
     assert set(config.get("Volumes") or {}) == {"/cache"}
     assert not config.get("Healthcheck") and not info.get("HealthCheck")
     assert not re.search(r"^\s*HEALTHCHECK\b", (ROOT / "Dockerfile").read_text(), re.MULTILINE)

@@ -468,7 +468,8 @@ def test_selectors_and_names_connect(tree: str) -> None:
     container_ports = {p["name"]: p["containerPort"] for p in server_container(tree, docs)["ports"]}
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["grpc"]["appProtocol"] == "grpc" and ports["grpc"]["targetPort"] in container_ports
-    assert set(ports) == {"grpc", "metrics"} and ports["metrics"]["targetPort"] in container_ports
+    assert set(ports) == {"grpc", "http", "metrics"} and ports["metrics"]["targetPort"] in container_ports
+    assert ports["http"]["targetPort"] in container_ports
     assert _selects(the(docs, "PodDisruptionBudget")["spec"]["selector"], pod_labels)
     monitor = the(docs, "ServiceMonitor")
     assert _selects(monitor["spec"]["selector"], service["metadata"]["labels"])
