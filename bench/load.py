@@ -110,6 +110,7 @@ class PaRun:
     stats: StatsSnapshot | None = None
     cpu: CpuDelta | None = None
     retried: bool = False
+    protocol: str = "grpc"  # perf_analyzer -i: "grpc" or "http" (the server's HTTP/REST port)
 
     @property
     def avg_batch(self) -> float:
@@ -128,11 +129,11 @@ class PaRun:
         return 1e6 * self.cpu.client_s / self.requests if self.cpu and self.requests else math.nan
 
 
-def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: Path) -> list[str]:
+def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: Path, protocol: str) -> list[str]:
     return [
         str(PERF_ANALYZER),
         "-i",
-        "grpc",
+        protocol,
         "-u",
         url,
         "-m",
@@ -150,8 +151,12 @@ def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: 
     ]
 
 
-def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, tmp: Path, label: str = "") -> PaRun:
-    out = tmp / f"pa-{label}{model}-c{c}-r{repeat}.csv"
+def perf_analyzer(
+    server: Server, model: str, c: int, repeat: int, s: Settings, tmp: Path, label: str = "", protocol: str = "grpc"
+) -> PaRun:
+    """One closed-loop perf_analyzer run; ``protocol`` "http" drives the server's HTTP/REST port instead of gRPC."""
+    out = tmp / f"pa-{label}{model}-{protocol}-c{c}-r{repeat}.csv"
+    url = server.http_url if protocol == "http" else server.url
     stability = s.stability_pct
     retried = False
     for attempt in range(2):
@@ -159,7 +164,7 @@ def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, 
         before = StatsSnapshot.take(server.client, model)
         cpu_before = CpuSample.take(server.pid)
         proc = subprocess.run(
-            _pa_command(server.url, model, c, s, stability, out),
+            _pa_command(url, model, c, s, stability, out, protocol),
             capture_output=True,
             text=True,
             timeout=60 + 3 * s.max_trials * s.measurement_ms / 1000,
@@ -184,12 +189,14 @@ def perf_analyzer(server: Server, model: str, c: int, repeat: int, s: Settings, 
                 stats,
                 cpu,
                 retried,
+                protocol,
             )
         if "stable measurement" in text and attempt == 0:
             stability, retried = min(100, 2 * stability), True  # a noisy machine: accept a looser window once
             continue
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        return PaRun(model, c, repeat, False, f"rc={proc.returncode}: " + " | ".join(lines[-3:]), stats=stats, cpu=cpu)
+        error = f"rc={proc.returncode}: " + " | ".join(lines[-3:])
+        return PaRun(model, c, repeat, False, error, stats=stats, cpu=cpu, protocol=protocol)
     raise AssertionError("unreachable")
 
 

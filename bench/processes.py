@@ -137,12 +137,21 @@ class Server:
         env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}  # ahead of the editable install
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.client = grpcclient.InferenceServerClient(self.url)
+        self.http_port: int | None = None  # tensorgate's HTTP/REST port; None: the server has none (the echo)
+
+    @property
+    def http_url(self) -> str:
+        if self.http_port is None:
+            raise ValueError(f"{self.command[:3]} serves no HTTP/REST")
+        return f"127.0.0.1:{self.http_port}"
 
     @classmethod
     def tensorgate(cls, repo: Path, log_path: Path, extra: Sequence[str] = (), code: Path | None = None) -> Server:
-        """``extra`` flags come last, so they override the defaults here (``--metrics-port``); ``code``: a
-        directory holding a ``tensorgate`` package (:func:`snapshot_code`) to run instead of server/."""
-        return cls(
+        """``extra`` flags come last, so they override the defaults here (``--metrics-port``, ``--http-port``);
+        ``code``: a directory holding a ``tensorgate`` package (:func:`snapshot_code`) to run instead of server/.
+        HTTP/REST listens on a free port of its own (:attr:`http_url`)."""
+        http_port = free_port()
+        server = cls(
             lambda port: [
                 sys.executable,
                 "-m",
@@ -156,11 +165,15 @@ class Server:
                 "-1",
                 "--host",
                 "127.0.0.1",
+                "--http-port",
+                str(http_port),
                 *extra,
             ],
             log_path,
             code,
         )
+        server.http_port = http_port
+        return server
 
     @classmethod
     def echo(cls, log_path: Path) -> Server:

@@ -5,8 +5,9 @@
 
 One run builds the model repository (bench/make_models.py), starts ``tensorgate serve`` on a free port,
 checks that every model answers exactly what raw ONNX Runtime answers, sweeps closed-loop load with
-perf_analyzer (``--repeats`` times, medians reported), drives open-loop (fixed-rate) load with a
-tritonclient.grpc.aio generator, stops the server with SIGTERM (it must exit 0), sweeps the same
+perf_analyzer (``--repeats`` times, medians reported; ``--http-models`` also through the server's HTTP/REST port,
+``perf_analyzer -i http`` at c1 and c16, printed beside gRPC in a ratio table), drives open-loop (fixed-rate)
+load with a tritonclient.grpc.aio generator, stops the server with SIGTERM (it must exit 0), sweeps the same
 concurrencies on a bare grpc.aio echo of ``identity`` (bench/echo_server.py, the peer baseline: what any
 Python gRPC server does on the day's machine), measures raw in-process ONNX Runtime with nothing else
 running, prints the tables and appends them to bench/RESULTS.md.
@@ -28,17 +29,21 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
 import metrics_ab
-from load import check_model, formed_batch, log, log_pa, open_loop, perf_analyzer, raw_session, raw_throughput
+from load import PaRun, check_model, formed_batch, log, log_pa, open_loop, perf_analyzer, raw_session, raw_throughput
 from processes import CpuDelta, CpuSample, Server
 from report import Report
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
-from tables import RunInfo
+from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table
+
+HTTP_MODELS = ("identity", "cnn")  # swept over HTTP/REST too, by default
+HTTP_CONCURRENCY = (1, 16)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -77,6 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument(
         "--no-peer", action="store_true", help="skip the bare grpc.aio echo peer baseline (bench/echo_server.py)"
     )
+    p.add_argument(
+        "--http-models",
+        default=",".join(HTTP_MODELS),
+        help="comma-separated models (of --models) also swept with perf_analyzer -i http at c1 and c16 (those of "
+        "--concurrency), beside gRPC in the same run; empty: none",
+    )
     a = p.parse_args(argv)
     quick, ab = bool(a.quick), bool(a.metrics_ab)
     default_models = ("identity", "mlp") if ab else tuple(make_models.DEFAULT_MODELS)
@@ -85,9 +96,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if unknown:
         p.error(f"unknown models {unknown}; choose from {', '.join(make_models.MODELS)}")
     conc = a.concurrency or ("16" if ab else "1,16" if quick else "1,4,16,64")
+    concurrency = tuple(int(c) for c in conc.split(",") if c)
     return Settings(
         models=models,
-        concurrency=tuple(int(c) for c in conc.split(",") if c),
+        concurrency=concurrency,
         repeats=a.repeats or (1 if quick else 3),
         measurement_ms=a.measurement_ms or (500 if quick else 1500),
         stability_pct=a.stability or (40 if quick else 25),
@@ -102,6 +114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         quick=quick,
         peer=not a.no_peer,
         metrics_ab=ab,
+        http_models=() if ab else tuple(m for m in a.http_models.split(",") if m in models),
+        http_concurrency=tuple(c for c in HTTP_CONCURRENCY if c in concurrency),
     )
 
 
@@ -135,6 +149,92 @@ def append_results(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# HTTP/REST beside gRPC
+
+
+@dataclass
+class RunReport(Report):
+    """The run's :class:`Report` and its HTTP/REST sweeps (perf_analyzer -i http on the same server, in the same
+    sweeps as gRPC), printed under the closed-loop table as their ratio to gRPC."""
+
+    http_runs: list[PaRun] = field(default_factory=list)
+
+    def http_med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.http_runs if r.model == model and r.concurrency == c and r.ok])
+
+    def http_table(self) -> str:
+        rows = []
+        for model in self.settings.http_models:
+            for c in self.settings.http_concurrency:
+                grpc_ips = self.med(model, c, lambda r: r.infer_per_s)
+                http_ips = self.http_med(model, c, lambda r: r.infer_per_s)
+                grpc_p50 = self.med(model, c, lambda r: r.p50_us)
+                http_p50 = self.http_med(model, c, lambda r: r.p50_us)
+                _, rawb = self.raw_at(model, self.http_med(model, c, lambda r: r.avg_batch))
+                rows.append(
+                    [
+                        model,
+                        str(c),
+                        fmt_int(grpc_ips),
+                        fmt_int(http_ips) if not math.isnan(http_ips) else "failed",
+                        fmt_x(http_ips / grpc_ips),
+                        fmt_ms(grpc_p50),
+                        fmt_ms(http_p50),
+                        fmt_x(http_p50 / grpc_p50),
+                        fmt_ms(self.http_med(model, c, lambda r: r.p99_us)),
+                        fmt_x(self.http_med(model, c, lambda r: r.avg_batch)),
+                        fmt_int(self.med(model, c, lambda r: r.server_cpu_us)),
+                        fmt_int(self.http_med(model, c, lambda r: r.server_cpu_us)),
+                        fmt_int(self.http_med(model, c, lambda r: r.client_cpu_us)),
+                        fmt_x(http_ips / rawb),
+                    ]
+                )
+        return table(
+            [
+                "model",
+                "c",
+                "gRPC infer/s",
+                "HTTP infer/s",
+                "HTTP/gRPC infer/s",
+                "gRPC p50 ms",
+                "HTTP p50 ms",
+                "HTTP/gRPC p50",
+                "HTTP p99 ms",
+                "HTTP avg batch",
+                "gRPC server CPU µs/req",
+                "HTTP server CPU µs/req",
+                "HTTP client CPU µs/req",
+                "HTTP server/raw(formed)",
+            ],
+            rows,
+        )
+
+    def closed_loop_table(self) -> str:
+        grpc_table = super().closed_loop_table()
+        if not self.settings.http_models or not self.settings.http_concurrency:
+            return grpc_table
+        return "\n".join(
+            [
+                grpc_table,
+                "",
+                "### HTTP/REST beside gRPC (perf_analyzer -i http, same server, same sweeps; medians)",
+                "",
+                self.http_table(),
+                "",
+                "HTTP/gRPC infer/s below 1 means HTTP serves fewer requests a second than gRPC; HTTP/gRPC p50 above "
+                "1, that its median request is slower. Server and client CPU per request are over the whole "
+                "perf_analyzer call.",
+            ]
+        )
+
+    def failures(self) -> list[str]:
+        out = super().failures()
+        return out + [
+            f"{r.model} http c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.http_runs if not r.ok
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the run
 
 
@@ -160,7 +260,7 @@ def run_peer(report: Report, s: Settings, tmp: Path) -> None:
             print(echo.log_tail(), file=sys.stderr)
 
 
-def run_full(s: Settings, report: Report) -> bool:
+def run_full(s: Settings, report: RunReport) -> bool:
     """The batching benchmark, steps 2-7 of bench/README.md; True when something failed."""
     sessions = {m: raw_session(s.repo, m) for m in s.models}
 
@@ -183,6 +283,11 @@ def run_full(s: Settings, report: Report) -> bool:
                         run = perf_analyzer(server, model, c, rep, s, tmp)
                         report.runs.append(run)
                         log_pa(f"sweep {rep + 1}/{s.repeats} {model}", run)
+                for model in s.http_models:  # in the same sweep, so a drift of the machine falls on both
+                    for c in s.http_concurrency:
+                        run = perf_analyzer(server, model, c, rep, s, tmp, protocol="http")
+                        report.http_runs.append(run)
+                        log_pa(f"sweep {rep + 1}/{s.repeats} {model} over HTTP", run)
             base_c = report.open_loop_base_c = 16 if 16 in s.concurrency else max(s.concurrency)
             for i, model in enumerate(s.models):
                 base = report.med(model, base_c, lambda r: r.infer_per_s)
@@ -211,6 +316,8 @@ def run_full(s: Settings, report: Report) -> bool:
         wanted |= {(file, 1), (file, 16)}
         for c in s.concurrency:
             wanted.add((file, formed_batch(report.med(model, c, lambda r: r.avg_batch))))
+        for c in s.http_concurrency if model in s.http_models else ():
+            wanted.add((file, formed_batch(report.http_med(model, c, lambda r: r.avg_batch))))
     for file, b in sorted(wanted):
         model = next(m for m in s.models if make_models.MODELS[m].file == file)
         before = CpuSample.take(None)
@@ -235,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_ab.measure(ab, Path(tmp_name))
         bad, markdown = bool(ab.failures()), ab.markdown
     else:
-        report = Report(s, info)
+        report = RunReport(s, info)
         bad, markdown = run_full(s, report), report.markdown
     info.finish()
     text = markdown()

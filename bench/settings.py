@@ -29,3 +29,5 @@ class Settings:
     quick: bool
     peer: bool  # also sweep the bare grpc.aio echo (bench/echo_server.py) when identity is measured
     metrics_ab: bool  # only the metrics on / off comparison (bench/metrics_ab.py)
+    http_models: tuple[str, ...] = ()  # also swept with perf_analyzer -i http (the server's HTTP/REST port)
+    http_concurrency: tuple[int, ...] = ()  # the concurrencies of those HTTP sweeps (each also swept over gRPC)

@@ -28,6 +28,16 @@ def clip(text: str, limit: int = CLIP) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
 
 
+MAX_MESSAGE = 2048  # characters of any error message sent back (gRPC status details, HTTP bodies)
+
+
+def bounded(message: str) -> str:
+    """An error message as it is sent: clients drop status metadata above 8 KiB (and then report
+    RESOURCE_EXHAUSTED instead of the error), and a message can quote a client's input (a name, a
+    config, a parse error), so every message is cut to MAX_MESSAGE characters."""
+    return message if len(message) <= MAX_MESSAGE else f"{message[:MAX_MESSAGE]}...({len(message)} characters)"
+
+
 class ServerError(Exception):
     """An error with a client-facing status code and a message that says what to do."""
 
@@ -40,7 +50,8 @@ class ServerError(Exception):
 
     @property
     def message(self) -> str:
-        return str(self.args[0])
+        """The message as clients get it (bounded)."""
+        return bounded(str(self.args[0]))
 
 
 class InvalidArgument(ServerError):

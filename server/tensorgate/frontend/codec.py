@@ -38,7 +38,11 @@ _UNSUPPORTED_TENSOR_PARAMETERS = ("shared_memory_region", "shared_memory_byte_si
 
 
 def _shape_text(shape: Sequence[int]) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
+    """A shape for a message: a client's shape may have thousands of dimensions, so only the first
+    few are written out."""
+    if len(shape) <= 8:
+        return "[" + ",".join(str(d) for d in shape) + "]"
+    return "[" + ",".join(str(d) for d in shape[:8]) + f",...] ({len(shape)} dimensions)"
 
 
 def _expected_shape(spec: TensorSpec, model: ModelSpec) -> str:

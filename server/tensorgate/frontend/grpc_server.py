@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2
 
-from tensorgate.frontend.service import InferenceService, generic_handler
+from tensorgate.frontend.service import InferenceService, ServerState, generic_handler
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,35 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         await super().Watch(_canonical(request), context)
+
+
+def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericRpcHandler:
+    """The health service's methods on raw bytes, parsed here: a message that does not parse gets
+    INVALID_ARGUMENT (and is counted), not gRPC's UNKNOWN with a Python exception's text."""
+
+    async def parse(raw: bytes, context: Any) -> health_pb2.HealthCheckRequest:
+        try:
+            request: health_pb2.HealthCheckRequest = health_pb2.HealthCheckRequest.FromString(raw)
+        except DecodeError:
+            state.malformed_messages += 1
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the message ({len(raw)} bytes) is not a valid grpc.health.v1.HealthCheckRequest",
+            )
+        return request
+
+    async def check(raw: bytes, context: Any) -> Any:
+        return await health_servicer.Check(await parse(raw, context), context)
+
+    async def watch(raw: bytes, context: Any) -> None:
+        await health_servicer.Watch(await parse(raw, context), context)
+
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(check, response_serializer=serialize),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, response_serializer=serialize),
+    }
+    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", handlers)
 
 
 def _canonical(request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckRequest:
@@ -133,7 +163,7 @@ class GrpcFrontend:
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = Health()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.server.add_generic_rpc_handlers((health_handler(self.health, service.state),))
         self.address = f"{settings.grpc_address or settings.host}:{settings.grpc_port}"
         address = self.address
         credentials = server_credentials(settings)

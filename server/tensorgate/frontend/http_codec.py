@@ -4,8 +4,8 @@ protobuf messages of the gRPC service.
 An HTTP inference request becomes a ``ModelInferRequest`` whose tensors are all in
 ``raw_input_contents`` (binary data as sent; JSON ``data`` laid out by numpy), so it goes through
 the same checks, messages and scheduler as a gRPC one. Only what is particular to JSON is checked
-here: that the body is JSON of the right shape, and that ``data`` holds as many values of the
-declared datatype as the declared shape needs.
+here: that the body is JSON of the right shape, that ``data`` holds as many values of the declared
+datatype as the declared shape needs, and (as Triton) that FP16 and BF16 travel as binary data only.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tensorgate.errors import InvalidArgument, clip
 from tensorgate.proto import inference_pb2 as pb
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_ONLY = frozenset({"FP16", "BF16"})  # JSON has no 16-bit floats: binary data only, as Triton
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -85,6 +86,11 @@ def _json_data(name: str, datatype: str, shape: list[int], data: object) -> byte
     dtype = datatypes.BY_V2.get(datatype)
     if dtype is None:
         return b""  # the datatype is refused, by name, where every request's are checked
+    if dtype.v2 in BINARY_ONLY:
+        raise InvalidArgument(
+            f"receiving {dtype.v2} data via JSON is not supported; use the binary data format for input "
+            f"'{clip(name)}' (Triton's binary tensor data extension)"
+        )
     values: list[object] = []
     _flatten(data, values)
     needed = math.prod(shape) if all(d >= 0 for d in shape) else -1
@@ -106,21 +112,9 @@ def _json_data(name: str, datatype: str, shape: list[int], data: object) -> byte
     elif dtype.numpy.kind in "iu" and not all(isinstance(v, int) for v in values):
         raise InvalidArgument(f"input '{clip(name)}' is {dtype.v2}: its 'data' must hold integers")
     try:
-        if dtype.v2 == "BF16":
-            return _bf16_bits(np.asarray(values, dtype=np.float32)).tobytes()
         return np.asarray(values, dtype=dtype.numpy).tobytes()
     except OverflowError:
         raise InvalidArgument(f"input '{clip(name)}': a value in 'data' does not fit {dtype.v2}") from None
-
-
-def _bf16_bits(values: np.ndarray) -> np.ndarray:
-    """FP32 values to BF16 bit patterns, rounded to nearest even."""
-    bits = values.view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _bf16_values(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def infer_request(
@@ -199,10 +193,7 @@ def _json_values(datatype: str, raw: bytes) -> list[Any]:
     if dtype.is_bytes:
         count = _bytes_count(raw)
         return [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, count)]
-    array = np.frombuffer(raw, dtype=dtype.numpy)
-    if dtype.v2 == "BF16":
-        array = _bf16_values(array)
-    values: list[Any] = array.tolist()
+    values: list[Any] = np.frombuffer(raw, dtype=dtype.numpy).tolist()
     return values
 
 
@@ -226,6 +217,11 @@ def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tup
         if choice.is_binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif tensor.datatype in BINARY_ONLY:
+            raise InvalidArgument(
+                f"sending {tensor.datatype} data via JSON is not supported; ask for output '{tensor.name}' as binary "
+                "data (parameter binary_data, or binary_data_output)"
+            )
         else:
             entry["data"] = _json_values(tensor.datatype, raw)
         outputs.append(entry)

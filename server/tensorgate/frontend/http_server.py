@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tensorgate.errors import Code, InvalidArgument, ServerError
+from tensorgate.errors import Code, InvalidArgument, ServerError, bounded
 from tensorgate.frontend import http_codec
 from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of
 from tensorgate.proto import inference_pb2 as pb
@@ -110,7 +110,7 @@ class HttpFrontend:
             except Exception as exc:
                 state.internal_errors += 1
                 log.exception("event=internal_error rpc=%s protocol=http path=%s", rpc, request.path)
-                return _error(f"internal error: {exc}", 500)
+                return _error(bounded(f"internal error: {exc}"), 500)
 
         return call
 

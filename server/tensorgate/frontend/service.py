@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from tensorgate import __version__
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, Unimplemented, clip
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, Unimplemented, bounded, clip
 from tensorgate.frontend import codec
 from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "tensorgate"
 SHUTTING_DOWN = "the server is shutting down and takes no new requests; retry on another replica"
-EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "schedule_policy", "statistics")
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -224,7 +224,7 @@ class InferenceService:
             except Exception as exc:
                 state.internal_errors += 1
                 log.exception("event=internal_error rpc=ModelStreamInfer request_id=%r", request.id)
-                response = pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
+                response = pb.ModelStreamInferResponse(error_message=bounded(f"internal error: {exc}"))
             answers.put_nowait(response)
 
         async def read() -> None:
@@ -355,7 +355,7 @@ def _unary(
             state.internal_errors += 1
             log.exception("event=internal_error rpc=%s request_id=%r", handler.__name__, getattr(request, "id", ""))
             context.set_code(grpc.StatusCode.INTERNAL)
-            context.set_details(f"internal error: {exc}")
+            context.set_details(bounded(f"internal error: {exc}"))
         empty: Resp = response_type()
         return empty
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from tensorgate.proto import model_config_pb2 as mc
 
+# Bounds on what a config may make the scheduler keep or wait (Triton has none: a config override of
+# priority_levels 3,000,000 made one server build 3 million queues and 4.7 GB).
+MAX_PRIORITY_LEVELS = 1024
+MAX_QUEUE_DELAY_US = 60_000_000
+
 
 class TimeoutAction(enum.Enum):
     REJECT = "REJECT"
@@ -74,6 +79,17 @@ def batching_problems(config: mc.ModelConfig) -> list[str]:
         problems.append(
             f"dynamic_batching preferred_batch_size {too_big} must be within 1..max_batch_size "
             f"({config.max_batch_size})"
+        )
+    if db.priority_levels > MAX_PRIORITY_LEVELS:
+        problems.append(
+            f"dynamic_batching priority_levels {db.priority_levels} is above {MAX_PRIORITY_LEVELS} (each level is a "
+            "queue the server keeps)"
+        )
+        return problems
+    if db.max_queue_delay_microseconds > MAX_QUEUE_DELAY_US:
+        problems.append(
+            f"dynamic_batching max_queue_delay_microseconds {db.max_queue_delay_microseconds} is above "
+            f"{MAX_QUEUE_DELAY_US} (one minute): every request would wait that long for a batch"
         )
     if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
         problems.append(

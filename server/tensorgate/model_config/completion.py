@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tensorgate import datatypes
 from tensorgate.backends.base import TensorInfo
 from tensorgate.datatypes import DataType
-from tensorgate.errors import ModelConfigError
+from tensorgate.errors import ModelConfigError, clip
 from tensorgate.model_config.batching import batching_policy
 from tensorgate.model_config.instances import instance_settings
 from tensorgate.model_config.limits import limits
@@ -49,7 +49,7 @@ def complete(
     done = mc.ModelConfig()
     done.CopyFrom(config)
     if done.name and done.name != name:
-        raise ModelConfigError(f"config.pbtxt names the model {done.name!r} but its directory is {name!r}")
+        raise ModelConfigError(f"config.pbtxt names the model {clip(done.name)!r} but its directory is {name!r}")
     done.name = name
     if not done.platform and not done.backend:
         done.backend = "onnxruntime"

@@ -63,7 +63,9 @@ class Repository:
                 if number in entry.failed_versions:
                     why = entry.failed_versions[number]
                     raise Unavailable(f"model '{name}' version {number} failed to load: {why}")
-                raise NotFound(f"model '{name}' has no version {number} loaded (served: {sorted(entry.versions)})")
+                raise NotFound(
+                    f"model '{name}' has no version {clip(str(number))} loaded (served: {sorted(entry.versions)})"
+                )
             if found.state is not ModelState.READY:
                 raise Unavailable(f"model '{name}' version {number} is {found.state.value}")
             return found
