@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tensorgate.backends.base import TensorInfo
 from tensorgate.errors import Code, ServerError
+from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.instance import Instance
 from tensorgate.model_config import BatchingPolicy, QueuePolicy, TimeoutAction
 from tensorgate.request import InferRequest
@@ -297,3 +298,25 @@ class FailsOn13(ThreadRecorder):
         if inputs["x"][0, 0] == 13:
             raise RuntimeError("boom")
         return super().execute(inputs, output_names)
+
+
+async def test_a_loop_running_behind_the_bound_refuses_at_once() -> None:
+    """Admission also refuses when the event loop runs further behind than the bound (requests have
+    waited that long before the service saw them), whatever the queue holds; LoopLag measures it."""
+    scheduler = Scheduler(
+        "fake", 1, [Instance("fake", 0, FakeBackend())], ModelStats(), policy(), max_queue_wait_ms=100
+    )
+    scheduler.admit(50_000_000)  # 50 ms behind: admitted
+    with pytest.raises(ServerError) as refused:
+        scheduler.admit(250_000_000)
+    assert refused.value.code is Code.RESOURCE_EXHAUSTED
+    assert "runs 250 ms behind" in refused.value.message and "max_queue_wait_ms" in refused.value.message
+    assert scheduler.stats.fail.count == 1
+    lag = LoopLag()
+    lag.start()
+    await asyncio.sleep(0.05)
+    assert lag.lag_ns < 100_000_000
+    time.sleep(0.3)  # the loop is blocked: the probe's timer fires late, first thing after it
+    await asyncio.sleep(0.003)  # before the probe's next one (10 ms)
+    lag.stop()
+    assert lag.lag_ns >= 200_000_000

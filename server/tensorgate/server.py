@@ -22,6 +22,7 @@ import time
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
 from tensorgate.frontend.http_server import HttpFrontend
+from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.metrics import MetricsEndpoint, VersionMetrics, serve_metrics, thread_cpu_seconds
 from tensorgate.repository import ModelVersion, Repository
@@ -38,6 +39,7 @@ class Server:
         self._stop = asyncio.Event()
         self._metrics: MetricsEndpoint | None = None
         self._http: HttpFrontend | None = None
+        self._lag = LoopLag()
         self._watchdog: threading.Timer | None = None
         self._signalled_at = 0.0  # time.monotonic() of the first signal
 
@@ -88,7 +90,7 @@ class Server:
             log.error("event=startup_failed reason=%r", reason)
             return None
         try:
-            frontend_service = InferenceService(repository, state)
+            frontend_service = InferenceService(repository, state, self._lag)
             frontend = GrpcFrontend(settings, frontend_service)
         except (PortInUse, TlsError) as exc:
             log.error("event=startup_failed reason=%r", str(exc))
@@ -124,6 +126,7 @@ class Server:
         address = frontend.address.rsplit(":", 1)[0]
         log.info("event=grpc_listening version=%s address=%s:%d tls=%s", __version__, address, frontend.port, tls)
         await repository.start()
+        self._lag.start()
         # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
         # the garbage collector's full passes, each a pause of every request in flight (bench/RESULTS.md).
         gc.collect()
@@ -168,6 +171,7 @@ class Server:
             await self._http.stop()
         await frontend.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.stop()
+        self._lag.stop()
         if self._metrics is not None:
             self._metrics.stop()
         if self._watchdog is not None:

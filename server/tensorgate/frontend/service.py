@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from tensorgate import __version__
 from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, Unimplemented, bounded, clip
 from tensorgate.frontend import codec
+from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
@@ -79,9 +80,10 @@ def _model_statistics(version: ModelVersion) -> pb.ModelStatistics:
 
 
 class InferenceService:
-    def __init__(self, repository: Repository, state: ServerState) -> None:
+    def __init__(self, repository: Repository, state: ServerState, lag: LoopLag | None = None) -> None:
         self.repository = repository
         self.state = state
+        self.lag = lag or LoopLag()  # not started: no lag
 
     # ---- health and metadata ----
 
@@ -184,7 +186,7 @@ class InferenceService:
         state.inferring += 1
         try:
             served = self.repository.get(request.model_name, request.model_version)
-            served.scheduler.admit()
+            served.scheduler.admit(self.lag.lag_ns)
             spec = served.spec
             if spec.bytes_inputs and codec.heavy_request(request, spec):
                 decoded = await asyncio.to_thread(codec.decode_request, request, spec)

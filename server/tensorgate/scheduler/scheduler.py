@@ -110,16 +110,26 @@ class Scheduler:
             if self._in_flight == 0:
                 self._drained.set()
 
-    def admit(self) -> None:
+    def admit(self, loop_lag_ns: int = 0) -> None:
         """Refuse a new request at once (RESOURCE_EXHAUSTED, counted REJECTED) when the requests
         queued ahead of it would take longer than ``max_queue_wait_ms`` to run, as the recent cost
-        of a request says: under overload the queue, and so the wait of those admitted, stays
-        bounded, and the excess is told so in microseconds instead of timing out."""
-        if not self.max_queue_wait_ms or not self._queue.depth:
+        of a request says, or when the event loop itself runs that far behind (the request waited
+        that long before it got here): under overload the wait of those admitted stays bounded,
+        and the excess is told so at once instead of timing out."""
+        bound_ns = self.max_queue_wait_ms * 1_000_000
+        if not bound_ns:
+            return
+        if loop_lag_ns > bound_ns:
+            self._refuse(loop_lag_ns, f"the server runs {loop_lag_ns // 1_000_000} ms behind in taking requests")
+        if not self._queue.depth:
             return
         wait_ns = self._queue.depth * self._request_ns // len(self.instances)
-        if wait_ns <= self.max_queue_wait_ms * 1_000_000:
-            return
+        if wait_ns > bound_ns:
+            self._refuse(
+                wait_ns, f"the {self._queue.depth} requests queued ahead would take about {wait_ns // 1_000_000} ms"
+            )
+
+    def _refuse(self, wait_ns: int, why: str) -> None:
         self.refused += 1
         self.stats.record_request(False, 0, failure=Failure.REJECTED)
         now = time.monotonic()
@@ -136,9 +146,9 @@ class Scheduler:
                 self.refused,
             )
         raise ServerError(
-            f"model '{self.model}' version {self.version} is overloaded: the {self._queue.depth} requests queued "
-            f"ahead would take about {wait_ns // 1_000_000} ms, above its bound of {self.max_queue_wait_ms} ms "
-            "(parameter max_queue_wait_ms, or --max-queue-wait-ms); retry later, or add instances or replicas",
+            f"model '{self.model}' version {self.version} is overloaded: {why}, above its bound of "
+            f"{self.max_queue_wait_ms} ms (parameter max_queue_wait_ms, or --max-queue-wait-ms); retry later, or "
+            "add instances or replicas",
             Code.RESOURCE_EXHAUSTED,
         )
 
