@@ -218,13 +218,14 @@ def test_sigterm_during_a_long_warmup_exits_within_the_timeout(tmp_path: Path) -
     server.stop()
 
 
-def test_grpc_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
-    """--grpc-address and --metrics-address win over --host (here an address no interface has, which
-    would fail the start if either server used it)."""
+def test_grpc_http_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
+    """--grpc-address, --http-address and --metrics-address win over --host (here an address no
+    interface has, which would fail the start if any server used it)."""
     repo = tmp_path / "repo"
     identity(repo / "identity" / "1" / "model.onnx")
     server = Server(
         repo, "--host", "192.0.2.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+        "--http-address", "127.0.0.1",
         "--grpc-keepalive-time-ms", "60000", "--grpc-max-connection-age-ms", "600000",
     )  # fmt: skip
     assert server.client.is_server_ready()

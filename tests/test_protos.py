@@ -123,7 +123,7 @@ def test_dockerfile_lints_clean_with_both_targets() -> None:
     assert not re.search(r"^HEALTHCHECK", text, re.MULTILINE), "Kubernetes probes the health service instead"
     for name in ("cpu", "gpu"):
         final = stages[name]
-        assert "USER 1000\n" in final and 'VOLUME ["/cache"]' in final and "EXPOSE 8001 8002\n" in final, name
+        assert "USER 1000\n" in final and 'VOLUME ["/cache"]' in final and "EXPOSE 8000 8001 8002\n" in final, name
         assert 'ENTRYPOINT ["tensorgate", "serve"]' in final, name
         assert "TENSORGATE_MODEL_REPOSITORY=/models" in final and "TENSORGATE_ENGINE_CACHE_DIR=/cache" in final
         assert f"COPY --from={name}-build /opt/tensorgate /opt/tensorgate" in final, name
