@@ -44,6 +44,7 @@ from models import identity, write_config
 from onnx import TensorProto
 from repository_helpers import add_const, error_of, model_with_versions
 from test_perf_analyzer import PERF_ANALYZER, _installed
+from test_v2_api import _add_sub_inputs
 from tritonclient.utils import InferenceServerException
 
 COLS = 5  # the dtype models: identity of [batch, COLS]
@@ -415,16 +416,6 @@ def _http_inputs(a: np.ndarray, b: np.ndarray, binary: bool) -> list[httpclient.
     return inputs
 
 
-def _grpc_inputs(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = [
-        grpcclient.InferInput("INPUT0", list(a.shape), "FP32"),
-        grpcclient.InferInput("INPUT1", list(b.shape), "FP32"),
-    ]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
-    return inputs
-
-
 @pytest.mark.parametrize(("in_binary", "out_binary"), MODES)
 def test_add_sub_answers_as_grpc_does(server: Server, web: Http, in_binary: bool, out_binary: bool) -> None:
     rng = np.random.default_rng(7)
@@ -432,7 +423,7 @@ def test_add_sub_answers_as_grpc_does(server: Server, web: Http, in_binary: bool
     b = rng.standard_normal((3, 16), dtype=np.float32)
     outputs = [httpclient.InferRequestedOutput(n, binary_data=out_binary) for n in ("OUTPUT0", "OUTPUT1")]
     result = web.client.infer("add_sub", _http_inputs(a, b, in_binary), outputs=outputs, request_id="r-42")
-    want = server.client.infer("add_sub", _grpc_inputs(a, b))
+    want = server.client.infer("add_sub", _add_sub_inputs(a, b))
     response = result.get_response()
     assert response["id"] == "r-42" and response["model_name"] == "add_sub" and response["model_version"] == "1"
     for name in ("OUTPUT0", "OUTPUT1"):

@@ -39,10 +39,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
-from conftest import ROOT, Server, free_port
+from conftest import ROOT, Server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import identity, write_config
-from prom import PROMETHEUS, query
+from prom import PROMETHEUS, query, running_prometheus
 from referencing import Registry, Resource
 from tensorgate import settings
 
@@ -758,29 +758,8 @@ def metrics_query(rule: Doc, namespace: str, pods: list[str]) -> str:
 def scraping_as_a_pod(work: Path, metrics_port: int, labels: Mapping[str, str]) -> Iterator[str]:
     """Prometheus scraping 127.0.0.1:``metrics_port`` every second with the target labels the
     Prometheus Operator gives a ServiceMonitor's targets (``labels``: namespace, pod, ...)."""
-    assert PROMETHEUS is not None
-    config = work / "prometheus.yml"
-    target = {"targets": [f"127.0.0.1:{metrics_port}"], "labels": dict(labels)}
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [{"job_name": labels["service"], "static_configs": [target]}],
-            }
-        )
-    )
-    port = free_port()
-    with (work / "log").open("wb") as log:
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    with running_prometheus(work, metrics_port, labels=labels, job=labels["service"]) as url:
+        yield url
 
 
 def _eventually(url: str, expr: str, accept: Callable[[list[Doc]], bool], timeout: float = 45.0) -> list[Doc]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tensorgate.backends.base import Precision
 from tensorgate.errors import ModelConfigError
+from tensorgate.model_config.limits import integer_parameter, integer_parameter_problems
 from tensorgate.proto import model_config_pb2 as mc
 
 # Triton's ONNX Runtime backend reads these from the model's `parameters` (string values): the
@@ -81,24 +82,13 @@ def _accelerator(config: mc.ModelConfig) -> tuple[bool, Precision | None]:
 
 
 def ort_parameter_problems(config: mc.ModelConfig) -> list[str]:
-    problems = []
-    for key, (low, high) in ORT_PARAMETERS.items():
-        if key not in config.parameters:
-            continue
-        text = config.parameters[key].string_value.strip()
-        if not text.isdigit() or not low <= int(text) <= high:
-            problems.append(f"parameters {key!r} must be an integer from {low} to {high} in string_value, not {text!r}")
-    return problems
+    return integer_parameter_problems(config, ORT_PARAMETERS)
 
 
 def ort_parameters(config: mc.ModelConfig) -> OrtParameters:
     """The ONNX Runtime settings of a config already passed by check_supported."""
-
-    def value(key: str) -> int | None:
-        return int(config.parameters[key].string_value) if key in config.parameters else None
-
     return OrtParameters(
-        intra_op_threads=value("intra_op_thread_count"),
-        inter_op_threads=value("inter_op_thread_count"),
-        parallel_execution=value("execution_mode") == 1,
+        intra_op_threads=integer_parameter(config, "intra_op_thread_count"),
+        inter_op_threads=integer_parameter(config, "inter_op_thread_count"),
+        parallel_execution=integer_parameter(config, "execution_mode") == 1,
     )

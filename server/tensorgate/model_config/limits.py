@@ -23,8 +23,19 @@ class Limits:
 
 
 def limit_problems(config: mc.ModelConfig) -> list[str]:
+    return integer_parameter_problems(config, LIMIT_PARAMETERS)
+
+
+def limits(config: mc.ModelConfig) -> Limits:
+    """The limits of a config already passed by check_supported."""
+    return Limits(integer_parameter(config, "max_queue_wait_ms"), integer_parameter(config, "execution_timeout_ms"))
+
+
+def integer_parameter_problems(config: mc.ModelConfig, allowed: dict[str, tuple[int, int]]) -> list[str]:
+    """What is wrong with the integer ``parameters`` a config sets (name -> allowed range), one
+    message each: they travel as text in ``string_value``, as Triton's backends read them."""
     problems = []
-    for key, (low, high) in LIMIT_PARAMETERS.items():
+    for key, (low, high) in allowed.items():
         if key not in config.parameters:
             continue
         text = config.parameters[key].string_value.strip()
@@ -33,10 +44,6 @@ def limit_problems(config: mc.ModelConfig) -> list[str]:
     return problems
 
 
-def limits(config: mc.ModelConfig) -> Limits:
-    """The limits of a config already passed by check_supported."""
-
-    def value(key: str) -> int | None:
-        return int(config.parameters[key].string_value) if key in config.parameters else None
-
-    return Limits(value("max_queue_wait_ms"), value("execution_timeout_ms"))
+def integer_parameter(config: mc.ModelConfig, key: str) -> int | None:
+    """An integer parameter of a config already checked; None where the config does not set it."""
+    return int(config.parameters[key].string_value) if key in config.parameters else None
