@@ -170,6 +170,10 @@ def test_health_answers_any_service_name(tmp_path: Path) -> None:
             assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == SERVING, name
         watch = health.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=10)
         assert next(watch).status == SERVING
+        other = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(other).status == SERVING
+        other.cancel()  # one watcher leaving must not deafen the others
+        time.sleep(0.2)
         server.send_signal(signal.SIGTERM)
         assert next(watch).status == NOT_SERVING
         watch.cancel()

@@ -32,7 +32,19 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
         return await super().Check(_canonical(request), context)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        await super().Watch(_canonical(request), context)
+        """The status now, then each change, until the client goes. (The library's own Watch drops
+        a service's condition when any one of its watchers leaves, so the others would hear of no
+        later change; here every name is one of two, each with its one condition for good.)"""
+        name = _canonical(request).service
+        condition = self._server_watchers[name]
+        last = None
+        async with condition:
+            while True:
+                status = self._server_status.get(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                await condition.wait()
 
 
 def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericRpcHandler:
