@@ -1034,3 +1034,40 @@ def test_readme_command_parser() -> None:
     commands = readme_http_commands(text)
     assert len(commands) == 2 and commands[0].startswith("curl -s localhost:8000/v2/health/ready")
     assert json.loads(shlex.split(commands[1])[-1]) == {"inputs": []}
+
+
+def test_the_restricted_protocol_guards_http_too(repo: Path) -> None:
+    """--grpc-restricted-protocol covers the same groups on the HTTP face: without the header,
+    model control answers 503 with the reason; with it, it works; inference stays open."""
+    port = free_port()
+    flags = ("--http-port", str(port), "--model-control-mode", "explicit", "--load-model", "add_sub")
+    with running(repo, *flags, "--grpc-restricted-protocol", "model-repository:admin-key=s3cret") as server:
+        wait_for_http(port)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/v2/repository/index", body=b"{}")
+        refused = connection.getresponse()
+        assert refused.status == 503
+        assert "expecting header 'admin-key'" in json.loads(refused.read())["error"]
+        connection.request("POST", "/v2/repository/index", body=b"{}", headers={"admin-key": "s3cret"})
+        allowed = connection.getresponse()
+        assert allowed.status == 200 and any(m["name"] == "add_sub" for m in json.loads(allowed.read()))
+        connection.request("GET", "/v2/health/ready")
+        ready = connection.getresponse()
+        ready.read()
+        assert ready.status == 200
+        connection.close()
+        assert server.client.is_server_ready()
+
+
+def wait_for_http(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/v2/health/live")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"no HTTP server on port {port}")
