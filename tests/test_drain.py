@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,3 +218,38 @@ def _answered(server: Server) -> int:
     except Exception:
         return 0
     return int(stats.inference_stats.success.count)
+
+
+def test_an_open_stream_ends_with_unavailable_once_its_messages_are_answered(tmp_path: Path) -> None:
+    """A ModelStreamInfer stream left open at SIGTERM: every message it sent is answered, then the
+    stream ends with UNAVAILABLE saying so (not cut off at the exit timeout), and the process exits 0."""
+    import queue
+
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server = Server(_repo(tmp_path))
+    outbox: queue.Queue[service_pb2.ModelInferRequest | None] = queue.Queue()
+
+    def messages() -> Iterator[service_pb2.ModelInferRequest]:
+        while (item := outbox.get()) is not None:
+            yield item
+
+    a = np.ones((1, 16), np.float32).tobytes()
+    with grpc.insecure_channel(server.url) as channel:
+        answers = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(messages())
+        for i in range(5):
+            request = service_pb2.ModelInferRequest(model_name="add_sub", id=str(i))
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.extend([a, a])
+            outbox.put(request)
+        assert sorted(next(answers).infer_response.id for _ in range(5)) == ["0", "1", "2", "3", "4"]
+        signalled = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(answers)
+        outbox.put(None)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "every message received on this stream was answered" in (ended.value.details() or "")
+    assert server.proc.wait(30) == 0 and time.monotonic() - signalled < 10
+    server.stop()
