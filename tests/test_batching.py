@@ -237,8 +237,8 @@ def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # ty
         assert busy == [SLOW_ROWS], (name, busy)
     assert "instances=2" in servers["two"].log
     # Two instances share the cores; one gets ONNX Runtime's default (a thread per core).
-    assert f"count=2 intra_op_threads={max(1, (os.cpu_count() or 1) // 2)} " in servers["two"].log
-    assert "count=1 intra_op_threads=default " in servers["one"].log
+    assert f"count=2 devices=cpu intra_op_threads={max(1, (os.cpu_count() or 1) // 2)} " in servers["two"].log
+    assert "count=1 devices=cpu intra_op_threads=default " in servers["one"].log
 
 
 def test_onnxruntime_thread_parameters_reach_the_session(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
@@ -247,7 +247,7 @@ def test_onnxruntime_thread_parameters_reach_the_session(tmp_path: Path, start_s
         for k, v in (("intra_op_thread_count", 1), ("inter_op_thread_count", 2), ("execution_mode", 1))
     )
     server = start_server(_slow_repo(tmp_path, "instance_group [ { count: 2 kind: KIND_CPU } ]\n" + params))
-    assert "count=2 intra_op_threads=1 inter_op_threads=2 parallel_execution=true" in server.log
+    assert "count=2 devices=cpu intra_op_threads=1 inter_op_threads=2 parallel_execution=true" in server.log
     assert "parameters ignored" not in server.log
     options = BackendOptions(intra_op_threads=1, inter_op_threads=2, parallel_execution=True)
     backend = onnxruntime_cpu.load(tmp_path / "repo" / "slow" / "1" / "model.onnx", options)

@@ -1,13 +1,18 @@
 """The engine cache: keys that change with everything that invalidates a plan, atomic writes,
-and corrupt or foreign entries rebuilt rather than fatal."""
+entries read and written under a lock (threads and processes), and corrupt or foreign entries
+rebuilt rather than fatal."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from tensorgate.backends.tensorrt.cache import CacheKey, EngineCache, Profile
+from tensorgate.backends.tensorrt.cache import CacheKey, EngineCache, Profile, atomic_write, locked
 
 KEY = CacheKey(
     model_sha256=CacheKey.hash_model(b"model bytes"),
@@ -75,3 +80,60 @@ def test_unreadable_metadata_is_a_miss(tmp_path: Path) -> None:
     plan_path = cache.store(KEY, b"plan")
     plan_path.with_suffix(".json").write_text("{not json")
     assert cache.load(KEY) is None
+
+
+def test_readers_never_see_a_plan_with_another_writes_metadata(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plan and its metadata are two files; without the entry's lock a reader between the two
+    renames sees a new plan with the old checksum and deletes a good entry as corrupt."""
+    cache = EngineCache(tmp_path)
+    plans = [b"a" * 100_000, b"b" * 200_000]
+    cache.store(KEY, plans[0])
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            cache.store(KEY, plans[i % 2])
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        seen = [cache.load(KEY) for _ in range(300)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(plan in plans for plan in seen)
+    assert "engine_cache_discarded" not in caplog.text
+
+
+def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    target = tmp_path / "timing.cache"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from tensorgate.backends.tensorrt.cache import locked\n"
+            f"with locked(Path({str(target)!r})):\n    print('held', flush=True); time.sleep(1.0)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with locked(target):
+            waited = time.monotonic() - started
+    finally:
+        holder.wait(10)
+    assert waited > 0.5, "the lock did not wait for the other process"
+
+
+def test_atomic_write_replaces_whole_files_only(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "timing.cache"
+    atomic_write(target, b"first")
+    atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["timing.cache"]

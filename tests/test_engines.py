@@ -320,3 +320,116 @@ def test_stopping_does_not_wait_for_an_engine_still_building(tmp_path: Path) -> 
     started = time.monotonic()
     asyncio.run(run())  # asyncio.run also waits for its default executor's threads
     assert time.monotonic() - started < 3.0
+
+
+# ---- GPU numbering and instance placement (issue 13): pure decisions, on the CPU ----
+
+NVML = [
+    engine_plan.NvmlGpu("GPU-bbbb-0002", "NVIDIA L4", "00000000:81:00.0"),
+    engine_plan.NvmlGpu("GPU-aaaa-0001", "NVIDIA H100", "00000000:3B:00.0"),
+    engine_plan.NvmlGpu("GPU-cccc-0003", "NVIDIA A10", "00000000:C1:00.0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("visible", "uuids", "why"),
+    [
+        (None, ["GPU-aaaa-0001", "GPU-bbbb-0002", "GPU-cccc-0003"], ""),  # PCI bus order, not NVML's
+        ("2,0", ["GPU-cccc-0003", "GPU-aaaa-0001"], ""),  # CUDA enumerates in the order given
+        ("GPU-bbbb", ["GPU-bbbb-0002"], ""),  # a unique UUID prefix
+        ("1,7,0", ["GPU-bbbb-0002"], "'7' names no single GPU"),  # CUDA stops at an invalid entry
+        ("GPU-", [], "'GPU-' names no single GPU"),  # ambiguous prefix
+        ("", [], "hides every GPU"),
+        ("-1", [], "names no single GPU"),
+    ],
+)
+def test_gpus_are_numbered_as_cuda_numbers_them(visible: str | None, uuids: list[str], why: str) -> None:
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    found, reason = engine_plan.cuda_devices(NVML, environ)
+    assert [g.uuid for g in found] == uuids
+    assert why in reason and (why or not reason)
+
+
+def test_detect_maps_nvml_to_cuda_order_and_pins_the_device_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    class Pci:
+        def __init__(self, bus: str) -> None:
+            self.busId = bus.encode()
+
+    gpus = {i: g for i, g in enumerate(NVML)}
+    nvml = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: len(gpus),
+        nvmlDeviceGetHandleByIndex=lambda i: gpus[i],
+        nvmlDeviceGetUUID=lambda g: g.uuid,
+        nvmlDeviceGetName=lambda g: g.name.encode(),
+        nvmlDeviceGetPciInfo=lambda g: Pci(g.pci_bus_id),
+    )
+    module = types.ModuleType("pynvml")
+    module.__dict__.update(vars(nvml))
+    module.__spec__ = __import__("importlib").machinery.ModuleSpec("pynvml", None)
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", module)
+    environ = {"CUDA_VISIBLE_DEVICES": "GPU-cccc,0"}  # the process environment detect() reads and sets
+    monkeypatch.setattr(engine_plan.os, "environ", environ)
+    caps = Capabilities.detect()
+    assert caps.gpus == ("NVIDIA A10", "NVIDIA H100") and caps.gpu_uuids == ("GPU-cccc-0003", "GPU-aaaa-0001")
+    assert environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # set before any CUDA library starts
+
+
+def test_instance_group_count_is_per_listed_gpu_as_in_triton() -> None:
+    assert config("instance_group [{ count: 2 kind: KIND_GPU gpus: [0, 1] }]").gpu_devices(2) == (0, 0, 1, 1)
+    assert config("instance_group [{ count: 2 kind: KIND_GPU }]").gpu_devices(3) == (0, 0, 1, 1, 2, 2)  # every GPU
+    assert config("").gpu_devices(2) == (0, 1)  # Triton's default: one instance on each GPU
+    two_groups = config("instance_group [{ count: 1 gpus: [1] }, { count: 2 gpus: [0] }]")
+    assert two_groups.gpu_devices(2) == (1, 0, 0) and two_groups.count == 3
+    mixed = config("instance_group [{ count: 2 kind: KIND_CPU }, { count: 1 kind: KIND_GPU gpus: [1] }]")
+    assert mixed.gpu_devices(2) == (1, 1, 1)
+    hints = model_config.check_supported(
+        text_format.Parse("instance_group [{ kind: KIND_CPU }, { kind: KIND_GPU }]", mc.ModelConfig())
+    )
+    assert any("mixes KIND_CPU" in h for h in hints)
+
+
+def test_every_listed_gpu_must_exist() -> None:
+    two = Capabilities(gpus=("A", "B"), tensorrt_version="10")
+    assert engine_plan.plan(config("instance_group [{ gpus: [1, 0] }]"), two).candidates[0].device == 1
+    with pytest.raises(ModelConfigError, match="GPU 2 but this process sees 2"):
+        engine_plan.plan(config("instance_group [{ gpus: [0, 2] }]"), two)
+
+
+class CudaStandIn(onnxruntime_cpu.OnnxRuntimeCpuBackend):
+    """ONNX Runtime on the CPU reporting itself as the CUDA engine, remembering its device."""
+
+    ENGINE = Engine.ORT_CUDA
+    devices: ClassVar[list[str]] = []
+
+    def __init__(self, model_file: Path, options: BackendOptions) -> None:
+        CudaStandIn.devices.append(options.device)
+        super().__init__(model_file, options)
+
+
+def test_the_repository_places_count_instances_on_each_gpu_and_never_inline(tmp_path: Path) -> None:
+    from models import write_config
+
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    write_config(tmp_path / "repo" / "m", "instance_group [{ count: 2 kind: KIND_GPU gpus: [0, 1] }]")
+    CudaStandIn.devices = []
+    caps = Capabilities(gpus=("A", "B"), ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    repo = Repository(
+        Settings(model_repository=tmp_path / "repo", inline_execution_us=1_000_000),
+        loaders={Engine.ORT_CUDA: CudaStandIn, Engine.ORT_CPU: onnxruntime_cpu.load},
+        capabilities=caps,
+    )
+
+    async def run() -> None:
+        await repo.start()
+        served = repo.get("m")
+        assert served.engine is Engine.ORT_CUDA and len(served.scheduler.instances) == 4
+        assert all(p.inline_execution_ns == 0 for p in served.scheduler.placements)
+        await repo.stop()
+
+    asyncio.run(run())
+    assert CudaStandIn.devices == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]

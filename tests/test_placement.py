@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
+from tensorgate.backends.base import Engine
 from tensorgate.errors import Code, ServerError
 from tensorgate.instance import Instance
 from tensorgate.scheduler import Scheduler
@@ -198,3 +199,31 @@ async def test_a_batch_far_above_the_limit_is_never_probed() -> None:
     for i in range(Placement.PROBE_EVERY + 20):
         await s.infer(request(i))
     assert main not in backend.threads
+
+
+class GpuRecorder(ThreadRecorder):
+    """A fast backend that reports a GPU engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:  # type: ignore[override]
+        return self._engine
+
+
+@pytest.mark.parametrize("engine", [Engine.TENSORRT, Engine.ORT_CUDA])
+async def test_gpu_engines_never_run_inline_however_cheap(engine: Engine) -> None:
+    fast = GpuRecorder(engine)
+    s = Scheduler("fake", 1, [Instance("fake", 0, fast)], ModelStats(), policy(), inline_execution_us=1_000_000)
+    for i in range(Placement.WARMUP_EXECUTIONS + Placement.PROBE_EVERY + 8):
+        await s.infer(request(i))
+    assert threading.current_thread().name not in fast.threads
+    assert s.placements[0].inline_execution_ns == 0
+
+
+def test_placement_for_engine() -> None:
+    assert Placement.for_engine(Engine.TENSORRT, 250).inline_execution_ns == 0
+    assert Placement.for_engine(Engine.ORT_CUDA, 250).inline_execution_ns == 0
+    assert Placement.for_engine(Engine.ORT_CPU, 250).inline_execution_ns == 250_000

@@ -5,6 +5,10 @@ inputs (one copy, none for a batch of one), executes, and slices each request's 
 the outputs as views; the scheduler runs batches measured cheaper than that hand-over on the
 loop itself instead (scheduler/placement.py). One thread per instance keeps the engine single-threaded from our
 side; the engine's own intra-op threads do the parallel work.
+
+The statistics' phases are Triton's: compute_input is gathering the batch plus, on a GPU, copying it to
+the device; compute_infer the engine's run; compute_output copying back plus slicing the outputs. A
+backend that copies to a device reports those copies (``ReportsPhases``) and they move out of the run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate.backends.base import Backend, BackendExecuteError
+from tensorgate.backends.base import Backend, BackendExecuteError, ReportsPhases
 from tensorgate.request import InferRequest, Outputs
 
 
@@ -67,6 +71,8 @@ class Instance:
         self.name = f"{model}_{index}"
         self.index = index
         self.backend = backend
+        # Checked once: the per-batch path only reads an attribute.
+        self._phases = backend if isinstance(backend, ReportsPhases) else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
 
     def submit(
@@ -96,6 +102,13 @@ class Instance:
             result.per_request = split_outputs(requests, produced, batched)
             t3 = time.perf_counter_ns()
             result.input_ns, result.infer_ns, result.output_ns = t1 - t0, t2 - t1, t3 - t2
+            if self._phases is not None:
+                phases = self._phases.last_phases()
+                copy_in = min(max(phases.copy_in_ns, 0), result.infer_ns)
+                copy_out = min(max(phases.copy_out_ns, 0), result.infer_ns - copy_in)
+                result.input_ns += copy_in
+                result.output_ns += copy_out
+                result.infer_ns -= copy_in + copy_out
             result.total_ns = t3 - t0
         except Exception as exc:  # handed to every caller of the batch
             result.error = exc

@@ -241,6 +241,48 @@ class Settings:
         default=Path.home() / ".cache" / "tensorgate",
         metadata={"help": "where built engines and accepted FP16 models are kept between runs", "type": Path},
     )
+    tensorrt_workspace_bytes: int = field(
+        default=1 << 30,
+        metadata={
+            "help": "TensorRT: the most GPU memory an engine build may take for its tactics (the builder's workspace "
+            "pool), which also bounds each execution context's scratch memory; builds run one at a time per GPU, "
+            "on the GPU that serves, so this is what a build can take from serving. Part of the engine cache key"
+        },
+    )
+    tensorrt_builder_optimization_level: int = field(
+        default=3,
+        metadata={
+            "help": "TensorRT builder optimization level, 0-5 (higher: longer builds, maybe faster engines); part of "
+            "the engine cache key",
+            "choices": [0, 1, 2, 3, 4, 5],
+        },
+    )
+    ort_cuda_gpu_mem_limit_bytes: int = field(
+        default=0,
+        metadata={
+            "help": "ONNX Runtime on CUDA: the most GPU memory each instance's arena may hold (gpu_mem_limit); a "
+            "model's parameter gpu_mem_limit overrides it. 0: no limit (ONNX Runtime's default)"
+        },
+    )
+    ort_cuda_arena_extend_strategy: str = field(
+        default="kSameAsRequested",
+        metadata={
+            "help": "ONNX Runtime on CUDA: how each instance's arena grows (arena_extend_strategy): by what is "
+            "asked (kSameAsRequested) or to the next power of two (kNextPowerOfTwo, ONNX Runtime's default); a "
+            "model's parameter arena_extend_strategy (0 or 1, as Triton's) overrides it",
+            "choices": ["kNextPowerOfTwo", "kSameAsRequested"],
+        },
+    )
+    ort_cuda_cudnn_conv_algo_search: str = field(
+        default="HEURISTIC",
+        metadata={
+            "help": "ONNX Runtime on CUDA: how cuDNN picks convolution algorithms (cudnn_conv_algo_search). "
+            "EXHAUSTIVE (ONNX Runtime's and Triton's default) benchmarks every algorithm again for each new input "
+            "shape, i.e. each batch size dynamic batching forms; HEURISTIC picks at once; DEFAULT uses one fixed "
+            "algorithm. A model's parameter cudnn_conv_algo_search (0, 1, 2, as Triton's) overrides it",
+            "choices": ["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+        },
+    )
     fp16_rtol: float = field(
         default=1e-2,
         metadata={

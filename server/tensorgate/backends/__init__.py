@@ -2,8 +2,9 @@
 
 :func:`loaders` is the registry the repository loads instances through: one loader per engine this
 build can run. Each imports its engine's libraries only when called, so importing the registry never
-imports ONNX Runtime's CUDA build or TensorRT. TensorRT is not registered yet: its backend
-(``backends/tensorrt/``) has no loader adapter (model options, cache, profile) and has never run.
+imports ONNX Runtime's CUDA build or TensorRT. TensorRT is registered where ``tensorrt`` and
+cuda-python are installed (found, not imported); elsewhere :func:`tensorrt_missing` says why not,
+and the engine plan passes TensorRT over with that reason.
 """
 
 from __future__ import annotations
@@ -25,6 +26,22 @@ def _load_ort_cuda(model_file: Path, options: BackendOptions) -> Backend:
     return onnxruntime_cuda.load(model_file, options)
 
 
+def _load_tensorrt(model_file: Path, options: BackendOptions) -> Backend:
+    from tensorgate.backends.tensorrt import loader  # imports tensorrt only when it loads
+
+    return loader.load(model_file, options)
+
+
+def tensorrt_missing() -> str | None:
+    """Why this install cannot run TensorRT engines; None where it can."""
+    from tensorgate.backends.tensorrt import libs
+
+    return libs.missing()
+
+
 def loaders() -> dict[Engine, BackendLoader]:
     """The engines this build can load, each with its loader."""
-    return {Engine.ORT_CPU: _load_ort_cpu, Engine.ORT_CUDA: _load_ort_cuda}
+    found: dict[Engine, BackendLoader] = {Engine.ORT_CPU: _load_ort_cpu, Engine.ORT_CUDA: _load_ort_cuda}
+    if tensorrt_missing() is None:
+        found[Engine.TENSORRT] = _load_tensorrt
+    return found

@@ -15,7 +15,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -44,13 +44,35 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """How to load one instance."""
+    """How to load one instance.
+
+    The GPU engines read more of it: TensorRT builds one optimization profile over the batches the
+    scheduler forms (``max_batch_size``, ``opt_batch_size``; the other dynamic dims from ``dims``),
+    with its builder bounded by ``workspace_bytes``, and keeps the engine and the timing cache under
+    ``cache_dir``; ONNX Runtime on CUDA takes its execution provider options from ``cuda_options``
+    (ONNX Runtime's own option names, string values) on top of tensorgate's defaults."""
 
     intra_op_threads: int = 0  # 0 lets the engine decide
     inter_op_threads: int = 1
     parallel_execution: bool = False  # independent operators may run at the same time (inter-op threads)
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu" or "cuda:N" (N: the CUDA device ordinal this process sees)
     precision: Precision = Precision.FP32  # what the engine builds in (the model file already carries FP16)
+    model: str = ""  # the model's name, for logs and the engine cache's progress lines
+    max_batch_size: int = 0  # 0: the model does not batch (its first dimension is not the batch)
+    opt_batch_size: int = 0  # the batch TensorRT tunes for (0: max_batch_size)
+    dims: tuple[tuple[str, tuple[int, ...]], ...] = ()  # config dims of each input (no batch dim; -1 any)
+    cache_dir: Path | None = None  # where built engines and the timing cache are kept (None: not kept)
+    workspace_bytes: int = 1 << 30  # TensorRT builder workspace bound
+    builder_optimization_level: int = 3
+    cuda_options: tuple[tuple[str, str], ...] = ()  # ONNX Runtime CUDA execution provider options
+
+    @property
+    def device_index(self) -> int | None:
+        """The CUDA device ordinal of ``device``; None on the CPU."""
+        if not self.device.startswith("cuda"):
+            return None
+        _, _, index = self.device.partition(":")
+        return int(index) if index else 0
 
 
 class BackendLoadError(Exception):
@@ -91,6 +113,22 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release what the instance holds (sessions, device memory)."""
         ...
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where the last batch's time went inside ``execute`` (ns): copies to the device, the engine's
+    run and copies back. Triton counts the copies in compute_input / compute_output, not compute_infer."""
+
+    copy_in_ns: int = 0
+    copy_out_ns: int = 0
+
+
+@runtime_checkable
+class ReportsPhases(Protocol):
+    """A backend that copies to and from a device says how long the last batch's copies took."""
+
+    def last_phases(self) -> Phases: ...
 
 
 class BackendLoader(Protocol):

@@ -13,6 +13,7 @@ time). Below the repository nothing sees the protobuf config: the scheduler gets
 from tensorgate.model_config.batching import BatchingPolicy, QueuePolicy, TimeoutAction, batching_policy
 from tensorgate.model_config.completion import complete, model_spec, validate
 from tensorgate.model_config.instances import (
+    InstanceGroup,
     InstanceSettings,
     OrtParameters,
     instance_count,
@@ -29,6 +30,7 @@ from tensorgate.model_config.warmup import WarmupSample, warmup_samples
 __all__ = [
     "CONFIG_FILE",
     "BatchingPolicy",
+    "InstanceGroup",
     "InstanceSettings",
     "Limits",
     "ModelSpec",

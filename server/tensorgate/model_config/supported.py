@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tensorgate.errors import ModelConfigError
 from tensorgate.model_config.batching import batching_problems
-from tensorgate.model_config.instances import ORT_PARAMETERS, ort_parameter_problems
+from tensorgate.model_config.instances import ORT_CUDA_PARAMETERS, ORT_PARAMETERS, ort_parameter_problems
 from tensorgate.model_config.limits import LIMIT_PARAMETERS, limit_problems
 from tensorgate.proto import model_config_pb2 as mc
 
@@ -52,6 +52,12 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
             fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")
         if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
             hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
+    group_kinds = {g.kind for g in config.instance_group}
+    if mc.ModelInstanceGroup.KIND_CPU in group_kinds and len(group_kinds) > 1:
+        hints.append(
+            "instance_group mixes KIND_CPU with GPU groups: a version runs on one engine, so on a GPU engine the "
+            "KIND_CPU instances run on the GPU too"
+        )
     for name in ("response_cache", "model_operations"):
         if config.HasField(name):
             hints.append(f"{name} is ignored")
@@ -74,7 +80,8 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
         hints.append("cc_model_filenames ignored")
     fatal.extend(ort_parameter_problems(config))
     fatal.extend(limit_problems(config))
-    ignored = sorted(k for k in config.parameters if k not in ORT_PARAMETERS and k not in LIMIT_PARAMETERS)
+    known = {*ORT_PARAMETERS, *ORT_CUDA_PARAMETERS, *LIMIT_PARAMETERS}
+    ignored = sorted(k for k in config.parameters if k not in known)
     if ignored:
         hints.append(f"parameters ignored: {', '.join(ignored)}")
     if fatal:

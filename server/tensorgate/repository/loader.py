@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tensorgate import model_config
+from tensorgate import backends, model_config
 from tensorgate.backends.base import (
     Backend,
     BackendExecuteError,
@@ -33,7 +33,7 @@ from tensorgate.stats import ModelStats
 
 log = logging.getLogger(__name__)
 
-TENSORRT_NOT_BUILT = "TensorRT engines are not built by this version of tensorgate yet"
+TENSORRT_NOT_GIVEN = "no TensorRT loader was given to this repository"
 
 
 def expected(exc: BaseException) -> bool:
@@ -64,14 +64,49 @@ class _Chosen:
     passed_over: tuple[PassedOver, ...]
 
 
-def instance_options(instances: InstanceSettings, candidate: Candidate) -> BackendOptions:
-    return BackendOptions(
+def instance_options(
+    instances: InstanceSettings,
+    candidate: Candidate,
+    settings: Settings | None = None,
+    spec: ModelSpec | None = None,
+    name: str = "",
+) -> BackendOptions:
+    """How to load an instance on ``candidate``. ``spec`` (the version's, once known: a background
+    build has the serving version's) bounds TensorRT's profile by the batches the scheduler forms."""
+    settings = settings or Settings()
+    options = BackendOptions(
         intra_op_threads=instances.intra_op_threads(os.cpu_count() or 1),
         inter_op_threads=instances.inter_op_threads,
         parallel_execution=instances.ort.parallel_execution,
         device="cpu" if candidate.device is None else f"cuda:{candidate.device}",
         precision=candidate.precision,
+        model=name,
+        cache_dir=settings.engine_cache_dir / "tensorrt",
+        workspace_bytes=settings.tensorrt_workspace_bytes,
+        builder_optimization_level=settings.tensorrt_builder_optimization_level,
+        cuda_options=cuda_options(settings, instances),
     )
+    if spec is None:
+        return options
+    preferred = spec.batching.preferred_batch_sizes
+    return replace(
+        options,
+        max_batch_size=spec.max_batch_size,
+        opt_batch_size=max(preferred) if preferred else spec.max_batch_size,
+        dims=tuple((n, t.dims) for n, t in spec.inputs.items()),
+    )
+
+
+def cuda_options(settings: Settings, instances: InstanceSettings) -> tuple[tuple[str, str], ...]:
+    """ONNX Runtime's CUDA provider options from the server's flags, then the model's config."""
+    options = {
+        "cudnn_conv_algo_search": settings.ort_cuda_cudnn_conv_algo_search,
+        "arena_extend_strategy": settings.ort_cuda_arena_extend_strategy,
+    }
+    if settings.ort_cuda_gpu_mem_limit_bytes > 0:
+        options["gpu_mem_limit"] = str(settings.ort_cuda_gpu_mem_limit_bytes)
+    options.update(instances.ort.cuda)
+    return tuple(options.items())
 
 
 class Loader:
@@ -124,9 +159,11 @@ class Loader:
         engine: Candidate | None = None,
         model_file: Path | None = None,
         stats: ModelStats | None = None,
+        spec: ModelSpec | None = None,
     ) -> ModelVersion:
         """Load one version on the best engine that loads now, or on ``engine`` from ``model_file``
-        (a background build: the statistics ``stats`` of the version it replaces continue)."""
+        (a background build: the statistics ``stats`` and the spec ``spec`` of the version it
+        replaces continue; the spec bounds the engine's profile)."""
         started = time.perf_counter()
         model_file = model_file or source.model_file
         if not model_file.is_file():
@@ -135,7 +172,7 @@ class Loader:
         if engine is None:
             chosen = self._choose_engine(name, number, model_file, instances)
         else:
-            options = instance_options(instances, engine)
+            options = instance_options(instances, engine, self.settings, spec, name)
             loader = self.loaders[engine.engine]
             chosen = _Chosen(loader, options, loader(model_file, options), (), ())
         first = chosen.first
@@ -149,16 +186,21 @@ class Loader:
                 default_max_batch_size=self.settings.default_max_batch_size,
                 gpu=first.engine is not Engine.ORT_CPU,
             )
-            while len(backends) < spec.instances.count:
-                backends.append(chosen.loader(model_file, chosen.options))
             options = chosen.options
+            # On a GPU, instance_group's count is per listed GPU (Triton's placement); the first
+            # instance is already on devices[0].
+            devices = instances.gpu_devices(len(self.capabilities.gpus)) if options.device_index is not None else ()
+            while len(backends) < (len(devices) or spec.instances.count):
+                more = replace(options, device=f"cuda:{devices[len(backends)]}") if devices else options
+                backends.append(chosen.loader(model_file, more))
             log.info(
-                "event=model_instances model=%s version=%d engine=%s count=%d intra_op_threads=%s "
+                "event=model_instances model=%s version=%d engine=%s count=%d devices=%s intra_op_threads=%s "
                 "inter_op_threads=%d parallel_execution=%s",
                 name,
                 number,
                 first.engine.value,
                 len(backends),
+                ",".join(f"cuda:{d}" for d in devices) if devices else options.device,
                 options.intra_op_threads or "default",
                 options.inter_op_threads,
                 str(options.parallel_execution).lower(),
@@ -192,13 +234,18 @@ class Loader:
             load_seconds=time.perf_counter() - started,
         )
 
+    @staticmethod
+    def _tensorrt_missing() -> str:
+        """Why this repository has no TensorRT loader."""
+        return backends.tensorrt_missing() or TENSORRT_NOT_GIVEN
+
     def _choose_engine(self, name: str, number: int, model_file: Path, instances: InstanceSettings) -> _Chosen:
         """Load the first instance on the best engine that loads now, logging every step down and
         why; engines that build slowly (TensorRT) are returned to be built in the background."""
         chosen = plan(
             instances,
             self.capabilities,
-            tensorrt_missing=None if Engine.TENSORRT in self.loaders else TENSORRT_NOT_BUILT,
+            tensorrt_missing=None if Engine.TENSORRT in self.loaders else self._tensorrt_missing(),
         )
         for engine, reason in chosen.passed_over:
             log.info(
@@ -223,7 +270,7 @@ class Loader:
                 )
                 continue
             else:
-                options = instance_options(instances, candidate)
+                options = instance_options(instances, candidate, self.settings, name=name)
                 try:
                     return _Chosen(loader, options, loader(model_file, options), tuple(later), chosen.passed_over)
                 except BackendLoadError as exc:

@@ -49,6 +49,18 @@ def prepare(
         return BuildInput(model_file, candidate)
     from tensorgate.backends import fp16  # needs onnx: only GPU installs (the [gpu] extra) get here
 
+    if _has_external_data(model_file):
+        # The FP16 pipeline converts an in-memory model: weights kept beside the file (every model
+        # over 2 GB) would not come along. Build FP32 from the file itself rather than lose them.
+        FP16_GATE.labels(name, str(version), "refused").inc()
+        log.warning(
+            "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
+            name,
+            version,
+            candidate.engine.value,
+            "the model keeps its weights as external data, which the FP16 conversion does not handle yet",
+        )
+        return BuildInput(model_file, replace(candidate, precision=Precision.FP32))
     tolerance = fp16.Tolerance(rtol=rtol)
     original = model_file.read_bytes()
     digest = hashlib.sha256(original + repr(tolerance).encode()).hexdigest()[:24]
@@ -75,3 +87,10 @@ def prepare(
     FP16_GATE.labels(name, str(version), "accepted").inc()
     log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
     return BuildInput(target, candidate)
+
+
+def _has_external_data(model_file: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

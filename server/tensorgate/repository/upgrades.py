@@ -108,6 +108,7 @@ class Upgrades:
                     candidate,
                     prepared.model_file,
                     serving.stats,  # statistics continue across the switch
+                    serving.spec,  # the engine's profile covers the batches this version forms
                 )
             except Exception as exc:
                 log.warning(

@@ -7,9 +7,19 @@ is the batch's input bytes, by powers of two (``nbytes.bit_length()``), so each 
 by itself: a model cheap at one row can take milliseconds at 64 rows, or at one row of 32 MB, and a
 size it has not measured always starts on the worker. The loop's stall is so bounded by the limit
 whatever a request's size. 0 turns it off (every batch on the worker).
+
+GPU engines (TensorRT, ONNX Runtime on CUDA) never run on the loop, however fast their batches
+measure: the loop would wait on the device while gRPC waits on the loop, and every instance of the
+model would be serialised behind it. ``for_engine`` gives them a placement that always answers the
+worker thread.
 """
 
 from __future__ import annotations
+
+from tensorgate.backends.base import Engine
+
+# Engines whose batches run on a GPU: always on their instance's worker thread.
+GPU_ENGINES = frozenset({Engine.TENSORRT, Engine.ORT_CUDA})
 
 
 class RecentMedian:
@@ -68,6 +78,12 @@ class Placement:
     def __init__(self, inline_execution_us: int) -> None:
         self.inline_execution_ns = inline_execution_us * 1000
         self._classes: dict[int, SizeClass] = {}
+
+    @classmethod
+    def for_engine(cls, engine: object, inline_execution_us: int) -> Placement:
+        """The placement of an instance whose backend runs on ``engine``: a GPU engine's batches
+        always go to the worker thread (limit 0), others may run inline under ``inline_execution_us``."""
+        return cls(0 if engine in GPU_ENGINES else inline_execution_us)
 
     def inline(self, nbytes: int) -> bool:
         """Whether a batch of ``nbytes`` of inputs runs on the event loop: its size class is measured

@@ -49,7 +49,8 @@ class Scheduler:
         self.instances = instances
         self.stats = stats
         self.policy = policy or BatchingPolicy()
-        self.placements = [Placement(inline_execution_us) for _ in instances]  # by Instance.index
+        # By Instance.index; a GPU engine's instances never run inline (placement.py).
+        self.placements = [Placement.for_engine(i.backend.engine, inline_execution_us) for i in instances]
         self._batched = self.policy.max_batch_size > 0
         self._no_delay = not self.policy.dynamic or self.policy.max_queue_delay_us == 0
         self._queue = PriorityQueue(model, self.policy, self._schedule, self._count_rejected)
