@@ -52,15 +52,8 @@ def prepare(
     if _has_external_data(model_file):
         # The FP16 pipeline converts an in-memory model: weights kept beside the file (every model
         # over 2 GB) would not come along. Build FP32 from the file itself rather than lose them.
-        FP16_GATE.labels(name, str(version), "refused").inc()
-        log.warning(
-            "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
-            name,
-            version,
-            candidate.engine.value,
-            "the model keeps its weights as external data, which the FP16 conversion does not handle yet",
-        )
-        return BuildInput(model_file, replace(candidate, precision=Precision.FP32))
+        why = "the model keeps its weights as external data, which the FP16 conversion does not handle yet"
+        return _refused(name, version, model_file, candidate, why)
     tolerance = fp16.Tolerance(rtol=rtol)
     original = model_file.read_bytes()
     digest = hashlib.sha256(original + repr(tolerance).encode()).hexdigest()[:24]
@@ -70,15 +63,7 @@ def prepare(
         return BuildInput(target, candidate)
     result = fp16.fp16_pipeline(original, samples, tolerance)
     if not result.accepted or result.model is None:
-        FP16_GATE.labels(name, str(version), "refused").inc()
-        log.warning(
-            "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
-            name,
-            version,
-            candidate.engine.value,
-            result.reason,
-        )
-        return BuildInput(model_file, replace(candidate, precision=Precision.FP32))
+        return _refused(name, version, model_file, candidate, result.reason)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as out:
@@ -87,6 +72,19 @@ def prepare(
     FP16_GATE.labels(name, str(version), "accepted").inc()
     log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
     return BuildInput(target, candidate)
+
+
+def _refused(name: str, version: int, model_file: Path, candidate: Candidate, reason: str) -> BuildInput:
+    """FP16 refused: counted, logged with why, and the engine built in FP32 from the file itself."""
+    FP16_GATE.labels(name, str(version), "refused").inc()
+    log.warning(
+        "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
+        name,
+        version,
+        candidate.engine.value,
+        reason,
+    )
+    return BuildInput(model_file, replace(candidate, precision=Precision.FP32))
 
 
 def _has_external_data(model_file: Path) -> bool:
