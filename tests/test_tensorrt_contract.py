@@ -418,3 +418,47 @@ def test_a_model_with_external_weights_is_built_fp32_from_its_own_file(
         asyncio.run(run())
     assert "event=fp16_refused model=mm version=1" in caplog.text and "external data" in caplog.text
     assert [Path(path) for _, path, _ in standin.builds_started] == [model]
+
+
+FP16_CONFIG = CONFIG.replace('value: "FP32"', 'value: "FP16"').replace("gpus: [0, 1]", "gpus: [0]")
+
+
+@pytest.mark.parametrize("error", [0.0, 0.05])
+def test_a_built_fp16_engine_is_checked_against_fp32_before_it_serves(
+    standin: trt_standin.State, tmp_path: Path, caplog: pytest.LogCaptureFixture, error: float
+) -> None:
+    """The engine built in FP16 runs the warmup (else random) samples beside FP32 ONNX Runtime before
+    traffic moves to it: within --fp16-rtol (1%) it serves; 5% off (the stand-in told to add that
+    error to its outputs: real kernels are not modelled) it is refused, logged and counted, and the
+    model keeps serving on the engine it had. This checks our gate, not a GPU's numerics."""
+    from models import write_config
+
+    identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    write_config(tmp_path / "repo" / "m", FP16_CONFIG)
+    standin.output_error = error
+    repo = _stand_in_repository(tmp_path / "repo", tmp_path / "cache")
+
+    async def run() -> Engine:
+        await repo.start()
+        for _ in range(400):
+            if repo.get("m").engine is Engine.TENSORRT or "event=fp16_refused" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        engine = repo.get("m").engine
+        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        out = await repo.get("m").scheduler.infer(InferRequest(id="", inputs={"INPUT0": x}, outputs=("OUTPUT0",)))
+        np.testing.assert_allclose(out["OUTPUT0"], x * (1 + error) if engine is Engine.TENSORRT else x)
+        await repo.stop()
+        return engine
+
+    with caplog.at_level(logging.INFO):
+        engine = asyncio.run(run())
+    if error == 0.0:
+        assert engine is Engine.TENSORRT
+        assert "event=fp16_engine_accepted model=m version=1" in caplog.text
+    else:
+        assert engine is Engine.ORT_CPU
+        assert "event=fp16_refused model=m version=1 engine=tensorrt stage=built_engine" in caplog.text
+        assert "the built tensorrt FP16 engine" in caplog.text
+        assert "event=engine_switched" not in caplog.text

@@ -594,10 +594,13 @@ class ExecutionContext:
             for name, array in feeds.items()
         }
         results = self.engine.session().run_with_ort_values(names, values)
-        return [
+        arrays = [
             _bf16_to_numpy(value) if kinds[name] is DataType.BF16 else value.numpy()
             for name, value in zip(names, results, strict=True)
         ]
+        if STATE.output_error:
+            arrays = [a * (1 + STATE.output_error) if a.dtype.kind == "f" else a for a in arrays]
+        return arrays
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.addresses[name] = int(address)
@@ -665,6 +668,9 @@ class State:
         self.executions: list[tuple[str, int, int]] = []  # (thread, current device, stream handle)
         self.errors: list[str] = []
         self.trt_calls: list[tuple[str, Any]] = []
+        # Relative error added to every float output, to stand for an engine whose FP16 kernels lose
+        # accuracy (a real engine's numerics are not modelled; this lets tests see the gate refuse).
+        self.output_error = 0.0
 
 
 STATE = State()

@@ -18,7 +18,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from tensorgate import model_config
-from tensorgate.metrics.events import ENGINE_BUILD_SECONDS, ENGINE_BUILDS
+from tensorgate.backends.base import BackendOptions, Precision
+from tensorgate.metrics.events import ENGINE_BUILD_SECONDS, ENGINE_BUILDS, FP16_GATE
 from tensorgate.repository import precision
 from tensorgate.repository.engine_plan import Candidate
 from tensorgate.repository.loader import Loader, expected, failure_reason
@@ -110,6 +111,21 @@ class Upgrades:
                     serving.stats,  # statistics continue across the switch
                     serving.spec,  # the engine's profile covers the batches this version forms
                 )
+                if candidate.precision is Precision.FP16:
+                    refused = await in_daemon_thread(self._engine_gate, serving, better)
+                    if refused is not None:
+                        await better.scheduler.close()
+                        FP16_GATE.labels(serving.name, str(serving.version), "refused").inc()
+                        log.warning(
+                            "event=fp16_refused model=%s version=%d engine=%s stage=built_engine reason=%r keeps=%s",
+                            serving.name,
+                            serving.version,
+                            candidate.engine.value,
+                            refused,
+                            serving.engine.value,
+                        )
+                        self._record(serving, candidate, False, f"refused by the FP16 gate: {refused}", started)
+                        continue
             except Exception as exc:
                 log.warning(
                     "event=engine_fallback model=%s version=%d engine=%s reason=%r keeps=%s",
@@ -156,6 +172,41 @@ class Upgrades:
         self.builds.append(
             BuildOutcome(serving.name, serving.version, candidate.engine, candidate.precision, built, detail, seconds)
         )
+
+    def _engine_gate(self, serving: ModelVersion, better: ModelVersion) -> str | None:
+        """(Worker thread.) The built FP16 engine against the FP32 model on ONNX Runtime's CPU, on the
+        warmup samples (else random ones), before any traffic reaches it: None if every output is
+        within --fp16-rtol, else why not. The graph passed the same gate before the build; this
+        catches what the engine's own kernels and fusions lose. An engine that cannot run the
+        samples is refused too: no FP16 engine serves unchecked."""
+        from tensorgate.backends import fp16, onnxruntime_cpu
+
+        model_file = serving.source.model_file
+        warmup = model_config.warmup_samples(serving.spec, serving.source.model_dir)
+        samples = [s.inputs for s in warmup] or fp16.default_samples(model_file.read_bytes())
+        names = list(serving.spec.outputs)
+        try:
+            reference = onnxruntime_cpu.load(model_file, BackendOptions())
+            try:
+                expected_outputs = [reference.execute(sample, names) for sample in samples]
+            finally:
+                reference.close()
+            engine = better.scheduler.instances[0].backend  # serves nothing yet: this thread may use it
+            built = [engine.execute(sample, names) for sample in samples]
+        except Exception as exc:
+            return f"the samples could not be run to check it: {exc}"
+        report = fp16.compare_outputs(
+            expected_outputs,
+            built,
+            fp16.Tolerance(rtol=self.settings.fp16_rtol),
+            candidate_label=f"the built {better.engine.value} FP16 engine",
+        )
+        if report.passed:
+            log.info(
+                "event=fp16_engine_accepted model=%s version=%d detail=%r", serving.name, serving.version, report.reason
+            )
+            return None
+        return report.reason
 
     def _prepare(self, serving: ModelVersion, candidate: Candidate) -> precision.BuildInput:
         """(Worker thread.) The file to build ``candidate`` from: the FP16 graph if the accuracy gate
