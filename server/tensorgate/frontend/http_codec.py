@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,21 +188,12 @@ def infer_request(
     return request, choice
 
 
-def _json_values(datatype: str, raw: bytes) -> list[Any]:
+def _json_values(datatype: str, shape: Sequence[int], raw: bytes) -> list[Any]:
     dtype = datatypes.BY_V2[datatype]
     if dtype.is_bytes:
-        count = _bytes_count(raw)
-        return [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, count)]
+        return [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, math.prod(shape))]
     values: list[Any] = np.frombuffer(raw, dtype=dtype.numpy).tolist()
     return values
-
-
-def _bytes_count(raw: bytes) -> int:
-    count, offset = 0, 0
-    while offset < len(raw):
-        offset += 4 + int.from_bytes(raw[offset : offset + 4], "little")
-        count += 1
-    return count
 
 
 def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
@@ -223,7 +214,7 @@ def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tup
                 "data (parameter binary_data, or binary_data_output)"
             )
         else:
-            entry["data"] = _json_values(tensor.datatype, raw)
+            entry["data"] = _json_values(tensor.datatype, tensor.shape, raw)
         outputs.append(entry)
     out["outputs"] = outputs
     header = json.dumps(out, separators=(",", ":")).encode()

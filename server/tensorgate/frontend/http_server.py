@@ -48,11 +48,12 @@ class _Headers:
 
 
 def _error(message: str, status: int) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _json({"error": message}, status)
 
 
-def _json(value: object) -> web.Response:
-    return web.Response(body=json.dumps(value, separators=(",", ":")).encode(), content_type="application/json")
+def _json(value: object, status: int = 200) -> web.Response:
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 class HttpFrontend:
