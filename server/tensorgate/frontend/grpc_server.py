@@ -26,16 +26,16 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
     """``grpc.health.v1`` for whatever service name a probe sends (as Triton answers): ``liveness``
     (or ``live``) is SERVING from the moment the port listens until the process exits, loads and
     drain included; any other name (``""``, the inference service, ``readiness``...) is SERVING while
-    the server is ready: models loaded at start, not shutting down."""
+    the server is ready: models loaded at start, not shutting down.
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
-        return await super().Check(_canonical(request), context)
+    Requests reach it through :func:`health_handler`, which maps every name to one of the two.
+    """
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         """The status now, then each change, until the client goes. (The library's own Watch drops
         a service's condition when any one of its watchers leaves, so the others would hear of no
         later change; here every name is one of two, each with its one condition for good.)"""
-        name = _canonical(request).service
+        name = request.service
         condition = self._server_watchers[name]
         last = None
         async with condition:
@@ -49,7 +49,8 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericRpcHandler:
     """The health service's methods on raw bytes, parsed here: a message that does not parse gets
-    INVALID_ARGUMENT (and is counted), not gRPC's UNKNOWN with a Python exception's text."""
+    INVALID_ARGUMENT (and is counted), not gRPC's UNKNOWN with a Python exception's text; the
+    service name it asks for becomes liveness or readiness."""
 
     async def parse(raw: bytes, context: Any) -> health_pb2.HealthCheckRequest:
         try:
@@ -60,7 +61,7 @@ def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericR
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the message ({len(raw)} bytes) is not a valid grpc.health.v1.HealthCheckRequest",
             )
-        return request
+        return _canonical(request)
 
     async def check(raw: bytes, context: Any) -> Any:
         return await health_servicer.Check(await parse(raw, context), context)
