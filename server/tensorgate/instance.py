@@ -92,7 +92,7 @@ class Instance:
 
     def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:
         """Run one batch, here and now (on the event loop, or on the worker thread via ``submit``)."""
-        result = BatchResult(rows=sum(r.batch_size for r in requests))
+        result = BatchResult(rows=requests[0].batch_size if len(requests) == 1 else sum(r.batch_size for r in requests))
         try:
             t0 = time.perf_counter_ns()
             inputs = gather_inputs(requests, batched)

@@ -178,34 +178,38 @@ def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray]) -> bool:
 
 def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
     """Check a request against the model and turn its tensors into numpy arrays (views where raw)."""
+    # Each read of a repeated protobuf field builds a wrapper (~0.3 µs with upb): each is read once.
+    tensors = request.inputs
     raw_contents = request.raw_input_contents
-    if raw_contents and len(raw_contents) != len(request.inputs):
+    if raw_contents and len(raw_contents) != len(tensors):
         # An input in shared memory has no entry in raw_input_contents: say that, not the count.
-        for tensor in request.inputs:
+        for tensor in tensors:
             _check_input_parameters(tensor)
         raise InvalidArgument(
-            f"request has {len(request.inputs)} inputs but {len(raw_contents)} raw_input_contents; "
+            f"request has {len(tensors)} inputs but {len(raw_contents)} raw_input_contents; "
             "send one raw_input_contents entry per input, in the order of inputs"
         )
     arrays: dict[str, np.ndarray] = {}
     nbytes = 0
     batch: int | None = None
     batch_from = ""
-    for index, tensor in enumerate(request.inputs):
+    specs = model.inputs
+    for index, tensor in enumerate(tensors):
         if tensor.parameters:
             _check_input_parameters(tensor)
         name = tensor.name
-        spec = model.inputs.get(name)
+        spec = specs.get(name)
         if spec is None:
             raise InvalidArgument(
-                f"unexpected input '{clip(name)}' for model '{model.name}'; its inputs are {sorted(model.inputs)}"
+                f"unexpected input '{clip(name)}' for model '{model.name}'; its inputs are {sorted(specs)}"
             )
         if name in arrays:
             raise InvalidArgument(f"input '{name}' appears more than once in the request")
-        if tensor.datatype != spec.datatype.v2:
+        dtype = spec.datatype
+        if tensor.datatype != dtype.v2:
             raise InvalidArgument(
                 f"input '{name}' has datatype {clip(tensor.datatype) or '(empty)'} but model '{model.name}' "
-                f"expects {spec.datatype.v2}"
+                f"expects {dtype.v2}"
             )
         shape = tuple(tensor.shape)
         rows = _check_shape(name, shape, spec, model)
@@ -220,37 +224,43 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         if raw_contents:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{name}' has both contents and raw_input_contents; send one")
-            flat = _from_raw(name, raw_contents[index], shape, spec.datatype, count)
+            flat = _from_raw(name, raw_contents[index], shape, dtype, count)
         else:
-            flat = _from_contents(name, tensor, spec.datatype, count)
-        if spec.datatype.is_bytes:
+            flat = _from_contents(name, tensor, dtype, count)
+        if dtype.is_bytes:
             _check_utf8(name, flat)
         arrays[name] = flat.reshape(shape)
         nbytes += flat.nbytes
-    missing = [n for n, s in model.inputs.items() if n not in arrays and not s.optional]
-    if missing:
-        raise InvalidArgument(
-            f"model '{model.name}' needs input{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(repr(m) for m in missing)}, which the request does not have"
-        )
-    outputs: list[str] = []
-    for requested in request.outputs:
-        if requested.name not in model.outputs:
+    if len(arrays) != len(specs):  # every input given (names are checked above): nothing is missing
+        missing = [n for n, s in specs.items() if n not in arrays and not s.optional]
+        if missing:
             raise InvalidArgument(
-                f"unexpected output '{clip(requested.name)}' requested from model '{model.name}'; "
-                f"its outputs are {sorted(model.outputs)}"
+                f"model '{model.name}' needs input{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(m) for m in missing)}, which the request does not have"
             )
-        if requested.parameters:
-            _check_output_parameters(requested)
-        if requested.name not in outputs:
-            outputs.append(requested.name)
+    outputs: tuple[str, ...] = model.output_names
+    requested_outputs = request.outputs
+    if requested_outputs:
+        wanted: list[str] = []
+        for requested in requested_outputs:
+            if requested.name not in model.outputs:
+                raise InvalidArgument(
+                    f"unexpected output '{clip(requested.name)}' requested from model '{model.name}'; "
+                    f"its outputs are {sorted(model.outputs)}"
+                )
+            if requested.parameters:
+                _check_output_parameters(requested)
+            if requested.name not in wanted:
+                wanted.append(requested.name)
+        outputs = tuple(wanted)
+    parameters = request.parameters
     return InferRequest(
         id=request.id,
         inputs=arrays,
-        outputs=tuple(outputs) if outputs else tuple(model.outputs),
+        outputs=outputs,
         batch_size=batch if batch is not None else 1,
-        priority=_int_parameter(request, "priority") if request.parameters else 0,
-        timeout_us=_int_parameter(request, "timeout") if request.parameters else 0,
+        priority=_int_parameter(request, "priority") if parameters else 0,
+        timeout_us=_int_parameter(request, "timeout") if parameters else 0,
         nbytes=nbytes,
     )
 

@@ -10,20 +10,24 @@ PROBE_SECS = 0.01
 
 
 class LoopLag:
+    """A plain timer callback that re-arms itself (no task, no future: a probe costs one handle)."""
+
     def __init__(self) -> None:
         self.lag_ns = 0  # the latest probe's lateness
-        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._probe(), name="tg-loop-lag")
+        self._arm(asyncio.get_running_loop())
 
-    async def _probe(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await asyncio.sleep(PROBE_SECS)
-            self.lag_ns = max(0, int((loop.time() - started - PROBE_SECS) * 1e9))
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = loop.call_at(loop.time() + PROBE_SECS, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._handle is not None
+        self.lag_ns = max(0, int((loop.time() - self._handle.when()) * 1e9))
+        self._arm(loop)
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

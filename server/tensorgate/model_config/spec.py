@@ -48,6 +48,11 @@ class ModelSpec:
         return self.max_batch_size > 0
 
     @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        """Every output, in the config's order: what a request that names none gets."""
+        return tuple(self.outputs)
+
+    @cached_property
     def bytes_inputs(self) -> bool:
         return any(t.datatype.is_bytes for t in self.inputs.values())
 

@@ -69,7 +69,12 @@ class Repository:
             if found.state is not ModelState.READY:
                 raise Unavailable(f"model '{name}' version {number} is {found.state.value}")
             return found
-        ready = [v for v in entry.versions.values() if v.state is ModelState.READY]
+        versions = entry.versions
+        if len(versions) == 1:  # the usual case, without building a list on every request
+            (only,) = versions.values()
+            if only.state is ModelState.READY:
+                return only
+        ready = [v for v in versions.values() if v.state is ModelState.READY]
         if not ready:
             state = entry.state.value if entry.state is not ModelState.UNKNOWN else "not loaded"
             why = f": {entry.reason}" if entry.reason else ""
