@@ -146,16 +146,23 @@ class Server:
         return f"127.0.0.1:{self.http_port}"
 
     @classmethod
-    def tensorgate(cls, repo: Path, log_path: Path, extra: Sequence[str] = (), code: Path | None = None) -> Server:
+    def tensorgate(
+        cls,
+        repo: Path,
+        log_path: Path,
+        extra: Sequence[str] = (),
+        code: Path | None = None,
+        launcher: Sequence[str] = ("-m", "tensorgate"),
+    ) -> Server:
         """``extra`` flags come last, so they override the defaults here (``--metrics-port``, ``--http-port``);
-        ``code``: a directory holding a ``tensorgate`` package (:func:`snapshot_code`) to run instead of server/.
-        HTTP/REST listens on a free port of its own (:attr:`http_url`)."""
+        ``code``: a directory holding a ``tensorgate`` package (:func:`snapshot_code`) to run instead of server/;
+        ``launcher``: what the interpreter runs (bench/experiment_server.py with its flags and ``--`` runs the
+        server with an experiment applied). HTTP/REST listens on a free port of its own (:attr:`http_url`)."""
         http_port = free_port()
         server = cls(
             lambda port: [
                 sys.executable,
-                "-m",
-                "tensorgate",
+                *launcher,
                 "serve",
                 "--model-repository",
                 str(repo),
