@@ -536,7 +536,7 @@ def account_table(rounds: Sequence[Round]) -> list[str]:
         "time the role's threads were runnable but not running (schedstat), which is not CPU.",
     ]
     raws = [r.raw for r in rounds if r.raw is not None]
-    if raws:
+    if raws and any(r.window.cpu_s.get("instance workers", 0.0) for r in rounds):  # batches ran on the workers
         ort_us = [
             r.window.per_request_us("instance workers") + r.window.per_request_us("ONNX Runtime intra-op pool")
             for r in rounds
@@ -641,7 +641,10 @@ def variants_table(by_variant: dict[str, list[Round]]) -> list[str]:
             " / ".join(fmt_int(x.rate) for x in w),
             fmt_int(rate),
             fmt_x(rate / base_rate),
-            " / ".join(fmt_x(r.window.rate / r.raw16.samples_per_s) for r in rounds if r.raw16) or "-",
+            # (a model as cheap as identity serves a tiny share of raw ORT's rate: no figure)
+            " / ".join(fmt_x(r.window.rate / r.raw16.samples_per_s) for r in rounds if r.raw16)
+            if all(r.raw16 and r.window.rate > 0.05 * r.raw16.samples_per_s for r in rounds)
+            else "-",
             f"{median(x.stats.avg_batch for x in w):.2f}",
             fmt_int(server),
             fmt_int(client),
