@@ -91,16 +91,10 @@ class ModelStats:
         self.queue_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, queue_ns)] += 1
         compute_ns = input_ns + infer_ns + output_ns
         self.compute_buckets[bisect.bisect_left(LATENCY_BUCKETS_NS, compute_ns)] += 1
-        # Per request, on the event loop: the fields directly, not four calls of Duration.add.
-        queue, c_in, c_infer, c_out = self.queue, self.compute_input, self.compute_infer, self.compute_output
+        queue = self.queue
         queue.count += 1
         queue.ns += queue_ns
-        c_in.count += 1
-        c_in.ns += input_ns
-        c_infer.count += 1
-        c_infer.ns += infer_ns
-        c_out.count += 1
-        c_out.ns += output_ns
+        _add_phases(self.compute_input, self.compute_infer, self.compute_output, input_ns, infer_ns, output_ns)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One model execution of ``batch_size`` samples."""
@@ -108,10 +102,17 @@ class ModelStats:
         batch = self.batches.get(batch_size)
         if batch is None:  # (setdefault would build a BatchStats on every call)
             batch = self.batches[batch_size] = BatchStats()
-        c_in, c_infer, c_out = batch.compute_input, batch.compute_infer, batch.compute_output
-        c_in.count += 1
-        c_in.ns += input_ns
-        c_infer.count += 1
-        c_infer.ns += infer_ns
-        c_out.count += 1
-        c_out.ns += output_ns
+        _add_phases(batch.compute_input, batch.compute_infer, batch.compute_output, input_ns, infer_ns, output_ns)
+
+
+def _add_phases(
+    c_in: Duration, c_infer: Duration, c_out: Duration, input_ns: int, infer_ns: int, output_ns: int
+) -> None:
+    """One count and its time on each of the three compute phases: per request and per execution, on the
+    event loop, so the fields directly rather than three calls of Duration.add."""
+    c_in.count += 1
+    c_in.ns += input_ns
+    c_infer.count += 1
+    c_infer.ns += infer_ns
+    c_out.count += 1
+    c_out.ns += output_ns
