@@ -87,7 +87,6 @@ ROLES = (
 class ThreadTimes:
     comm: str
     cpu_s: float  # utime + stime
-    run_s: float  # schedstat: on a core
     wait_s: float  # schedstat: runnable, waiting for a core
 
 
@@ -96,11 +95,10 @@ def thread_times(pid: int) -> dict[int, ThreadTimes]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
             stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            run_ns, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())
+            _, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())  # on a core, waiting, slices
             out[int(task.name)] = ThreadTimes(
                 (task / "comm").read_text().strip(),
                 (int(stat[11]) + int(stat[12])) / CLK_TCK,
-                run_ns / 1e9,
                 wait_ns / 1e9,
             )
     return out
@@ -149,7 +147,6 @@ class CpuWindow:
     phases_us: dict[str, float]  # queue, compute_input, compute_infer, compute_output per request
     cpu_s: dict[str, float]  # role -> CPU seconds
     wait_s: dict[str, float]  # role -> seconds runnable but waiting for a core
-    run_s: dict[str, float]  # role -> seconds on a core (schedstat)
     workers: int  # instance worker threads
     batch_phase_s: dict[str, float]  # compute_input/infer/output summed over the window's executions, seconds
 
@@ -187,13 +184,11 @@ def cpu_window(server: Server, model: str, client_pid: int, seconds: float) -> C
     s1, p1 = StatsSnapshot.take(server.client, model), _phases(server, model)
     cpu: dict[str, float] = defaultdict(float)
     wait: dict[str, float] = defaultdict(float)
-    run: dict[str, float] = defaultdict(float)
     for tid, after in t1.items():
-        before = t0.get(tid, ThreadTimes(after.comm, 0.0, 0.0, 0.0))
+        before = t0.get(tid, ThreadTimes(after.comm, 0.0, 0.0))
         role = role_of(tid, server.pid, after.comm, names)
         cpu[role] += after.cpu_s - before.cpu_s
         wait[role] += after.wait_s - before.wait_s
-        run[role] += after.run_s - before.run_s
     client = c1 - c0
     cpu["perf_analyzer (client)"] = client
     server_cpu = sum(v for k, v in cpu.items() if k != "perf_analyzer (client)")
@@ -204,7 +199,7 @@ def cpu_window(server: Server, model: str, client_pid: int, seconds: float) -> C
     phases = {k: (p1[k][1] - p0[k][1]) / 1e3 / max(p1[k][0] - p0[k][0], 1) for k in ("queue", *PHASES)}
     batch_phase_s = {k: (p1["batch_" + k][1] - p0["batch_" + k][1]) / 1e9 for k in PHASES}
     workers = sum(1 for name in names.values() if name.startswith("tg-"))
-    return CpuWindow(w1 - w0, requests, delta, phases, dict(cpu), dict(wait), dict(run), workers, batch_phase_s)
+    return CpuWindow(w1 - w0, requests, delta, phases, dict(cpu), dict(wait), workers, batch_phase_s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +323,7 @@ def perf_window(pid: int, client_pid: int, roles: dict[int, str], seconds: float
         group = next((label for key, label in DSO_GROUPS if key in dso), "other")
         if tid in roles:
             role = roles[tid]
-        elif dso.startswith("perf_analyzer") or _is_child_of(tid, client_pid):
+        elif dso.startswith("perf_analyzer") or _is_thread_of(tid, client_pid):
             role = "perf_analyzer (client)"
         elif tid == 0:
             role, group = "idle", "kernel"
@@ -338,7 +333,7 @@ def perf_window(pid: int, client_pid: int, roles: dict[int, str], seconds: float
     return counts
 
 
-def _is_child_of(tid: int, pid: int) -> bool:
+def _is_thread_of(tid: int, pid: int) -> bool:
     return Path(f"/proc/{pid}/task/{tid}").exists()
 
 

@@ -63,7 +63,10 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
 def test_300_concurrent_mixed_requests_get_their_own_rows(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     repo = tmp_path / "repo"
     path = seq_model(repo / "seq" / "1" / "model.onnx")
-    write_config(repo / "seq", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
+    # 20 ms of queue delay: the client, on the same cores, sends a request every 0.1-0.5 ms, so each
+    # wait gathers enough of each of the three shapes to batch whatever the machine's load (with 2 ms a
+    # loaded machine's client sent too few per window, and the executions bound below failed)
+    write_config(repo / "seq", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 20000 }\n")
     server = start_server(repo)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(3)
