@@ -58,7 +58,7 @@ import make_models
 import numpy as np
 import onnxruntime as ort
 from load import log
-from processes import CLK_TCK, Server, StatsSnapshot
+from processes import Server, StatsSnapshot, cpu_seconds, machine_seconds
 from run import append_results, git_state
 from settings import PERF_ANALYZER, RESULTS
 from tables import RunInfo, fmt_int, fmt_x, median, table
@@ -94,28 +94,13 @@ def thread_times(pid: int) -> dict[int, ThreadTimes]:
     out: dict[int, ThreadTimes] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
             _, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())  # on a core, waiting, slices
             out[int(task.name)] = ThreadTimes(
                 (task / "comm").read_text().strip(),
-                (int(stat[11]) + int(stat[12])) / CLK_TCK,
+                cpu_seconds(str(task / "stat")),
                 wait_ns / 1e9,
             )
     return out
-
-
-def process_cpu(pid: int) -> float:
-    with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / CLK_TCK
-    return 0.0
-
-
-def machine_times() -> tuple[float, float]:
-    """(busy, idle) seconds of all cores."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK, (idle + iowait) / CLK_TCK
 
 
 def python_threads(pid: int) -> dict[int, str]:
@@ -178,9 +163,10 @@ def _phases(server: Server, model: str) -> dict[str, tuple[int, int]]:
 def cpu_window(server: Server, model: str, client_pid: int, seconds: float) -> CpuWindow:
     names = python_threads(server.pid)  # before the window: py-spy pauses the process briefly
     s0, p0 = StatsSnapshot.take(server.client, model), _phases(server, model)
-    t0, c0, (busy0, idle0), w0 = thread_times(server.pid), process_cpu(client_pid), machine_times(), time.monotonic()
+    client_stat = f"/proc/{client_pid}/stat"
+    t0, c0, (busy0, idle0), w0 = thread_times(server.pid), cpu_seconds(client_stat), machine_seconds(), time.monotonic()
     time.sleep(seconds)
-    t1, c1, (busy1, idle1), w1 = thread_times(server.pid), process_cpu(client_pid), machine_times(), time.monotonic()
+    t1, c1, (busy1, idle1), w1 = thread_times(server.pid), cpu_seconds(client_stat), machine_seconds(), time.monotonic()
     s1, p1 = StatsSnapshot.take(server.client, model), _phases(server, model)
     cpu: dict[str, float] = defaultdict(float)
     wait: dict[str, float] = defaultdict(float)

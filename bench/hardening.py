@@ -76,6 +76,7 @@ from fuzz_strategies import (  # noqa: E402
     raw_messages,
 )
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from load import send_on_schedule  # noqa: E402
 from processes import CpuDelta, CpuSample, Server, cpu_model  # noqa: E402
 from tables import table  # noqa: E402
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
@@ -393,25 +394,18 @@ async def open_loop(
         for c in chans:
             await c.channel_ready()
         start = loop.time()
-        cutoff = start + 1.5 * seconds
-        i = 0
-        while i < n and loop.time() < cutoff:
-            now = loop.time()
-            due = start + offsets[i]
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            while i < n and start + offsets[i] <= now:
-                tasks.append(asyncio.create_task(one(i, start + float(offsets[i]))))
-                i += 1
-            await asyncio.sleep(0)
+
+        def launch(i: int, scheduled: float) -> None:
+            tasks.append(asyncio.create_task(one(i, scheduled)))
+
+        launched = await send_on_schedule(offsets, start, launch, cutoff=start + 1.5 * seconds)
         if tasks:
             await asyncio.wait(tasks, timeout=deadline + 10)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(c.close() for c in chans))
-    return calls, n - i
+    return calls, n - launched
 
 
 LEVEL_HEADERS = [

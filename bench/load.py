@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,28 @@ class OpenLoopRun:
     client_cpu_us: float
 
 
+async def send_on_schedule(
+    offsets: np.ndarray, start: float, launch: Callable[[int, float], object], cutoff: float = math.inf
+) -> int:
+    """Call ``launch(i, scheduled)`` for arrival i at its loop time ``start + offsets[i]``, whatever the server
+    does (an open loop: ``launch`` starts a task and returns); stops at loop time ``cutoff``. Returns how many
+    were launched (the rest were never sent)."""
+    loop = asyncio.get_running_loop()
+    n = len(offsets)
+    i = 0
+    while i < n and loop.time() < cutoff:
+        now = loop.time()
+        due = start + offsets[i]
+        if due > now:
+            await asyncio.sleep(due - now)
+            continue
+        while i < n and start + offsets[i] <= now:
+            launch(i, start + float(offsets[i]))
+            i += 1
+        await asyncio.sleep(0)  # let the new tasks send before scheduling more
+    return i
+
+
 async def _open_loop(
     url: str, model: str, dims: tuple[int, ...], rate: float, seconds: float, arrival: str, seed: int
 ) -> list[tuple[float, float, float, str]]:
@@ -269,17 +292,7 @@ async def _open_loop(
         await client.is_server_ready()  # connect before the clock starts
         start = loop.time() + 0.01
         tasks: list[asyncio.Task[None]] = []
-        i = 0
-        while i < n:
-            now = loop.time()
-            due = start + offsets[i]
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            while i < n and start + offsets[i] <= now:
-                tasks.append(asyncio.create_task(one(start + float(offsets[i]))))
-                i += 1
-            await asyncio.sleep(0)  # let the new tasks send before scheduling more
+        await send_on_schedule(offsets, start, lambda _, scheduled: tasks.append(asyncio.create_task(one(scheduled))))
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
     finally:
         await client.close()

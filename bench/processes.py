@@ -31,12 +31,20 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # CPU accounting: whose CPU time a measurement used (ours, perf_analyzer's, or other processes' on the machine)
 
 
-def _cpu_seconds(stat_path: str) -> float:
+def cpu_seconds(stat_path: str) -> float:
     """utime + stime of a /proc/.../stat file (a process or one thread), in seconds; 0 once it is gone."""
     with contextlib.suppress(OSError), open(stat_path) as f:
         stat = f.read().rsplit(")", 1)[1].split()
         return (int(stat[11]) + int(stat[12])) / CLK_TCK
     return 0.0
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(busy, idle) seconds of all the machine's cores since boot, from /proc/stat (iowait counts as idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, (idle + iowait) / CLK_TCK
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -45,7 +53,7 @@ def _process_cpu_seconds(pid: int) -> float:
     try:
         return time.clock_gettime_ns((~pid << 3) | 2) / 1e9
     except OSError:
-        return _cpu_seconds(f"/proc/{pid}/stat")
+        return cpu_seconds(f"/proc/{pid}/stat")
 
 
 @dataclass(frozen=True)
@@ -60,19 +68,16 @@ class CpuSample:
 
     @staticmethod
     def take(server_pid: int | None) -> CpuSample:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-        user, nice, system, idle, iowait, irq, softirq, steal = fields
-        busy = user + nice + system + irq + softirq + steal
+        busy, idle = machine_seconds()
         server = loop = 0.0
         if server_pid is not None:
             server = _process_cpu_seconds(server_pid)
-            loop = _cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
+            loop = cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
         return CpuSample(
-            busy / CLK_TCK,
-            (busy + idle + iowait) / CLK_TCK,
+            busy,
+            busy + idle,
             server,
             loop,
             time.monotonic(),

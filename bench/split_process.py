@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import selectors
 import shlex
 import signal
@@ -54,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
 import numpy as np
+from processes import StatsSnapshot, cpu_seconds, free_port, machine_seconds
 
 SLOT = struct.Struct("<I")
 SLOTS_PER_FRONTEND = 256
@@ -273,12 +273,6 @@ def frontend(port: int, index: int, shm_name: str, layout: Layout, fd: int, mode
 # the bench
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Variant:
     label: str
@@ -303,12 +297,7 @@ class Variant:
                 self.shm.unlink()
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(cpu_seconds(f"/proc/{p.pid}/stat") for p in self.procs)
 
 
 def start_tensorgate(repo: Path, log: Path, clients: int) -> Variant:
@@ -388,28 +377,18 @@ class Result:
     avg_batch: float  # the engine's (tensorgate's: from its statistics)
 
 
-def _cpu(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
+def _snapshot(url: str, model: str) -> StatsSnapshot:
+    import tritonclient.grpc as grpcclient
 
-
-def _idle() -> tuple[float, float]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return float(fields[3] + fields[4]), float(sum(fields))
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return StatsSnapshot.take(client, model)
+    finally:
+        client.close()
 
 
 def _answered(urls: Sequence[str], model: str) -> int:
-    import tritonclient.grpc as grpcclient
-
-    total = 0
-    for url in dict.fromkeys(urls):
-        client = grpcclient.InferenceServerClient(url)
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        total += int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
-        client.close()
-    return total
+    return sum(_snapshot(url, model).success_count for url in dict.fromkeys(urls))
 
 
 def measure(variant: Variant, model: str, concurrency: int, seconds: float) -> Result:
@@ -428,11 +407,11 @@ def measure(variant: Variant, model: str, concurrency: int, seconds: float) -> R
     try:
         time.sleep(3.0)  # connected and warm
         b0 = _batches(variant, model)
-        a0, c0, i0 = _answered(variant.urls, model), variant.cpu_s(), _idle()
-        l0, t0 = sum(_cpu(p.pid) for p in loads), time.monotonic()
+        a0, c0, i0 = _answered(variant.urls, model), variant.cpu_s(), machine_seconds()
+        l0, t0 = sum(cpu_seconds(f"/proc/{p.pid}/stat") for p in loads), time.monotonic()
         time.sleep(seconds)
-        a1, c1, i1 = _answered(variant.urls, model), variant.cpu_s(), _idle()
-        l1, t1 = sum(_cpu(p.pid) for p in loads), time.monotonic()
+        a1, c1, i1 = _answered(variant.urls, model), variant.cpu_s(), machine_seconds()
+        l1, t1 = sum(cpu_seconds(f"/proc/{p.pid}/stat") for p in loads), time.monotonic()
         b1 = _batches(variant, model)
     finally:
         for p in loads:
@@ -444,7 +423,7 @@ def measure(variant: Variant, model: str, concurrency: int, seconds: float) -> R
                 p.kill()
                 p.wait()
     requests = max(a1 - a0, 1)
-    idle = 100 * (i1[0] - i0[0]) / max(i1[1] - i0[1], 1)
+    idle = 100 * (i1[1] - i0[1]) / max((i1[0] + i1[1]) - (i0[0] + i0[1]), 1e-9)  # (busy, idle) seconds
     batch = (b1[1] - b0[1]) / max(b1[0] - b0[0], 1)
     rate = requests / (t1 - t0)
     return Result(variant.label, rate, 1e6 * (c1 - c0) / requests, 1e6 * (l1 - l0) / requests, idle, batch)
@@ -455,12 +434,8 @@ def _batches(variant: Variant, model: str) -> tuple[int, int]:
     if variant.shm is not None and variant.layout is not None:
         executions, samples = variant.layout.counters(variant.shm.buf)
         return int(executions), int(samples)
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(variant.urls[0])
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    client.close()
-    return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+    snapshot = _snapshot(variant.urls[0], model)
+    return snapshot.execution_count, snapshot.inference_count
 
 
 def main_bench(argv: Sequence[str]) -> int:
