@@ -52,6 +52,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
@@ -146,9 +147,14 @@ class CpuWindow:
 PHASES = ("compute_input", "compute_infer", "compute_output")
 
 
-def _phases(server: Server, model: str) -> dict[str, tuple[int, int]]:
-    """(count, ns) of each of Triton's phases per request, and as "batch_" + phase, summed over executions."""
+def _statistics(server: Server, model: str) -> tuple[StatsSnapshot, dict[str, tuple[int, int]]]:
+    """The counts, and (count, ns) of each of Triton's phases per request and, as "batch_" + phase, summed
+    over executions: from one ModelStatistics call."""
     model_stats = server.client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return StatsSnapshot.of(model_stats), _phases(model_stats)
+
+
+def _phases(model_stats: dict[str, Any]) -> dict[str, tuple[int, int]]:
     stats = model_stats.get("inference_stats", {})
     out = {
         k: (int(stats.get(k, {}).get("count", 0)), int(stats.get(k, {}).get("ns", 0)))
@@ -162,12 +168,12 @@ def _phases(server: Server, model: str) -> dict[str, tuple[int, int]]:
 
 def cpu_window(server: Server, model: str, client_pid: int, seconds: float) -> CpuWindow:
     names = python_threads(server.pid)  # before the window: py-spy pauses the process briefly
-    s0, p0 = StatsSnapshot.take(server.client, model), _phases(server, model)
+    s0, p0 = _statistics(server, model)
     client_stat = f"/proc/{client_pid}/stat"
     t0, c0, (busy0, idle0), w0 = thread_times(server.pid), cpu_seconds(client_stat), machine_seconds(), time.monotonic()
     time.sleep(seconds)
     t1, c1, (busy1, idle1), w1 = thread_times(server.pid), cpu_seconds(client_stat), machine_seconds(), time.monotonic()
-    s1, p1 = StatsSnapshot.take(server.client, model), _phases(server, model)
+    s1, p1 = _statistics(server, model)
     cpu: dict[str, float] = defaultdict(float)
     wait: dict[str, float] = defaultdict(float)
     for tid, after in t1.items():

@@ -243,7 +243,11 @@ class StatsSnapshot:
 
     @staticmethod
     def take(client: grpcclient.InferenceServerClient, model: str) -> StatsSnapshot:
-        stats: dict[str, Any] = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return StatsSnapshot.of(client.get_inference_statistics(model, as_json=True)["model_stats"][0])
+
+    @staticmethod
+    def of(stats: dict[str, Any]) -> StatsSnapshot:
+        """From one model's ModelStatistics as tritonclient's JSON gives it."""
         infer = stats.get("inference_stats", {})
         return StatsSnapshot(
             int(stats.get("inference_count", 0)),
