@@ -14,6 +14,10 @@ an A/B of an idea costs no change to the server and the measured code is the ser
 --gather-on-loop      a batch's inputs are concatenated on the event loop before the batch is handed to the
                       instance's worker thread (the server does it on the worker): the worker then starts with
                       ONNX Runtime's run, without a first GIL release and re-acquire inside numpy's copy.
+--coalesce-on-loop    no run-at-once path, and a batch is formed one event-loop iteration after the request that
+                      found an instance free, so every request that reached the scheduler in that iteration joins
+                      it (the server runs a request that finds the queue empty at once, alone: on the loop, a
+                      model cheap enough to run there never batches, whatever the load).
 """
 
 from __future__ import annotations
@@ -53,6 +57,32 @@ def gather_on_loop() -> None:
     instance.Instance.submit = submit  # type: ignore[method-assign]
 
 
+def coalesce_on_loop() -> None:
+    import asyncio
+
+    from tensorgate.scheduler.scheduler import Scheduler
+
+    own_init = Scheduler.__init__
+    own_schedule = Scheduler._schedule
+    due: set[int] = set()  # id() of the schedulers whose _schedule is already called soon
+
+    def init(self: Scheduler, *args: object, **kwargs: object) -> None:
+        own_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self._no_delay = False  # no run-at-once path
+
+    def run(self: Scheduler) -> None:
+        due.discard(id(self))
+        own_schedule(self)
+
+    def schedule(self: Scheduler) -> None:
+        if id(self) not in due:
+            due.add(id(self))
+            asyncio.get_running_loop().call_soon(run, self)
+
+    Scheduler.__init__ = init  # type: ignore[method-assign]
+    Scheduler._schedule = schedule  # type: ignore[method-assign]
+
+
 def nice_engine(niceness: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -88,6 +118,7 @@ if __name__ == "__main__":
     parser.add_argument("--switch-interval", type=float)
     parser.add_argument("--gather-on-loop", action="store_true")
     parser.add_argument("--nice-engine", type=int)
+    parser.add_argument("--coalesce-on-loop", action="store_true")
     args = parser.parse_args(sys.argv[1:split])
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -95,4 +126,6 @@ if __name__ == "__main__":
         gather_on_loop()
     if args.nice_engine is not None:
         nice_engine(args.nice_engine)
+    if args.coalesce_on_loop:
+        coalesce_on_loop()
     sys.exit(tensorgate_main(sys.argv[split + 1 :]))

@@ -1,6 +1,7 @@
 """What a measurement watches besides its client: CPU time from /proc (of the whole machine, the server under
 test and its event-loop thread, perf_analyzer, this process) and the machine's CPU model, the server under test
-as a child process (``tensorgate serve`` or the bare grpc.aio echo peer), and its ModelStatistics."""
+as a child process (``tensorgate serve``, the bare grpc.aio echo peer or Triton, bench/triton_python.py), and its
+ModelStatistics."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tritonclient.grpc as grpcclient
 from settings import BENCH, ROOT
 
@@ -47,6 +49,13 @@ def machine_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK, (idle + iowait) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and the processes under it now (Triton's Python backend runs each model in a child process)."""
+    with contextlib.suppress(psutil.Error):
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    return [pid]
+
+
 def _process_cpu_seconds(pid: int) -> float:
     """CPU time of a whole process, all threads (those that exited included), to the nanosecond: its POSIX CPU
     clock (clock_getcpuclockid's id, CPUCLOCK_SCHED); /proc's 10 ms ticks where that cannot be read."""
@@ -60,7 +69,7 @@ def _process_cpu_seconds(pid: int) -> float:
 class CpuSample:
     machine_busy: float  # seconds of all cores, busy
     machine_total: float  # seconds of all cores, busy + idle
-    server: float  # server process CPU seconds
+    server: float  # CPU seconds of the server process and its children
     loop: float  # CPU seconds of the server's main thread, which runs its event loop
     wall: float  # time.monotonic()
     children: float  # waited-for children (perf_analyzer) CPU seconds
@@ -71,7 +80,7 @@ class CpuSample:
         busy, idle = machine_seconds()
         server = loop = 0.0
         if server_pid is not None:
-            server = _process_cpu_seconds(server_pid)
+            server = sum(_process_cpu_seconds(p) for p in process_tree(server_pid))
             loop = cpu_seconds(f"/proc/{server_pid}/task/{server_pid}/stat")  # its main thread
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
@@ -131,15 +140,23 @@ def free_port() -> int:
 
 class Server:
     """A server under test as a child process on a fresh loopback port: ``python -m tensorgate serve``
-    (:meth:`tensorgate`) or the bare grpc.aio echo peer, bench/echo_server.py (:meth:`echo`)."""
+    (:meth:`tensorgate`), the bare grpc.aio echo peer, bench/echo_server.py (:meth:`echo`), or any other command
+    given its port (bench/triton_python.py's tritonserver)."""
 
-    def __init__(self, command: Callable[[int], list[str]], log_path: Path, code: Path | None = None) -> None:
+    def __init__(
+        self,
+        command: Callable[[int], list[str]],
+        log_path: Path,
+        code: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.command = command(self.port)
-        env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}  # ahead of the editable install
+        if code is not None:
+            env = {**(env or os.environ), "PYTHONPATH": str(code)}  # ahead of the editable install
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.client = grpcclient.InferenceServerClient(self.url)
         self.http_port: int | None = None  # tensorgate's HTTP/REST port; None: the server has none (the echo)
@@ -198,13 +215,14 @@ class Server:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, models: Sequence[str] = ()) -> None:
+        """Until the server is ready and so is each of ``models`` (PyTriton is ready before it binds them)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(Exception):
-                if self.client.is_server_ready():
+                if self.client.is_server_ready() and all(self.client.is_model_ready(m) for m in models):
                     return
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{self.log_tail()}")

@@ -16,6 +16,20 @@ from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table, top_batches
 
 
 @dataclass
+class TritonPeer:
+    """One form of Triton's Python path (bench/triton_python.py's PEERS) and what it measured."""
+
+    name: str
+    runs: list[PaRun] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+    exit: int | None = None  # None: not started
+    error: str = ""  # it did not start or answer
+
+    def med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.runs if r.model == model and r.concurrency == c and r.ok])
+
+
+@dataclass
 class Report:
     settings: Settings
     info: RunInfo
@@ -29,6 +43,9 @@ class Report:
     peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
     peer_exit: int | None = None  # None: the peer was not run
     peer_error: str = ""  # the echo server did not start
+    tritons: list[TritonPeer] = field(default_factory=list)  # Triton's Python path (bench/triton_python.py)
+    triton_error: str = ""  # Triton could not be installed
+    triton_version: str = ""  # what scripts/install_triton_python.sh installed
 
     def cell(self, model: str, c: int) -> list[PaRun]:
         return [r for r in self.runs if r.model == model and r.concurrency == c and r.ok]
@@ -41,6 +58,9 @@ class Report:
 
     def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.peer_cell(c)])
+
+    def triton_ratio(self, peer: TritonPeer, model: str, c: int) -> float:
+        return self.med(model, c, lambda r: r.infer_per_s) / peer.med(model, c, lambda r: r.infer_per_s)
 
     @property
     def peer_ran(self) -> bool:
@@ -176,6 +196,65 @@ class Report:
             rows,
         )
 
+    def triton_table(self) -> str:
+        rows = []
+        for model in self.settings.triton_models:
+            for c in self.settings.concurrency:
+                tg = {r.repeat: r.infer_per_s for r in self.cell(model, c)}
+                echo = self.peer_med(c, lambda r: r.infer_per_s)
+                for peer in self.tritons:
+                    by_sweep = [
+                        fmt_x(tg[r.repeat] / r.infer_per_s)
+                        for r in peer.runs
+                        if r.model == model and r.concurrency == c and r.ok and r.repeat in tg
+                    ]
+                    ips = peer.med(model, c, lambda r: r.infer_per_s)
+                    batch = peer.med(model, c, lambda r: r.avg_batch)
+                    _, rawb = self.raw_at(model, batch)
+                    rows.append(
+                        [
+                            model,
+                            str(c),
+                            peer.name if not peer.error else f"{peer.name}: failed",
+                            fmt_int(ips),
+                            fmt_int(self.med(model, c, lambda r: r.infer_per_s)),
+                            fmt_x(self.triton_ratio(peer, model, c)),
+                            " / ".join(by_sweep) or "-",
+                            fmt_x(echo / ips),
+                            fmt_ms(peer.med(model, c, lambda r: r.p50_us)),
+                            fmt_ms(self.med(model, c, lambda r: r.p50_us)),
+                            fmt_int(peer.med(model, c, lambda r: r.server_cpu_us)),
+                            fmt_int(self.med(model, c, lambda r: r.server_cpu_us)),
+                            fmt_int(peer.med(model, c, lambda r: r.client_cpu_us)),
+                            fmt_x(batch),
+                            fmt_x(self.med(model, c, lambda r: r.avg_batch)),
+                            fmt_x(ips / rawb),
+                            fmt_x(peer.med(model, c, lambda r: r.cpu.idle_pct if r.cpu else math.nan), 0) + "%",
+                        ]
+                    )
+        return table(
+            [
+                "model",
+                "c",
+                "peer",
+                "peer infer/s",
+                "tensorgate infer/s",
+                "tensorgate/peer",
+                "by sweep",
+                "bare echo/peer",
+                "peer p50 ms",
+                "tensorgate p50 ms",
+                "peer server CPU µs/req",
+                "tensorgate server CPU µs/req",
+                "peer's client CPU µs/req",
+                "peer avg batch",
+                "tensorgate avg batch",
+                "peer/raw(formed)",
+                "machine idle (peer)",
+            ],
+            rows,
+        )
+
     def on_off_table(self) -> str:
         rows = []
         for base in ("mlp", "cnn"):
@@ -288,6 +367,7 @@ class Report:
                     verdict(slower, slower <= 0.4 / 0.3),
                 )
             )
+        out += self.issue14_targets(verdict)
         if self.checks:
             bad = [c.model for c in self.checks if not c.exact]
             out.append(
@@ -299,8 +379,45 @@ class Report:
             )
         return out
 
+    def issue14_targets(self, verdict: Callable[[float, bool], str]) -> list[tuple[str, str, str]]:
+        """Issue 14's targets: same-run ratios to raw ORT b16, to the bare echo and to Triton's Python path."""
+        out: list[tuple[str, str, str]] = []
+        cnn, raw16 = self.med("cnn", 16, lambda r: r.infer_per_s), self.raw.get(("cnn", 16), math.nan)
+        out.append(("cnn c16 >= 0.55 x raw ORT b16", fmt_x(cnn / raw16), verdict(cnn / raw16, cnn / raw16 >= 0.55)))
+        if self.peer_ran:
+            share = self.med("identity", 16, lambda r: r.infer_per_s) / self.peer_med(16, lambda r: r.infer_per_s)
+            out.append(("identity c16 >= 0.9 x bare echo", fmt_x(share), verdict(share, share >= 0.9)))
+            cpu = self.med("identity", 16, lambda r: r.server_cpu_us) / self.peer_med(16, lambda r: r.server_cpu_us)
+            out.append(("identity c16 server CPU/req <= 1.2 x bare echo's", fmt_x(cpu), verdict(cpu, cpu <= 1.2)))
+        for peer in self.tritons:
+            for model in ("mlp", "cnn"):
+                if model in self.settings.triton_models and not peer.error:
+                    ratio = self.triton_ratio(peer, model, 16)
+                    out.append(
+                        (
+                            f"{model} c16 >= 2 x Triton's Python path: {peer.name}",
+                            fmt_x(ratio),
+                            verdict(ratio, ratio >= 2),
+                        )
+                    )
+            if peer.checks:
+                bad = [c.model for c in peer.checks if not c.exact]
+                out.append(
+                    (
+                        f"{peer.name} answers identical to raw ORT (a fair peer)",
+                        "all identical" if not bad else "differ: " + ", ".join(bad),
+                        "PASS" if not bad else "FAIL",
+                    )
+                )
+        return out
+
     def failures(self) -> list[str]:
         out = [f"{r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        for peer in self.tritons:
+            out += [
+                f"{peer.name} {r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in peer.runs if not r.ok
+            ]
+            out += [f"{peer.name}: {peer.error}"] if peer.error else []
         out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
         if self.peer_error:
             out.append(f"echo server: {self.peer_error}")
@@ -346,6 +463,26 @@ class Report:
                 "against this table.",
                 "",
             ]
+        if self.settings.triton_models:
+            parts += ["### Peer: Triton's Python path (same machine, same sweeps)", ""]
+            if self.triton_error:
+                parts += [f"Not measured: {self.triton_error}", ""]
+            else:
+                exits = ", ".join(f"{p.name} {p.exit}" for p in self.tritons)
+                parts += [
+                    self.triton_table(),
+                    "",
+                    f"Triton Inference Server 2.51.0 from {self.triton_version} (scripts/install_triton_python.sh). "
+                    "Triton Python backend: a model.py per model (bench/triton_python_model.py) running the same ONNX "
+                    "file in ONNX Runtime with tensorgate's session settings on the batch Triton's dynamic batcher "
+                    "hands it (same config.pbtxt otherwise). PyTriton: an @batch function (bench/pytriton_server.py) "
+                    "with the same session settings behind the same tritonserver. Each swept with the same "
+                    "perf_analyzer settings right after tensorgate's sweep of the model, every server up, the others "
+                    "idle; peer server CPU is all its processes' (tritonserver, backend stubs, PyTriton's). "
+                    "'bare echo/peer' is the bare grpc.aio echo's identity rate over the peer's: what a Python gRPC "
+                    f"server that ran no model at all would reach. Exit status on SIGTERM: {exits}.",
+                    "",
+                ]
         on_off = self.on_off_table()
         if on_off:
             parts += ["### Batching on / off", "", on_off, ""]

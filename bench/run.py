@@ -36,14 +36,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
 import metrics_ab
+import onnxruntime as ort
+import triton_python
 from load import PaRun, check_model, formed_batch, log, log_pa, open_loop, perf_analyzer, raw_session, raw_throughput
 from processes import CpuDelta, CpuSample, Server
-from report import Report
+from report import Report, TritonPeer
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
 from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table
 
 HTTP_MODELS = ("identity", "cnn")  # swept over HTTP/REST too, by default
 HTTP_CONCURRENCY = (1, 16)
+TRITON_MODELS = ("identity", "mlp", "cnn")  # served by Triton's Python backend too, by default
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -88,6 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="comma-separated models (of --models) also swept with perf_analyzer -i http at c1 and c16 (those of "
         "--concurrency), beside gRPC in the same run; empty: none",
     )
+    p.add_argument(
+        "--triton-models",
+        default=",".join(TRITON_MODELS),
+        help="comma-separated models (of --models) also served by Triton's Python backend (bench/triton_python.py, "
+        "installed by scripts/install_triton_python.sh) and swept right after tensorgate in every sweep; empty: none",
+    )
     a = p.parse_args(argv)
     quick, ab = bool(a.quick), bool(a.metrics_ab)
     default_models = ("identity", "mlp") if ab else tuple(make_models.DEFAULT_MODELS)
@@ -116,6 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metrics_ab=ab,
         http_models=() if ab else tuple(m for m in a.http_models.split(",") if m in models),
         http_concurrency=tuple(c for c in HTTP_CONCURRENCY if c in concurrency),
+        triton_models=() if ab else tuple(m for m in a.triton_models.split(",") if m in models),
     )
 
 
@@ -260,12 +270,44 @@ def run_peer(report: Report, s: Settings, tmp: Path) -> None:
             print(echo.log_tail(), file=sys.stderr)
 
 
+def start_tritons(
+    report: Report, s: Settings, sessions: dict[str, ort.InferenceSession], tmp: Path
+) -> list[tuple[TritonPeer, Server]]:
+    """Each form of Triton's Python path serving ``s.triton_models``, checked against raw ORT like tensorgate; one
+    that cannot be installed or started is reported and left out: the tensorgate results still stand."""
+    reason = triton_python.install()
+    if reason:
+        report.triton_error = reason
+        log(f"Triton's Python path not run: {reason}")
+        return []
+    report.triton_version = triton_python.described()
+    servers: list[tuple[TritonPeer, Server]] = []
+    for name in triton_python.PEERS:
+        peer = TritonPeer(name)
+        report.tritons.append(peer)
+        server = triton_python.start(name, s.repo, s.triton_models, tmp)
+        try:
+            server.wait_ready(models=s.triton_models)
+            log(f"{name} ready on {server.url} (pid {server.pid})")
+            for i, model in enumerate(s.triton_models):
+                check = check_model(server, sessions[model], model, seed=100 + i)
+                peer.checks.append(check)
+                log(f"check {name} {model}: {'identical' if check.exact else 'DIFFERENT'} to raw ORT")
+            servers.append((peer, server))
+        except Exception as exc:  # it did not start or answer
+            peer.error = f"{type(exc).__name__}: {exc}"
+            log(f"{name} failed: {peer.error}")
+            peer.exit = server.stop()
+    return servers
+
+
 def run_full(s: Settings, report: RunReport) -> bool:
     """The batching benchmark, steps 2-7 of bench/README.md; True when something failed."""
     sessions = {m: raw_session(s.repo, m) for m in s.models}
 
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        tritons = start_tritons(report, s, sessions, tmp) if s.triton_models else []
         server = Server.tensorgate(s.repo, tmp / "server.log")
         try:
             server.wait_ready()
@@ -283,6 +325,12 @@ def run_full(s: Settings, report: RunReport) -> bool:
                         run = perf_analyzer(server, model, c, rep, s, tmp)
                         report.runs.append(run)
                         log_pa(f"sweep {rep + 1}/{s.repeats} {model}", run)
+                    # right after tensorgate's, so a drift of the machine falls on both (the idle one waits)
+                    for peer, triton in tritons if model in s.triton_models else ():
+                        for c in s.concurrency:
+                            run = perf_analyzer(triton, model, c, rep, s, tmp, label=f"{triton.pid}-")
+                            peer.runs.append(run)
+                            log_pa(f"sweep {rep + 1}/{s.repeats} {peer.name} {model}", run)
                 for model in s.http_models:  # in the same sweep, so a drift of the machine falls on both
                     for c in s.http_concurrency:
                         run = perf_analyzer(server, model, c, rep, s, tmp, protocol="http")
@@ -306,6 +354,9 @@ def run_full(s: Settings, report: RunReport) -> bool:
             log(f"server stopped with SIGTERM: exit status {report.server_exit}")
             if report.server_exit != 0:
                 print(server.log_tail(), file=sys.stderr)
+            for peer, triton in tritons:
+                peer.exit = triton.stop()
+                log(f"{peer.name} stopped with SIGTERM: exit status {peer.exit}")
         if s.peer and "identity" in s.models:
             run_peer(report, s, tmp)
 
@@ -318,6 +369,9 @@ def run_full(s: Settings, report: RunReport) -> bool:
             wanted.add((file, formed_batch(report.med(model, c, lambda r: r.avg_batch))))
         for c in s.http_concurrency if model in s.http_models else ():
             wanted.add((file, formed_batch(report.http_med(model, c, lambda r: r.avg_batch))))
+        for peer in report.tritons if model in s.triton_models else ():
+            for c in s.concurrency if peer.runs else ():
+                wanted.add((file, formed_batch(peer.med(model, c, lambda r: r.avg_batch))))
     for file, b in sorted(wanted):
         model = next(m for m in s.models if make_models.MODELS[m].file == file)
         before = CpuSample.take(None)

@@ -31,3 +31,4 @@ class Settings:
     metrics_ab: bool  # only the metrics on / off comparison (bench/metrics_ab.py)
     http_models: tuple[str, ...] = ()  # also swept with perf_analyzer -i http (the server's HTTP/REST port)
     http_concurrency: tuple[int, ...] = ()  # the concurrencies of those HTTP sweeps (each also swept over gRPC)
+    triton_models: tuple[str, ...] = ()  # also served by Triton's Python backend (bench/triton_python.py), same sweeps
