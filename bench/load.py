@@ -357,6 +357,28 @@ def raw_throughput(session: ort.InferenceSession, dims: tuple[int, ...], batch: 
     return statistics.median(rates)
 
 
+def raw_core_us(repo: Path, model: str, batch: int, seconds: float) -> float:
+    """Core-µs a sample of ``session.run`` costs at ``batch`` with the servers' session settings (all graph
+    optimizations, one intra-op thread per core, no spinning: spinning threads would count CPU that does no
+    work): this process's CPU time over the runs, per sample. What the model's compute costs any server."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    path = make_models.model_file(repo, make_models.MODELS[model].file)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(batch).standard_normal((batch, *make_models.MODELS[model].input_dims))
+    feed = {make_models.INPUT: x.astype(np.float32)}
+    session.run(None, feed)
+    costs = []
+    for _ in range(5):
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds / 5:
+            session.run(None, feed)
+            n += 1
+        costs.append(1e6 * (time.process_time() - c0) / (n * batch))
+    return statistics.median(costs)
+
+
 def formed_batch(avg: float) -> int:
     """The batch size raw ORT is timed and compared at for a server's average batch: rounded, 1..max_batch_size."""
     return 1 if math.isnan(avg) else max(1, min(make_models.MAX_BATCH_SIZE, round(avg)))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Report:
     raw: dict[tuple[str, int], float] = field(default_factory=dict)  # (model file, batch) -> samples/s
     open_loop_base_c: int = 16  # open-loop rates are fractions of closed-loop infer/s at this concurrency
     raw_foreign_pct: float = 0.0  # the most CPU other processes took while raw ORT was timed
+    raw_core_us: dict[str, float] = field(default_factory=dict)  # model -> core-µs a sample at b16, no spinning
     server_exit: int | None = None
     peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
     peer_exit: int | None = None  # None: the peer was not run
@@ -58,6 +60,20 @@ class Report:
 
     def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.peer_cell(c)])
+
+    def grpc_aio_ceiling(self, model: str, c: int) -> float:
+        """The most infer/s any grpc.aio server could serve ``model`` at ``c`` on this machine with perf_analyzer
+        beside it: the cores' capacity over the least a request costs: the bare echo's server CPU and its
+        client's CPU per request (a Python gRPC request with no model code at all) plus the model's compute
+        per sample at batch 16 (raw ORT, the servers' settings), capped at the echo's own rate."""
+        echo_server = self.peer_med(c, lambda r: r.server_cpu_us)
+        echo_client = self.peer_med(c, lambda r: r.client_cpu_us)
+        compute = self.raw_core_us.get(model, math.nan)
+        capacity = 1e6 * (os.cpu_count() or 1) / (echo_server + echo_client + compute)
+        return min(capacity, self.peer_med(c, lambda r: r.infer_per_s))
+
+    def raw_cost_text(self) -> str:
+        return ", ".join(f"{m} {fmt_int(us)}" for m, us in self.raw_core_us.items()) or "not measured"
 
     def triton_ratio(self, peer: TritonPeer, model: str, c: int) -> float:
         return self.med(model, c, lambda r: r.infer_per_s) / peer.med(model, c, lambda r: r.infer_per_s)
@@ -389,6 +405,15 @@ class Report:
             out.append(("identity c16 >= 0.9 x bare echo", fmt_x(share), verdict(share, share >= 0.9)))
             cpu = self.med("identity", 16, lambda r: r.server_cpu_us) / self.peer_med(16, lambda r: r.server_cpu_us)
             out.append(("identity c16 server CPU/req <= 1.2 x bare echo's", fmt_x(cpu), verdict(cpu, cpu <= 1.2)))
+        for model in ("identity", "mlp", "cnn"):
+            ceiling = self.grpc_aio_ceiling(model, 16)
+            if math.isnan(ceiling) or not self.tritons:
+                continue
+            versus = ", ".join(
+                f"{fmt_x(ceiling / p.med(model, 16, lambda r: r.infer_per_s))} x {p.name}" for p in self.tritons
+            )
+            bound = f"bound: any grpc.aio server, {model} c16 (see below)"
+            out.append((bound, f"{fmt_int(ceiling)}/s = {versus}", "-"))
         for peer in self.tritons:
             for model in ("mlp", "cnn"):
                 if model in self.settings.triton_models and not peer.error:
@@ -481,6 +506,12 @@ class Report:
                     "idle; peer server CPU is all its processes' (tritonserver, backend stubs, PyTriton's). "
                     "'bare echo/peer' is the bare grpc.aio echo's identity rate over the peer's: what a Python gRPC "
                     f"server that ran no model at all would reach. Exit status on SIGTERM: {exits}.",
+                    "",
+                    "The Targets table's bounds: the most infer/s any grpc.aio server could reach at c16 here, the "
+                    "machine's cores over the least one request costs (the bare echo's server and client CPU per "
+                    "request at c16, plus raw ONNX Runtime's core-µs a sample at batch 16 with the servers' "
+                    f"session settings: {self.raw_cost_text()}), and at most the echo's own rate; a bound under 2 x a "
+                    "peer shows that target out of reach for any server with a grpc.aio frontend on this machine.",
                     "",
                 ]
         on_off = self.on_off_table()

@@ -38,7 +38,18 @@ import make_models
 import metrics_ab
 import onnxruntime as ort
 import triton_python
-from load import PaRun, check_model, formed_batch, log, log_pa, open_loop, perf_analyzer, raw_session, raw_throughput
+from load import (
+    PaRun,
+    check_model,
+    formed_batch,
+    log,
+    log_pa,
+    open_loop,
+    perf_analyzer,
+    raw_core_us,
+    raw_session,
+    raw_throughput,
+)
 from processes import CpuDelta, CpuSample, Server
 from report import Report, TritonPeer
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
@@ -379,6 +390,9 @@ def run_full(s: Settings, report: RunReport) -> bool:
         foreign = CpuDelta.between(before, CpuSample.take(None), client_is_self=True).foreign_pct
         report.raw_foreign_pct = max(report.raw_foreign_pct, foreign)
         log(f"raw ORT {file} b{b}: {report.raw[(file, b)]:,.0f} samples/s (other processes {foreign:.0f}%)")
+    for model in s.triton_models if report.tritons else ():  # the compute in the ceiling of any grpc.aio server
+        report.raw_core_us[model] = raw_core_us(s.repo, model, 16, s.raw_seconds)
+        log(f"raw ORT {model} b16, servers' session settings: {report.raw_core_us[model]:,.0f} core-µs a sample")
     return report.server_exit != 0 or any(not c.exact for c in report.checks) or bool(report.failures())
 
 
