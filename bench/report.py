@@ -383,7 +383,7 @@ class Report:
                     verdict(slower, slower <= 0.4 / 0.3),
                 )
             )
-        out += self.issue14_targets(verdict)
+        out += self.peer_targets(verdict)
         if self.checks:
             bad = [c.model for c in self.checks if not c.exact]
             out.append(
@@ -395,7 +395,7 @@ class Report:
             )
         return out
 
-    def issue14_targets(self, verdict: Callable[[float, bool], str]) -> list[tuple[str, str, str]]:
+    def peer_targets(self, verdict: Callable[[float, bool], str]) -> list[tuple[str, str, str]]:
         """Issue 14's targets: same-run ratios to raw ORT b16, to the bare echo and to Triton's Python path."""
         out: list[tuple[str, str, str]] = []
         cnn, raw16 = self.med("cnn", 16, lambda r: r.infer_per_s), self.raw.get(("cnn", 16), math.nan)
