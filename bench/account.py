@@ -58,8 +58,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below im
 import make_models
 import numpy as np
 import onnxruntime as ort
+import triton_python
 from load import log
-from processes import Server, StatsSnapshot, cpu_seconds, machine_seconds
+from processes import Server, StatsSnapshot, cpu_seconds, machine_seconds, process_tree
 from run import append_results, git_state
 from settings import PERF_ANALYZER, RESULTS
 from tables import RunInfo, fmt_int, fmt_x, median, table
@@ -75,9 +76,14 @@ ROLES = (
     "grpc.aio poller thread",
     "gRPC core threads",
     "other server threads",
+    "tritonserver (C++ frontend, batcher)",
+    "backend stub, main thread (model.py)",
+    "backend stub, other threads (ORT's pool)",
     "other processes",
     "idle",
 )
+CLIENT = ROLES[0]
+SERVER_ROLES = ROLES[1:-2]  # the server's own threads (all its processes): neither the client, others nor idle
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,18 +95,23 @@ class ThreadTimes:
     comm: str
     cpu_s: float  # utime + stime
     wait_s: float  # schedstat: runnable, waiting for a core
+    process: int  # the pid of the thread's process (the server's, or a child's: Triton's backend stub)
 
 
 def thread_times(pid: int) -> dict[int, ThreadTimes]:
+    """Every thread of the server process and of its children."""
     out: dict[int, ThreadTimes] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            _, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())  # on a core, waiting, slices
-            out[int(task.name)] = ThreadTimes(
-                (task / "comm").read_text().strip(),
-                cpu_seconds(str(task / "stat")),
-                wait_ns / 1e9,
-            )
+    for process in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    _, wait_ns, _ = (int(x) for x in (task / "schedstat").read_text().split())  # on core, waiting, n
+                    out[int(task.name)] = ThreadTimes(
+                        (task / "comm").read_text().strip(),
+                        cpu_seconds(str(task / "stat")),
+                        wait_ns / 1e9,
+                        process,
+                    )
     return out
 
 
@@ -110,8 +121,16 @@ def python_threads(pid: int) -> dict[int, str]:
     return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', proc.stdout, re.M)}
 
 
-def role_of(tid: int, pid: int, comm: str, names: dict[int, str]) -> str:
-    name = names.get(tid, "")
+def role_of(tid: int, pid: int, thread: ThreadTimes, names: dict[int, str]) -> str:
+    name, comm = names.get(tid, ""), thread.comm
+    if comm == "tritonserver" or (thread.process == pid and comm == "default-executo"):
+        return "tritonserver (C++ frontend, batcher)"
+    if thread.process != pid:  # Triton's Python backend stub: model.py on its main thread, ORT's pool beside it
+        return (
+            "backend stub, main thread (model.py)"
+            if tid == thread.process
+            else "backend stub, other threads (ORT's pool)"
+        )
     if tid == pid:
         return "event loop (main thread)"
     if name.startswith("tg-"):
@@ -177,8 +196,8 @@ def cpu_window(server: Server, model: str, client_pid: int, seconds: float) -> C
     cpu: dict[str, float] = defaultdict(float)
     wait: dict[str, float] = defaultdict(float)
     for tid, after in t1.items():
-        before = t0.get(tid, ThreadTimes(after.comm, 0.0, 0.0))
-        role = role_of(tid, server.pid, after.comm, names)
+        before = t0.get(tid, ThreadTimes(after.comm, 0.0, 0.0, after.process))
+        role = role_of(tid, server.pid, after, names)
         cpu[role] += after.cpu_s - before.cpu_s
         wait[role] += after.wait_s - before.wait_s
     client = c1 - c0
@@ -373,6 +392,7 @@ class Variant:
     flags: tuple[str, ...]  # server flags
     instances: int = 0  # 0: the bench config's own count
     echo: bool = False  # the bare grpc.aio echo (identity only)
+    triton: bool = False  # Triton's Python backend serving the model (bench/triton_python.py)
     experiment: tuple[str, ...] = ()  # bench/experiment_server.py's flags
 
     @staticmethod
@@ -435,16 +455,20 @@ def intra_threads(log_path: Path) -> int:
 
 
 def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Path) -> Round:
-    out = tmp / f"{variant.label}-{time.monotonic_ns()}"
+    slug = re.sub(r"\W+", "_", variant.label)  # Triton's Python backend fails on a path with a space
+    out = tmp / f"{slug}-{time.monotonic_ns()}"
     out.mkdir()
     if variant.echo:
         server = Server.echo(out / "server.log")
+    elif variant.triton:
+        repo = write_repo(out / "repo", args.model, variant.instances)
+        server = triton_python.start(variant.label, repo, [args.model], out)
     else:
         repo = write_repo(out / "repo", args.model, variant.instances)
         launcher = (str(EXPERIMENT), *variant.experiment, "--") if variant.experiment else ("-m", "tensorgate")
         server = Server.tensorgate(repo, out / "server.log", ("--http-port", "-1", *variant.flags), launcher=launcher)
     try:
-        server.wait_ready()
+        server.wait_ready(models=[args.model])
         warm = subprocess.run(
             [str(PERF_ANALYZER), "-i", "grpc", "-u", server.url, "-m", args.model, "--concurrency-range",
              f"{args.concurrency}:{args.concurrency}", "-p", "1000", "-s", "100", "-r", "2"],
@@ -457,11 +481,11 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
         try:
             time.sleep(1.0)
             window = cpu_window(server, args.model, load.pid, args.window)
-            threads = 0 if variant.echo else intra_threads(server.log_path)
+            threads = 0 if variant.echo or variant.triton else intra_threads(server.log_path)
             result = Round(variant, window, threads)
             if profile:
                 names = python_threads(server.pid)
-                roles = {tid: role_of(tid, server.pid, t.comm, names) for tid, t in thread_times(server.pid).items()}
+                roles = {tid: role_of(tid, server.pid, t, names) for tid, t in thread_times(server.pid).items()}
                 result.spy = py_spy(server.pid, args.window, out)
                 if shutil.which("perf") is not None:
                     result.perf = perf_window(server.pid, load.pid, roles, args.window, out)
@@ -484,7 +508,7 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
         result.raw16 = raw_ort(path, dims, 16, 0, args.raw_seconds)
     log(
         f"{variant.label}: {window.rate:,.0f} infer/s, avg batch {window.stats.avg_batch:.2f}, "
-        f"server CPU {sum(window.per_request_us(r) for r in ROLES[1:7]):,.0f} µs/req"
+        f"server CPU {sum(window.per_request_us(r) for r in SERVER_ROLES):,.0f} µs/req"
     )
     return result
 
@@ -619,8 +643,8 @@ def variants_table(by_variant: dict[str, list[Round]]) -> list[str]:
     for label, rounds in by_variant.items():
         w = [r.window for r in rounds]
         rate = median(x.rate for x in w)
-        server = median(sum(x.per_request_us(role) for role in ROLES[1:7]) for x in w)
-        client = median(x.per_request_us(ROLES[0]) for x in w)
+        server = median(sum(x.per_request_us(role) for role in SERVER_ROLES) for x in w)
+        client = median(x.per_request_us(CLIENT) for x in w)
         idle = median(100 * x.cpu_s.get("idle", 0.0) / (x.seconds * (os.cpu_count() or 1)) for x in w)
         rows.append([
             label,
@@ -670,6 +694,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "is the default server unless --no-default",
     )
     p.add_argument("--no-default", action="store_true", help="do not add the default server as the first variant")
+    p.add_argument(
+        "--triton",
+        action="store_true",
+        help="add Triton's Python backend serving the same model (bench/triton_python.py) to every round",
+    )
     p.add_argument("--no-profile", action="store_true", help="no py-spy / perf windows")
     p.add_argument("--no-results", action="store_true", help=f"print only; do not append to {RESULTS}")
     p.add_argument("--note", default="", help="a line printed under the section's header")
@@ -683,6 +712,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants += [Variant.parse(v) for v in args.variant]
     if args.model == "identity":
         variants.append(Variant("bare grpc.aio echo", (), echo=True))
+    if args.triton:
+        if reason := triton_python.install():
+            raise SystemExit(f"Triton's Python backend: {reason}")
+        variants.append(Variant(triton_python.PEERS[0], (), triton=True))
     if not variants:
         raise SystemExit("no variants to measure")
     profile_ok = PY_SPY.exists()  # the [test] extra brings it
@@ -693,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for n in range(args.rounds):
             for variant in variants:
-                profile = n == 0 and not args.no_profile and profile_ok and not variant.echo
+                profile = n == 0 and not args.no_profile and profile_ok and not (variant.echo or variant.triton)
                 by_variant[variant.label].append(one_round(args, variant, profile, tmp))
     base = by_variant[variants[0].label]
     info.finish()

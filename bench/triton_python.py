@@ -76,7 +76,8 @@ def _environment() -> dict[str, str]:
 
 
 def start(peer: str, onnx_repo: Path, models: Sequence[str], tmp: Path) -> Server:
-    """``peer`` (one of PEERS) serving ``models`` of the bench's repository on fresh loopback ports (metrics off)."""
+    """``peer`` (one of PEERS) serving ``models`` of the bench's repository on fresh loopback ports (metrics off).
+    Neither directory may have a space in its path: the Python backend's stub then dies at load (``stol``)."""
     http_port = free_port()
     log_path = tmp / f"{peer.replace(' ', '_')}.log"
     if peer == "PyTriton":
