@@ -3,6 +3,7 @@
     python bench/account.py                                  # cnn at c16, 3 rounds, profiles in round 1
     python bench/account.py --model identity                 # identity, against the bare grpc.aio echo
     python bench/account.py --variant "2x1=@instances=2" --variant "loop-gather=--some-flag 1"
+    python bench/account.py --triton                         # and Triton's Python backend in every round
 
 Each round starts the server under test on a fresh port with a repository holding only the model, lets
 perf_analyzer (closed loop, one sample per request) load it for the whole round, and measures three
@@ -28,6 +29,11 @@ Threads are told apart by name: the main thread runs the event loop; py-spy's th
 instance workers (``tg-MODEL_N``), grpc.aio's poller and the asyncio executor; gRPC's own threads set their
 names (``event_engine``, ``grpc_global_tim``, ``lifeguard``); threads of ``python`` with no Python frames
 are native ones, i.e. ONNX Runtime's intra-op pools (the repository holds one model).
+
+With ``--triton`` every round also measures Triton's Python backend serving the same model (bench/triton_python.py:
+a model.py running the same ONNX file in ONNX Runtime per batch): the threads of tritonserver (its C++ gRPC
+frontend and dynamic batcher), of the backend stub's main thread (model.py, and the calling thread of ONNX
+Runtime's run) and of the stub's other threads (ONNX Runtime's intra-op pool, the stub's helpers) are its roles.
 
 GIL waits are told by their leaf: CPython waits for the GIL in ``pthread_cond_timedwait`` (bounded by the
 switch interval), while a worker waiting for its next batch sits in ``SimpleQueue.get`` and ONNX Runtime's
