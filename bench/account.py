@@ -49,7 +49,6 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,10 +61,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below import each other by name
 import make_models
-import numpy as np
-import onnxruntime as ort
 import triton_python
-from load import log
+from load import RawRun, log, raw_ort
 from processes import Server, StatsSnapshot, cpu_seconds, machine_seconds, process_tree
 from run import append_results, git_state
 from settings import PERF_ANALYZER, RESULTS
@@ -356,36 +353,6 @@ def _is_thread_of(tid: int, pid: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------------
 # raw ONNX Runtime with the server's thread settings
-
-
-@dataclass(frozen=True)
-class RawRun:
-    batch: int
-    threads: int
-    samples_per_s: float
-    core_us_per_sample: float
-
-
-def raw_ort(model_path: Path, dims: tuple[int, ...], batch: int, threads: int, seconds: float) -> RawRun:
-    """``threads`` 0: ONNX Runtime's default options and threads (spinning on), as bench/run.py's baseline."""
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as tensorgate's sessions
-    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    feed = {make_models.INPUT: np.random.default_rng(batch).standard_normal((batch, *dims)).astype(np.float32)}
-    for _ in range(3):
-        session.run(None, feed)
-    rates, costs = [], []
-    for _ in range(5):
-        n, c0, t0 = 0, time.process_time(), time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 5:
-            session.run(None, feed)
-            n += 1
-        rates.append(n * batch / (time.perf_counter() - t0))
-        costs.append(1e6 * (time.process_time() - c0) / (n * batch))
-    return RawRun(batch, threads, statistics.median(rates), statistics.median(costs))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -357,26 +357,34 @@ def raw_throughput(session: ort.InferenceSession, dims: tuple[int, ...], batch: 
     return statistics.median(rates)
 
 
-def raw_core_us(repo: Path, model: str, batch: int, seconds: float) -> float:
-    """Core-µs a sample of ``session.run`` costs at ``batch`` with the servers' session settings (all graph
-    optimizations, one intra-op thread per core, no spinning: spinning threads would count CPU that does no
-    work): this process's CPU time over the runs, per sample. What the model's compute costs any server."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    path = make_models.model_file(repo, make_models.MODELS[model].file)
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(batch).standard_normal((batch, *make_models.MODELS[model].input_dims))
-    feed = {make_models.INPUT: x.astype(np.float32)}
-    session.run(None, feed)
-    costs = []
+@dataclass(frozen=True)
+class RawRun:
+    batch: int
+    threads: int
+    samples_per_s: float
+    core_us_per_sample: float
+
+
+def raw_ort(model_path: Path, dims: tuple[int, ...], batch: int, threads: int, seconds: float) -> RawRun:
+    """``threads`` 0: ONNX Runtime's default options and threads (spinning on), as bench/run.py's baseline."""
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as tensorgate's sessions
+    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    feed = {make_models.INPUT: np.random.default_rng(batch).standard_normal((batch, *dims)).astype(np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    rates, costs = [], []
     for _ in range(5):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        n, c0, t0 = 0, time.process_time(), time.perf_counter()
         while time.perf_counter() - t0 < seconds / 5:
             session.run(None, feed)
             n += 1
+        rates.append(n * batch / (time.perf_counter() - t0))
         costs.append(1e6 * (time.process_time() - c0) / (n * batch))
-    return statistics.median(costs)
+    return RawRun(batch, threads, statistics.median(rates), statistics.median(costs))
 
 
 def formed_batch(avg: float) -> int:

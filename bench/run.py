@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -46,14 +47,14 @@ from load import (
     log_pa,
     open_loop,
     perf_analyzer,
-    raw_core_us,
+    raw_ort,
     raw_session,
     raw_throughput,
 )
 from processes import CpuDelta, CpuSample, Server
-from report import Report, TritonPeer
+from report import Report, TritonPeer, cell_median
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
-from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table
+from tables import RunInfo, fmt_int, fmt_ms, fmt_x, table
 
 HTTP_MODELS = ("identity", "cnn")  # swept over HTTP/REST too, by default
 HTTP_CONCURRENCY = (1, 16)
@@ -181,7 +182,7 @@ class RunReport(Report):
     http_runs: list[PaRun] = field(default_factory=list)
 
     def http_med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
-        return median([attr(r) for r in self.http_runs if r.model == model and r.concurrency == c and r.ok])
+        return cell_median(self.http_runs, model, c, attr)
 
     def http_table(self) -> str:
         rows = []
@@ -391,7 +392,9 @@ def run_full(s: Settings, report: RunReport) -> bool:
         report.raw_foreign_pct = max(report.raw_foreign_pct, foreign)
         log(f"raw ORT {file} b{b}: {report.raw[(file, b)]:,.0f} samples/s (other processes {foreign:.0f}%)")
     for model in s.triton_models if report.tritons else ():  # the compute in the ceiling of any grpc.aio server
-        report.raw_core_us[model] = raw_core_us(s.repo, model, 16, s.raw_seconds)
+        path = make_models.model_file(s.repo, make_models.MODELS[model].file)
+        dims = make_models.MODELS[model].input_dims
+        report.raw_core_us[model] = raw_ort(path, dims, 16, os.cpu_count() or 1, s.raw_seconds).core_us_per_sample
         log(f"raw ORT {model} b16, servers' session settings: {report.raw_core_us[model]:,.0f} core-µs a sample")
     return report.server_exit != 0 or any(not c.exact for c in report.checks) or bool(report.failures())
 
