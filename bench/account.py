@@ -4,6 +4,7 @@
     python bench/account.py --model identity                 # identity, against the bare grpc.aio echo
     python bench/account.py --variant "2x1=@instances=2" --variant "loop-gather=--some-flag 1"
     python bench/account.py --triton                         # and Triton's Python backend in every round
+    python bench/account.py --variant "before=@git=HEAD~1"   # the server code of a commit, same rounds
 
 Each round starts the server under test on a fresh port with a repository holding only the model, lets
 perf_analyzer (closed loop, one sample per request) load it for the whole round, and measures three
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules below im
 import make_models
 import triton_python
 from load import RawRun, log, raw_ort
-from processes import Server, StatsSnapshot, cpu_seconds, machine_seconds, process_tree
+from processes import Server, StatsSnapshot, code_at, cpu_seconds, machine_seconds, process_tree
 from run import append_results, git_state
 from settings import PERF_ANALYZER, RESULTS
 from tables import RunInfo, fmt_int, fmt_x, median, table
@@ -367,29 +368,35 @@ class Variant:
     echo: bool = False  # the bare grpc.aio echo (identity only)
     triton: bool = False  # Triton's Python backend serving the model (bench/triton_python.py)
     experiment: tuple[str, ...] = ()  # bench/experiment_server.py's flags
+    git: str = ""  # the server code of this commit (server/tensorgate as committed there) instead of the checkout's
 
     @staticmethod
     def parse(text: str) -> Variant:
-        """``LABEL=TOKENS``: server flags, ``@instances=N``, and ``@switch-interval=S`` / ``@gather-on-loop``
+        """``LABEL=TOKENS``: server flags, ``@instances=N``, ``@git=REV`` (the server code of commit REV, so a
+        change is measured in the same run as its baseline), and ``@switch-interval=S`` / ``@gather-on-loop``
         (bench/experiment_server.py's experiments)."""
         label, _, rest = text.partition("=")
         flags: list[str] = []
         experiment: list[str] = []
         instances = 0
+        git = ""
         for token in shlex.split(rest):
             if token.startswith("@instances="):
                 instances = int(token.split("=", 1)[1])
+            elif token.startswith("@git="):
+                git = token.split("=", 1)[1]
             elif token.startswith("@"):
                 experiment += ["--" + token[1:].split("=", 1)[0], *token.split("=", 1)[1:]]
             else:
                 flags.append(token)
-        return Variant(label, tuple(flags), instances, experiment=tuple(experiment))
+        return Variant(label, tuple(flags), instances, experiment=tuple(experiment), git=git)
 
     @property
     def described(self) -> str:
         words = [shlex.join(self.flags)] if self.flags else []
         words += [f"instances={self.instances}"] if self.instances else []
         words += [f"experiment {shlex.join(self.experiment)}"] if self.experiment else []
+        words += [f"server code of git {self.git}"] if self.git else []
         return "; ".join(words)
 
 
@@ -439,7 +446,10 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
     else:
         repo = write_repo(out / "repo", args.model, variant.instances)
         launcher = (str(EXPERIMENT), *variant.experiment, "--") if variant.experiment else ("-m", "tensorgate")
-        server = Server.tensorgate(repo, out / "server.log", ("--http-port", "-1", *variant.flags), launcher=launcher)
+        code = code_at(variant.git, out / "code") if variant.git else None
+        server = Server.tensorgate(
+            repo, out / "server.log", ("--http-port", "-1", *variant.flags), code=code, launcher=launcher
+        )
     try:
         server.wait_ready(models=[args.model])
         warm = subprocess.run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
 import platform
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -249,6 +251,17 @@ def snapshot_code(dest: Path) -> str:
     for f in sorted(p for p in (dest / "tensorgate").rglob("*") if p.is_file()):
         digest.update(f.relative_to(dest).as_posix().encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:10]
+
+
+def code_at(rev: str, dest: Path) -> Path:
+    """server/tensorgate as commit ``rev`` holds it, under ``dest`` (for :meth:`Server.tensorgate`'s ``code``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "server/tensorgate"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "server"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from tensorgate.backends.base import Backend, BackendExecuteError, ReportsPhases
 from tensorgate.request import InferRequest, Outputs
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchResult:
     """Each request's outputs (in batch order), or the error that failed the whole batch."""
 

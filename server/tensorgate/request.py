@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """A decoded, validated request. ``batch_size`` is its rows (1 for a model without batching);
     ``priority`` 0 and ``timeout_us`` 0 mean the model's defaults."""

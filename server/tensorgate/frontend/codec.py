@@ -117,10 +117,11 @@ def _from_contents(name: str, tensor: pb.ModelInferRequest.InferInputTensor, dty
         raise InvalidArgument(f"input '{name}': a value in contents.{field} does not fit {dtype.v2}") from None
 
 
-def _from_raw(name: str, raw: bytes, shape: Sequence[int], dtype: DataType, count: int) -> np.ndarray:
+def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, count: int) -> np.ndarray:
+    """The tensor of ``shape`` that ``raw`` holds: a read-only view of the message's bytes (BYTES: objects)."""
     if dtype.is_bytes:
         try:
-            return datatypes.deserialize_bytes(raw, count)
+            return datatypes.deserialize_bytes(raw, count).reshape(shape)
         except ValueError as exc:
             raise InvalidArgument(f"input '{name}' (BYTES, shape {_shape_text(shape)}): raw contents {exc}") from None
     needed = count * dtype.itemsize
@@ -129,7 +130,7 @@ def _from_raw(name: str, raw: bytes, shape: Sequence[int], dtype: DataType, coun
             f"input '{name}' has {len(raw)} bytes of raw contents but shape {_shape_text(shape)} of "
             f"{dtype.v2} needs {needed} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype.numpy)
+    return np.ndarray(shape, dtype.numpy, raw)  # one call: half of frombuffer + reshape on the hot path
 
 
 def _check_utf8(name: str, flat: np.ndarray) -> None:
@@ -211,7 +212,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 f"input '{name}' has datatype {clip(tensor.datatype) or '(empty)'} but model '{model.name}' "
                 f"expects {dtype.v2}"
             )
-        shape = tuple(tensor.shape)
+        shape = tuple(tensor.shape[:])  # a slice first: half the cost of iterating upb's container
         rows = _check_shape(name, shape, spec, model)
         if batch is None:
             batch, batch_from = rows, name
@@ -224,13 +225,13 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         if raw_contents:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{name}' has both contents and raw_input_contents; send one")
-            flat = _from_raw(name, raw_contents[index], shape, dtype, count)
+            array = _from_raw(name, raw_contents[index], shape, dtype, count)
         else:
-            flat = _from_contents(name, tensor, dtype, count)
+            array = _from_contents(name, tensor, dtype, count).reshape(shape)
         if dtype.is_bytes:
-            _check_utf8(name, flat)
-        arrays[name] = flat.reshape(shape)
-        nbytes += flat.nbytes
+            _check_utf8(name, array.reshape(-1))
+        arrays[name] = array
+        nbytes += array.nbytes
     if len(arrays) != len(specs):  # every input given (names are checked above): nothing is missing
         missing = [n for n, s in specs.items() if n not in arrays and not s.optional]
         if missing:

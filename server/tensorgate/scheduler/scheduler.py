@@ -84,7 +84,8 @@ class Scheduler:
                 # Nothing queued, no queue delay to wait out, and a free instance whose batches run on
                 # the loop: run it now, without the queue's bookkeeping (a future, a queue entry, a
                 # shape key). The batch the queue would form is this request alone.
-                self._queue.level(request)  # the same priority check as a queued request
+                if request.priority:  # the priority check a queued request gets (0, the default, is valid)
+                    self._queue.level(request)
                 self._idle.pop()
                 (answer,) = self._run_inline(instance, (request,), request.outputs, nbytes)
                 if isinstance(answer, ServerError):
@@ -266,6 +267,8 @@ class Scheduler:
             self._request_ns = each if not self._request_ns else (7 * self._request_ns + each) // 8
         per_request: Sequence[Outputs | None] = result.per_request or [None] * len(requests)
         if entries is None:
+            if len(requests) == 1:  # the run-at-once path's batch of one
+                return [self._answer(requests[0], result, per_request[0], started_ns, now_ns)]
             return [
                 self._answer(request, result, outputs, started_ns, now_ns)
                 for request, outputs in zip(requests, per_request, strict=True)
