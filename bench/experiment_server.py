@@ -18,14 +18,19 @@ an A/B of an idea costs no change to the server and the measured code is the ser
                       found an instance free, so every request that reached the scheduler in that iteration joins
                       it (the server runs a request that finds the queue empty at once, alone: on the loop, a
                       model cheap enough to run there never batches, whatever the load).
+--pin-loop            the event loop's thread runs on the first CPU only and every other thread of the server (gRPC's,
+                      the instance workers, ONNX Runtime's pool) on the others, so the loop keeps its core's caches
+                      to itself (threads are re-pinned as they appear, every 0.5 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -112,6 +117,25 @@ def nice_engine(niceness: int) -> None:
     instance.Instance.__init__ = instance_init  # type: ignore[method-assign]
 
 
+def pin_loop() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    loop_cpu, others = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    main_tid = threading.get_native_id()  # the event loop's thread: tensorgate runs asyncio on the main thread
+
+    def repin() -> None:
+        pinned: set[int] = set()
+        while True:
+            for entry in os.scandir("/proc/self/task"):
+                tid = int(entry.name)
+                if tid not in pinned:
+                    with contextlib.suppress(OSError):  # a thread that has ended
+                        os.sched_setaffinity(tid, loop_cpu if tid == main_tid else others)
+                        pinned.add(tid)
+            time.sleep(0.5)
+
+    threading.Thread(target=repin, name="pin-loop", daemon=True).start()
+
+
 if __name__ == "__main__":
     split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +143,7 @@ if __name__ == "__main__":
     parser.add_argument("--gather-on-loop", action="store_true")
     parser.add_argument("--nice-engine", type=int)
     parser.add_argument("--coalesce-on-loop", action="store_true")
+    parser.add_argument("--pin-loop", action="store_true")
     args = parser.parse_args(sys.argv[1:split])
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -128,4 +153,6 @@ if __name__ == "__main__":
         nice_engine(args.nice_engine)
     if args.coalesce_on_loop:
         coalesce_on_loop()
+    if args.pin_loop:
+        pin_loop()
     sys.exit(tensorgate_main(sys.argv[split + 1 :]))

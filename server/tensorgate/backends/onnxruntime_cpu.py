@@ -97,13 +97,6 @@ class OnnxRuntimeCpuBackend:
         # Runtime stops the run at its next operator; each run clears it first. The scheduler calls
         # terminate() only while a batch runs, never between runs, so no stale request stops a later one.
         self._run_options = ort.RunOptions()
-        # InferenceSession.run checks the feed's names against the model's inputs and the feeds' OrtValue
-        # ownership, retries on another provider after a GPU provider's failure, then calls its C++ session's
-        # run. On the CPU provider with plain numpy feeds, already checked against the model by the codec,
-        # none of that applies: those runs call the C++ session directly when this ONNX Runtime has one, a
-        # quarter less Python than an identity run costs through run() (bench/RESULTS.md, 2026-12-07).
-        direct = getattr(self._session, "_sess", None) if self.ENGINE is Engine.ORT_CPU else None
-        self._run_plain = self._session.run if direct is None else direct.run
         self._inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
@@ -151,7 +144,7 @@ class OnnxRuntimeCpuBackend:
         run_options.terminate = False
         if self._plain:
             try:
-                return dict(zip(names, self._run_plain(names, inputs, run_options), strict=True))
+                return dict(zip(names, self._session.run(names, inputs, run_options), strict=True))
             except Exception as exc:
                 raise BackendExecuteError(f"ONNX Runtime failed: {exc}") from exc
         feeds = {name: self._feed(name, array) for name, array in inputs.items()}
@@ -200,7 +193,7 @@ class OnnxRuntimeCpuBackend:
         self._run_options.terminate = True
 
     def close(self) -> None:
-        del self._session, self._run_plain  # (the second holds the C++ session too)
+        del self._session
 
 
 def load(model_file: Path, options: BackendOptions) -> OnnxRuntimeCpuBackend:
