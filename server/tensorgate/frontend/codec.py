@@ -130,7 +130,7 @@ def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, co
             f"input '{name}' has {len(raw)} bytes of raw contents but shape {_shape_text(shape)} of "
             f"{dtype.v2} needs {needed} bytes"
         )
-    return np.ndarray(shape, dtype.numpy, raw)  # one call: half of frombuffer + reshape on the hot path
+    return np.ndarray(shape, dtype.numpy, raw)  # one call, half the cost of frombuffer and then reshape
 
 
 def _check_utf8(name: str, flat: np.ndarray) -> None:
