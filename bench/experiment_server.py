@@ -18,6 +18,14 @@ an A/B of an idea costs no change to the server and the measured code is the ser
                       found an instance free, so every request that reached the scheduler in that iteration joins
                       it (the server runs a request that finds the queue empty at once, alone: on the loop, a
                       model cheap enough to run there never batches, whatever the load).
+--inline-sized-batches
+                      a model whose one-row batches run on the loop forms, while no queue delay is set, batches only as
+                      large as the loop is expected to run under --inline-execution-us (its measured inline cost per
+                      byte, from the largest size class measured cheap there, times the batch's bytes, up to 4 x that
+                      class's bytes), and runs them there: a batch of a size class not yet measured on the loop runs
+                      there on that estimate. The server forms the largest batch the queue holds, which for such a model
+                      is too costly for the loop, goes to the worker, and while it runs the next one queues up as large
+                      (bench/RESULTS.md: mlp c16 then serves 10-25% less than with every batch run at once on the loop).
 --pin-loop            the event loop's thread runs on the first CPU only and every other thread of the server (gRPC's,
                       the instance workers, ONNX Runtime's pool) on the others, so the loop keeps its core's caches
                       to itself (threads are re-pinned as they appear, every 0.5 s).
@@ -117,6 +125,73 @@ def nice_engine(niceness: int) -> None:
     instance.Instance.__init__ = instance_init  # type: ignore[method-assign]
 
 
+def inline_sized_batches() -> None:
+    from tensorgate.scheduler import queue as queue_module
+    from tensorgate.scheduler.placement import Placement
+    from tensorgate.scheduler.scheduler import Scheduler
+
+    def budget_bytes(placement: Placement) -> int:
+        """The most input bytes a batch may hold and be expected to run on the loop under the limit; 0: no
+        size class is measured cheap there."""
+        limit = placement.inline_execution_ns
+        best = 0
+        for key, size in placement._classes.items():
+            cost = size.inline.value
+            if 0 <= cost < limit and key > best:
+                best = key
+        if not best:
+            return 0
+        cost = max(placement._classes[best].inline.value, 1)
+        low = 1 << (best - 1)  # the least bytes of the class: the most a byte can cost
+        return min(limit * low // cost, 4 << best)
+
+    own_inline = Placement.inline
+
+    def inline(self: Placement, nbytes: int) -> bool:
+        if own_inline(self, nbytes):
+            return True
+        size = self._classes.get(nbytes.bit_length())
+        if size is not None and size.inline.value >= 0:
+            return False  # measured on the loop, and not cheap there
+        return nbytes <= budget_bytes(self)
+
+    own_form = queue_module.PriorityQueue._form_batch
+    caps: dict[int, int] = {}  # id(queue) -> byte cap of the batch being formed now
+
+    def form(self: queue_module.PriorityQueue, now_ns: int) -> list[queue_module.Pending] | None:
+        cap = caps.get(id(self), 0)
+        if not cap:
+            return own_form(self, now_ns)
+        found = self._entries()
+        head = next(found, None)
+        if head is None:
+            return None
+        batch, rows, nbytes = [head], head.request.batch_size, head.request.nbytes
+        for entry in found:
+            if rows >= self.policy.max_batch_size or nbytes + entry.request.nbytes > cap:
+                break
+            if entry.key != head.key or rows + entry.request.batch_size > self.policy.max_batch_size:
+                continue
+            batch.append(entry)
+            rows += entry.request.batch_size
+            nbytes += entry.request.nbytes
+        return batch
+
+    def schedule(self: Scheduler) -> None:
+        while self._idle:
+            instance = self._idle[-1]
+            if self._no_delay and self._batched:
+                caps[id(self._queue)] = budget_bytes(self.placements[instance.index])
+            batch = self._queue.take_batch(time.perf_counter_ns())
+            if batch is None:
+                return
+            self._run(self._idle.pop(), batch)
+
+    Placement.inline = inline  # type: ignore[method-assign]
+    queue_module.PriorityQueue._form_batch = form  # type: ignore[method-assign]
+    Scheduler._schedule = schedule  # type: ignore[method-assign]
+
+
 def pin_loop() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     loop_cpu, others = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
@@ -144,6 +219,7 @@ if __name__ == "__main__":
     parser.add_argument("--nice-engine", type=int)
     parser.add_argument("--coalesce-on-loop", action="store_true")
     parser.add_argument("--pin-loop", action="store_true")
+    parser.add_argument("--inline-sized-batches", action="store_true")
     args = parser.parse_args(sys.argv[1:split])
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -155,4 +231,6 @@ if __name__ == "__main__":
         coalesce_on_loop()
     if args.pin_loop:
         pin_loop()
+    if args.inline_sized_batches:
+        inline_sized_batches()
     sys.exit(tensorgate_main(sys.argv[split + 1 :]))
