@@ -1,7 +1,8 @@
 """Where every core-microsecond of a request goes (issue 14): one model, one concurrency, the whole machine.
 
     python bench/account.py                                  # cnn at c16, 3 rounds, profiles in round 1
-    python bench/account.py --model identity                 # identity, against the bare grpc.aio echo
+    python bench/account.py --model identity                 # identity, against the bare grpc.aio echo, and the
+                                                             # echo with ONNX Runtime's run of the model on its loop
     python bench/account.py --variant "2x1=@instances=2" --variant "loop-gather=--some-flag 1"
     python bench/account.py --triton                         # and Triton's Python backend in every round
     python bench/account.py --variant "before=@git=HEAD~1"   # the server code of a commit, same rounds
@@ -366,6 +367,7 @@ class Variant:
     flags: tuple[str, ...]  # server flags
     instances: int = 0  # 0: the bench config's own count
     echo: bool = False  # the bare grpc.aio echo (identity only)
+    echo_runs_model: bool = False  # and ONNX Runtime's run of the model on its loop (bench/echo_server.py MODEL)
     triton: bool = False  # Triton's Python backend serving the model (bench/triton_python.py)
     experiment: tuple[str, ...] = ()  # bench/experiment_server.py's flags
     git: str = ""  # the server code of this commit (server/tensorgate as committed there) instead of the checkout's
@@ -439,7 +441,12 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
     out = tmp / f"{slug}-{time.monotonic_ns()}"
     out.mkdir()
     if variant.echo:
-        server = Server.echo(out / "server.log")
+        model_file = None
+        if variant.echo_runs_model:
+            model_file = make_models.model_file(
+                write_repo(out / "repo", args.model, 0), make_models.MODELS[args.model].file
+            )
+        server = Server.echo(out / "server.log", model_file)
     elif variant.triton:
         repo = write_repo(out / "repo", args.model, variant.instances)
         server = triton_python.start(variant.label, repo, [args.model], out)
@@ -695,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants += [Variant.parse(v) for v in args.variant]
     if args.model == "identity":
         variants.append(Variant("bare grpc.aio echo", (), echo=True))
+        variants.append(Variant("echo + ONNX Runtime run", (), echo=True, echo_runs_model=True))
     if args.triton:
         if reason := triton_python.install():
             raise SystemExit(f"Triton's Python backend: {reason}")

@@ -1,6 +1,6 @@
 """A bare grpc.aio echo of bench's ``identity`` model: the peer baseline for tensorgate's identity numbers.
 
-    python bench/echo_server.py PORT
+    python bench/echo_server.py PORT [MODEL.onnx]
 
 Serves ``inference.GRPCInferenceService`` on 127.0.0.1:PORT with no tensorgate model code: handlers
 registered by hand with ``grpc.method_handlers_generic_handler``, only the generated protobuf messages
@@ -8,6 +8,12 @@ imported. ModelInfer decodes ``raw_input_contents[0]`` with ``np.frombuffer`` an
 ``.tobytes()`` (the "bare grpc.aio echo" of shared/notes/grpc-overhead.md), so it measures what any
 Python gRPC server costs on the machine of the day. One model, ``identity``: FP32 [-1, 16] in
 (INPUT0) and out (OUTPUT0), max_batch_size 64, like bench/make_models.py's.
+
+With MODEL.onnx (bench/make_models.py's identity file), each request's array also goes through ONNX Runtime's
+``InferenceSession.run`` on the event loop before it is answered, with tensorgate's CPU session settings (all graph
+optimizations, ONNX Runtime's default intra-op threads, spinning off): the echo plus the model's run and nothing
+else of a server, which is the most a server that runs the model on its loop can serve (bench/account.py's
+"echo + ONNX Runtime run" variant).
 
 Also answered: ServerLive/ServerReady/ModelReady (so clients can wait for it), ServerMetadata with no
 extensions (so perf_analyzer does not ask for statistics), ModelMetadata, ModelConfig, and
@@ -26,6 +32,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 from google.protobuf.message import Message
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
@@ -42,8 +49,14 @@ MAX_BATCH_SIZE = 64
 class Echo:
     """The handlers, and the only state: how many infer requests were answered."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_file: str | None = None) -> None:
         self.requests = 0
+        self.session: ort.InferenceSession | None = None
+        if model_file is not None:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(model_file, sess_options=options, providers=["CPUExecutionProvider"])
         self.statistics_calls = 0
         self.config = mc.ModelConfig(
             name=MODEL,
@@ -92,6 +105,8 @@ class Echo:
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         self.requests += 1
         data = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
+        if self.session is not None:
+            data = self.session.run([OUTPUT], {INPUT: data.reshape(-1, *DIMS)})[0]
         response = pb.ModelInferResponse(model_name=MODEL, model_version=VERSION, id=request.id)
         tensor = response.outputs.add(name=OUTPUT, datatype="FP32")
         tensor.shape.extend(request.inputs[0].shape)
@@ -119,8 +134,8 @@ def generic_handler(echo: Echo) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
-async def serve(port: int) -> int:
-    echo = Echo()
+async def serve(port: int, model_file: str | None = None) -> int:
+    echo = Echo(model_file)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((generic_handler(echo),))
     address = f"127.0.0.1:{port}"
@@ -137,7 +152,8 @@ async def serve(port: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    print(f"echo: serving {MODEL} on {address}", file=sys.stderr, flush=True)
+    runs = f", each request through ONNX Runtime ({model_file})" if model_file is not None else ""
+    print(f"echo: serving {MODEL} on {address}{runs}", file=sys.stderr, flush=True)
     await stop.wait()
     await server.stop(1.0)
     print(
@@ -150,10 +166,10 @@ async def serve(port: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
+    if len(args) not in (1, 2) or not args[0].isdigit():
         print(__doc__, file=sys.stderr)
         return 2
-    return asyncio.run(serve(int(args[0])))
+    return asyncio.run(serve(int(args[0]), args[1] if len(args) == 2 else None))
 
 
 if __name__ == "__main__":

@@ -207,8 +207,10 @@ class Server:
         return server
 
     @classmethod
-    def echo(cls, log_path: Path) -> Server:
-        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port)], log_path)
+    def echo(cls, log_path: Path, model_file: Path | None = None) -> Server:
+        """The bare echo; with ``model_file`` (identity's ONNX file) it also runs each request through ONNX Runtime."""
+        extra = [str(model_file)] if model_file is not None else []
+        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port), *extra], log_path)
 
     @property
     def pid(self) -> int:
