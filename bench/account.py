@@ -440,18 +440,13 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
     slug = re.sub(r"\W+", "_", variant.label)  # Triton's Python backend fails on a path with a space
     out = tmp / f"{slug}-{time.monotonic_ns()}"
     out.mkdir()
+    repo = write_repo(out / "repo", args.model, variant.instances)  # (the bare echo has the model built in)
+    model_file = make_models.model_file(repo, make_models.MODELS[args.model].file)
     if variant.echo:
-        model_file = None
-        if variant.echo_runs_model:
-            model_file = make_models.model_file(
-                write_repo(out / "repo", args.model, 0), make_models.MODELS[args.model].file
-            )
-        server = Server.echo(out / "server.log", model_file)
+        server = Server.echo(out / "server.log", model_file if variant.echo_runs_model else None)
     elif variant.triton:
-        repo = write_repo(out / "repo", args.model, variant.instances)
         server = triton_python.start(variant.label, repo, [args.model], out)
     else:
-        repo = write_repo(out / "repo", args.model, variant.instances)
         launcher = (str(EXPERIMENT), *variant.experiment, "--") if variant.experiment else ("-m", "tensorgate")
         code = code_at(variant.git, out / "code") if variant.git else None
         server = Server.tensorgate(
@@ -491,11 +486,11 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
         if rc != 0:
             log(f"{variant.label}: server exit status {rc}")
     if not variant.echo:
-        path = make_models.model_file(out / "repo", make_models.MODELS[args.model].file)
         dims = make_models.MODELS[args.model].input_dims
         formed = max(1, round(window.stats.avg_batch))
-        result.raw = raw_ort(path, dims, formed, result.intra_op_threads or (os.cpu_count() or 1), args.raw_seconds)
-        result.raw16 = raw_ort(path, dims, 16, 0, args.raw_seconds)
+        raw_threads = result.intra_op_threads or (os.cpu_count() or 1)
+        result.raw = raw_ort(model_file, dims, formed, raw_threads, args.raw_seconds)
+        result.raw16 = raw_ort(model_file, dims, 16, 0, args.raw_seconds)
     log(
         f"{variant.label}: {window.rate:,.0f} infer/s, avg batch {window.stats.avg_batch:.2f}, "
         f"server CPU {sum(window.per_request_us(r) for r in SERVER_ROLES):,.0f} µs/req"

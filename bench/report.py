@@ -16,9 +16,14 @@ from settings import Settings
 from tables import RunInfo, fmt_int, fmt_ms, fmt_x, median, table, top_batches
 
 
+def cell(runs: list[PaRun], model: str, c: int) -> list[PaRun]:
+    """The successful runs of ``model`` at concurrency ``c``."""
+    return [r for r in runs if r.model == model and r.concurrency == c and r.ok]
+
+
 def cell_median(runs: list[PaRun], model: str, c: int, attr: Callable[[PaRun], float]) -> float:
-    """The median of ``attr`` over the successful runs of ``model`` at concurrency ``c``."""
-    return median([attr(r) for r in runs if r.model == model and r.concurrency == c and r.ok])
+    """The median of ``attr`` over :func:`cell`'s runs."""
+    return median([attr(r) for r in cell(runs, model, c)])
 
 
 @dataclass
@@ -55,7 +60,7 @@ class Report:
     triton_version: str = ""  # what scripts/install_triton_python.sh installed
 
     def cell(self, model: str, c: int) -> list[PaRun]:
-        return [r for r in self.runs if r.model == model and r.concurrency == c and r.ok]
+        return cell(self.runs, model, c)
 
     def med(self, model: str, c: int, attr: Callable[[PaRun], float]) -> float:
         return cell_median(self.runs, model, c, attr)
@@ -224,11 +229,8 @@ class Report:
                 tg = {r.repeat: r.infer_per_s for r in self.cell(model, c)}
                 echo = self.peer_med(c, lambda r: r.infer_per_s)
                 for peer in self.tritons:
-                    by_sweep = [
-                        fmt_x(tg[r.repeat] / r.infer_per_s)
-                        for r in peer.runs
-                        if r.model == model and r.concurrency == c and r.ok and r.repeat in tg
-                    ]
+                    runs = cell(peer.runs, model, c)
+                    by_sweep = [fmt_x(tg[r.repeat] / r.infer_per_s) for r in runs if r.repeat in tg]
                     ips = peer.med(model, c, lambda r: r.infer_per_s)
                     batch = peer.med(model, c, lambda r: r.avg_batch)
                     _, rawb = self.raw_at(model, batch)
