@@ -69,6 +69,7 @@ from processes import Server, StatsSnapshot, code_at, cpu_seconds, machine_secon
 from run import append_results, git_state
 from settings import PERF_ANALYZER, RESULTS
 from tables import RunInfo, fmt_int, fmt_x, median, table
+from tensorgate.frontend import grpc_experiments
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 EXPERIMENT = Path(__file__).resolve().parent / "experiment_server.py"
@@ -371,6 +372,7 @@ class Variant:
     triton: bool = False  # Triton's Python backend serving the model (bench/triton_python.py)
     experiment: tuple[str, ...] = ()  # bench/experiment_server.py's flags
     git: str = ""  # the server code of this commit (server/tensorgate as committed there) instead of the checkout's
+    grpc_experiments: str = ""  # the echo's GRPC_EXPERIMENTS (tensorgate sets its own: --grpc-experiments)
 
     @staticmethod
     def parse(text: str) -> Variant:
@@ -399,6 +401,7 @@ class Variant:
         words += [f"instances={self.instances}"] if self.instances else []
         words += [f"experiment {shlex.join(self.experiment)}"] if self.experiment else []
         words += [f"server code of git {self.git}"] if self.git else []
+        words += [f"GRPC_EXPERIMENTS={self.grpc_experiments}"] if self.grpc_experiments else []
         return "; ".join(words)
 
 
@@ -443,7 +446,8 @@ def one_round(args: argparse.Namespace, variant: Variant, profile: bool, tmp: Pa
     repo = write_repo(out / "repo", args.model, variant.instances)  # (the bare echo has the model built in)
     model_file = make_models.model_file(repo, make_models.MODELS[args.model].file)
     if variant.echo:
-        server = Server.echo(out / "server.log", model_file if variant.echo_runs_model else None)
+        model = model_file if variant.echo_runs_model else None
+        server = Server.echo(out / "server.log", model, grpc_experiments=variant.grpc_experiments)
     elif variant.triton:
         server = triton_python.start(variant.label, repo, [args.model], out)
     else:
@@ -698,6 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model == "identity":
         variants.append(Variant("bare grpc.aio echo", (), echo=True))
         variants.append(Variant("echo + ONNX Runtime run", (), echo=True, echo_runs_model=True))
+        # The same two with the gRPC core experiments tensorgate sets for itself (--grpc-experiments' default).
+        same = grpc_experiments.DEFAULT
+        variants.append(Variant("echo, tensorgate's gRPC experiments", (), echo=True, grpc_experiments=same))
+        label = "echo + run, tensorgate's gRPC experiments"
+        variants.append(Variant(label, (), echo=True, echo_runs_model=True, grpc_experiments=same))
     if args.triton:
         if reason := triton_python.install():
             raise SystemExit(f"Triton's Python backend: {reason}")

@@ -207,10 +207,14 @@ class Server:
         return server
 
     @classmethod
-    def echo(cls, log_path: Path, model_file: Path | None = None) -> Server:
-        """The bare echo; with ``model_file`` (identity's ONNX file) it also runs each request through ONNX Runtime."""
+    def echo(cls, log_path: Path, model_file: Path | None = None, grpc_experiments: str = "") -> Server:
+        """The bare echo; with ``model_file`` (identity's ONNX file) it also runs each request through ONNX Runtime;
+        with ``grpc_experiments``, gRPC core's GRPC_EXPERIMENTS (otherwise gRPC's defaults: none is passed on)."""
         extra = [str(model_file)] if model_file is not None else []
-        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port), *extra], log_path)
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+        if grpc_experiments:
+            env["GRPC_EXPERIMENTS"] = grpc_experiments
+        return cls(lambda port: [sys.executable, str(BENCH / "echo_server.py"), str(port), *extra], log_path, env=env)
 
     @property
     def pid(self) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import sys
 from collections.abc import Sequence
 
 from tensorgate import __version__, logs, settings
+from tensorgate.frontend import grpc_experiments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if args.command == "serve":
+        # Before gRPC is imported: gRPC core reads its experiments once, when it starts.
+        experiments, source = grpc_experiments.apply(options.grpc_experiments)
+        logging.getLogger("tensorgate.cli").info(
+            "event=grpc_experiments value=%s source=%s", experiments or "-", source
+        )
         from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
 
         return asyncio.run(serve(options))
