@@ -55,6 +55,11 @@ class Report:
     peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
     peer_exit: int | None = None  # None: the peer was not run
     peer_error: str = ""  # the echo server did not start
+    # The same echo with the gRPC core experiments tensorgate sets for itself (--grpc-experiments), identity c16:
+    # tensorgate's own cost read against a server that differs from it in nothing but the server.
+    same_grpc_runs: list[PaRun] = field(default_factory=list)
+    same_grpc_error: str = ""
+    same_grpc_experiments: str = ""  # their GRPC_EXPERIMENTS
     tritons: list[TritonPeer] = field(default_factory=list)  # Triton's Python path (bench/triton_python.py)
     triton_error: str = ""  # Triton could not be installed
     triton_version: str = ""  # what scripts/install_triton_python.sh installed
@@ -70,6 +75,9 @@ class Report:
 
     def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.peer_cell(c)])
+
+    def same_grpc_med(self, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.same_grpc_runs if r.ok])
 
     def grpc_aio_ceiling(self, model: str, c: int) -> float:
         """The most infer/s any grpc.aio server could serve ``model`` at ``c`` on this machine with perf_analyzer
@@ -182,6 +190,25 @@ class Report:
             ],
             rows,
         )
+
+    def same_grpc_text(self) -> list[str]:
+        """The echo with tensorgate's gRPC experiments beside the echo with gRPC's defaults, identity c16."""
+        if not self.same_grpc_runs and not self.same_grpc_error:
+            return []
+        head = f"The same echo with tensorgate's gRPC core experiments (GRPC_EXPERIMENTS={self.same_grpc_experiments})"
+        if not any(r.ok for r in self.same_grpc_runs):
+            return [f"{head}, identity c16: failed ({self.same_grpc_error or 'no successful sweep'}).", ""]
+        ips = self.same_grpc_med(lambda r: r.infer_per_s)
+        cpu = self.same_grpc_med(lambda r: r.server_cpu_us)
+        by_sweep = " / ".join(fmt_int(r.infer_per_s) for r in self.same_grpc_runs if r.ok)
+        return [
+            f"{head}, identity c16, swept right after it: {fmt_int(ips)} infer/s ({by_sweep}; "
+            f"{fmt_x(ips / self.peer_med(16, lambda r: r.infer_per_s))} x the echo with gRPC's defaults), server CPU "
+            f"{fmt_int(cpu)} µs a request ({fmt_x(cpu / self.peer_med(16, lambda r: r.server_cpu_us))} x); "
+            f"tensorgate {fmt_x(self.med('identity', 16, lambda r: r.infer_per_s) / ips)} x its infer/s and "
+            f"{fmt_x(self.med('identity', 16, lambda r: r.server_cpu_us) / cpu)} x its server CPU a request.",
+            "",
+        ]
 
     def peer_table(self) -> str:
         rows = []
@@ -384,6 +411,15 @@ class Report:
             out.append(
                 ("identity c16 server CPU/req <= 1.2 x bare echo's (issue 14)", fmt_x(cpu), verdict(cpu, cpu <= 1.2))
             )
+        if any(r.ok for r in self.same_grpc_runs):  # the same two against the echo with tensorgate's gRPC settings
+            share = ident / self.same_grpc_med(lambda r: r.infer_per_s)
+            cpu = self.med("identity", 16, lambda r: r.server_cpu_us) / self.same_grpc_med(lambda r: r.server_cpu_us)
+            same = "the echo with tensorgate's gRPC experiments"
+            out.append((f"identity c16 >= 0.9 x {same}", fmt_x(share), verdict(share, share >= 0.9)))
+            out.append(
+                ("identity c16 server CPU/req <= 1.2 x the echo's with tensorgate's gRPC experiments", fmt_x(cpu),
+                 verdict(cpu, cpu <= 1.2))
+            )  # fmt: skip
         p50 = self.med("identity", 1, lambda r: r.p50_us)
         out.append(("identity c1 p50 <= 0.4 ms", fmt_ms(p50), verdict(p50, p50 <= 400)))
         if self.peer_ran:
@@ -452,6 +488,10 @@ class Report:
         out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
         if self.peer_error:
             out.append(f"echo server: {self.peer_error}")
+        same = "echo (tensorgate's gRPC experiments)"
+        out += [f"{same} repeat {r.repeat}: {r.error}" for r in self.same_grpc_runs if not r.ok]
+        if self.same_grpc_error:
+            out.append(f"echo server (tensorgate's gRPC experiments): {self.same_grpc_error}")
         return out
 
     def markdown(self) -> str:
@@ -493,6 +533,7 @@ class Report:
                 "tensorgate/echo p50 above 1 means slower than the echo; the scaled targets above read identity "
                 "against this table.",
                 "",
+                *self.same_grpc_text(),
             ]
         if self.settings.triton_models:
             parts += ["### Peer: Triton's Python path (same machine, same sweeps)", ""]

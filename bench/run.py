@@ -55,6 +55,7 @@ from processes import CpuDelta, CpuSample, Server
 from report import Report, TritonPeer, cell_median
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
 from tables import RunInfo, fmt_int, fmt_ms, fmt_x, table
+from tensorgate.frontend import grpc_experiments
 
 HTTP_MODELS = ("identity", "cnn")  # swept over HTTP/REST too, by default
 HTTP_CONCURRENCY = (1, 16)
@@ -282,6 +283,29 @@ def run_peer(report: Report, s: Settings, tmp: Path) -> None:
             print(echo.log_tail(), file=sys.stderr)
 
 
+def run_peer_same_grpc(report: Report, s: Settings, tmp: Path) -> None:
+    """The echo again, with the gRPC core experiments tensorgate sets for itself, swept at identity c16 in every
+    repeat right after the plain echo: the baseline that differs from tensorgate in nothing but the server."""
+    report.same_grpc_experiments = grpc_experiments.DEFAULT
+    echo = Server.echo(tmp / "echo-same-grpc.log", grpc_experiments=grpc_experiments.DEFAULT)
+    try:
+        echo.wait_ready(timeout=30)
+        log(f"echo server with GRPC_EXPERIMENTS={grpc_experiments.DEFAULT} ready on {echo.url} (pid {echo.pid})")
+        for rep in range(s.repeats):
+            run = perf_analyzer(echo, "identity", 16, rep, s, tmp, label="echo-same-grpc-")
+            report.same_grpc_runs.append(run)
+            log_pa(f"peer sweep {rep + 1}/{s.repeats} echo (tensorgate's gRPC experiments) identity", run)
+    except Exception as exc:  # reported; the other results still stand
+        report.same_grpc_error = f"{type(exc).__name__}: {exc}"
+        log(f"echo server (tensorgate's gRPC experiments) failed: {report.same_grpc_error}")
+    finally:
+        rc = echo.stop()
+        log(f"echo server (tensorgate's gRPC experiments) stopped with SIGTERM: exit status {rc}")
+        if rc != 0:
+            report.same_grpc_error = report.same_grpc_error or f"exit status {rc} on SIGTERM"
+            print(echo.log_tail(), file=sys.stderr)
+
+
 def start_tritons(
     report: Report, s: Settings, sessions: dict[str, ort.InferenceSession], tmp: Path
 ) -> list[tuple[TritonPeer, Server]]:
@@ -371,6 +395,8 @@ def run_full(s: Settings, report: RunReport) -> bool:
                 log(f"{peer.name} stopped with SIGTERM: exit status {peer.exit}")
         if s.peer and "identity" in s.models:
             run_peer(report, s, tmp)
+            if 16 in s.concurrency:
+                run_peer_same_grpc(report, s, tmp)
 
     # Raw ORT with nothing else of ours running: batch 1, 16, and every batch size the server formed.
     wanted: set[tuple[str, int]] = set()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tensorgate.frontend.grpc_experiments import DEFAULT as GRPC_EXPERIMENTS_DEFAULT
+
 
 class ControlMode(enum.Enum):
     NONE = "none"
@@ -183,13 +185,13 @@ class Settings:
         },
     )
     grpc_experiments: str = field(
-        default="-event_engine_listener",
+        default=GRPC_EXPERIMENTS_DEFAULT,
         metadata={
             "help": "gRPC core experiments for the server process (gRPC's GRPC_EXPERIMENTS: comma-separated names, "
             "'-name' turns one off); a GRPC_EXPERIMENTS already in the environment wins. The default serves "
             "connections with gRPC's iomgr listener, polled by the thread that takes the server's calls, instead "
-            "of EventEngine's I/O threads, which hand over every read and write: 10-15%% less server CPU a request "
-            "under load (bench/RESULTS.md). Empty: gRPC's own defaults. On the command line write "
+            "of EventEngine's I/O threads, which hand over every read and write: 25-40 µs less server CPU a "
+            "request under load (bench/RESULTS.md). Empty: gRPC's own defaults. On the command line write "
             "--grpc-experiments=-name (with '=')"
         },
     )

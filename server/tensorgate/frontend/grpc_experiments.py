@@ -5,7 +5,8 @@ gRPC core reads the variable once, when it first starts, so it is set before the
 connections with gRPC's iomgr listener instead of its EventEngine one: with EventEngine, each read and
 write runs on gRPC's own I/O threads and is handed to the thread that drains grpc.aio's completion queue;
 with iomgr, that thread polls the sockets itself. Same calls, same answers, about 2.5 context switches a
-request instead of 6-14, and 10-15 % less server CPU a request under load (bench/RESULTS.md, 2026-12-07).
+request instead of 6-14, and 25-40 µs less server CPU a request under load: 6-8 % of tensorgate's, 12 % of
+a bare grpc.aio echo's (bench/RESULTS.md, 2026-12-07).
 
 A ``GRPC_EXPERIMENTS`` already in the environment is gRPC configured by hand, and wins. gRPC logs
 "Unknown experiment" for a name it does not know (a gRPC release that dropped it) and goes on without it.
