@@ -39,8 +39,9 @@ CALLS = 200
 def _io_thread_wakeups(server: Server) -> int:
     """Context switches of gRPC's EventEngine I/O threads (named "event_engine") while one connection makes
     CALLS identity calls, each answered right. With EventEngine's listener they read and write every call's
-    bytes (about 4 switches a call, measured); with iomgr's, the thread that takes the calls polls the socket
-    itself and they stay asleep (9-22 in all). A count, not a timing."""
+    bytes (about 4 switches a call, ~790 in all, measured); with iomgr's, the thread that takes the calls polls
+    the socket itself and they only wake for gRPC's timers, ~17 times a second whatever the load (9-22 in all
+    here, where the calls take ~0.3 s). A count, not a timing: the bounds below leave 10 s for the calls."""
     data = np.arange(16, dtype=np.float32).reshape(1, 16)
     request = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
     request.set_data_from_numpy(data)
@@ -76,7 +77,7 @@ def test_the_default_reaches_grpc_which_knows_it(start_server, repo: Path) -> No
     assert f"event=grpc_experiments value={grpc_experiments.DEFAULT} source=tensorgate" in server.log
     # gRPC core names every experiment it does not know (a gRPC release that dropped this one) and goes on.
     assert "Unknown experiment" not in server.log, server.log
-    assert wakeups < CALLS // 2, (
+    assert wakeups < CALLS, (
         f"gRPC's I/O threads woke {wakeups} times for {CALLS} calls: the iomgr listener is not in use "
         "(has this gRPC release changed the experiment or its threads?)"
     )
@@ -84,10 +85,10 @@ def test_the_default_reaches_grpc_which_knows_it(start_server, repo: Path) -> No
 
 def test_empty_leaves_grpc_alone_and_the_environment_wins(start_server, repo: Path) -> None:  # type: ignore[no-untyped-def]
     plain = start_server(repo, "--grpc-experiments=")
-    assert _io_thread_wakeups(plain) >= CALLS  # gRPC's defaults: its I/O threads carry every call
+    assert _io_thread_wakeups(plain) >= 2 * CALLS  # gRPC's defaults: its I/O threads carry every call
     assert "event=grpc_experiments value=- source=grpc-defaults" in plain.log
 
     by_hand = start_server(repo, env={"GRPC_EXPERIMENTS": "-event_engine_callback_cq"})
-    assert _io_thread_wakeups(by_hand) >= CALLS  # not tensorgate's default: EventEngine's listener is on
+    assert _io_thread_wakeups(by_hand) >= 2 * CALLS  # not tensorgate's default: EventEngine's listener is on
     assert "event=grpc_experiments value=-event_engine_callback_cq source=environment" in by_hand.log
     assert "Unknown experiment" not in by_hand.log, by_hand.log
