@@ -261,49 +261,46 @@ class RunReport(Report):
 # the run
 
 
-def run_peer(report: Report, s: Settings, tmp: Path) -> None:
-    """The same-run peer: bench/echo_server.py alone on the machine (tensorgate has exited), swept with
-    perf_analyzer at identity's concurrencies and repeats. A failure is reported, never fatal to the run."""
-    echo = Server.echo(tmp / "echo.log")
+def sweep_echo(
+    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = ""
+) -> tuple[list[PaRun], str, int]:
+    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS),
+    swept with perf_analyzer at ``concurrency`` in each of the repeats: its runs, why it failed ("" if it did not)
+    and its exit status on SIGTERM. A failure is reported, never fatal to the run."""
+    slug = name.replace(" ", "-")
+    echo = Server.echo(tmp / f"{slug}.log", grpc_experiments=experiments)
+    runs: list[PaRun] = []
+    error = ""
     try:
         echo.wait_ready(timeout=30)
-        log(f"echo server ready on {echo.url} (pid {echo.pid})")
+        log(f"{name} server ready on {echo.url} (pid {echo.pid})")
         for rep in range(s.repeats):
-            for c in s.concurrency:
-                run = perf_analyzer(echo, "identity", c, rep, s, tmp, label="echo-")
-                report.peer_runs.append(run)
-                log_pa(f"peer sweep {rep + 1}/{s.repeats} echo identity", run)
+            for c in concurrency:
+                run = perf_analyzer(echo, "identity", c, rep, s, tmp, label=f"{slug}-")
+                runs.append(run)
+                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} identity", run)
     except Exception as exc:  # the echo did not start or answer: the tensorgate results still stand
-        report.peer_error = f"{type(exc).__name__}: {exc}"
-        log(f"echo server failed: {report.peer_error}")
-    finally:
-        report.peer_exit = echo.stop()
-        log(f"echo server stopped with SIGTERM: exit status {report.peer_exit}")
-        if report.peer_exit != 0:
-            print(echo.log_tail(), file=sys.stderr)
-
-
-def run_peer_same_grpc(report: Report, s: Settings, tmp: Path) -> None:
-    """The echo again, with the gRPC core experiments tensorgate sets for itself, swept at identity c16 in every
-    repeat right after the plain echo: the baseline that differs from tensorgate in nothing but the server."""
-    report.same_grpc_experiments = grpc_experiments.DEFAULT
-    echo = Server.echo(tmp / "echo-same-grpc.log", grpc_experiments=grpc_experiments.DEFAULT)
-    try:
-        echo.wait_ready(timeout=30)
-        log(f"echo server with GRPC_EXPERIMENTS={grpc_experiments.DEFAULT} ready on {echo.url} (pid {echo.pid})")
-        for rep in range(s.repeats):
-            run = perf_analyzer(echo, "identity", 16, rep, s, tmp, label="echo-same-grpc-")
-            report.same_grpc_runs.append(run)
-            log_pa(f"peer sweep {rep + 1}/{s.repeats} echo (tensorgate's gRPC experiments) identity", run)
-    except Exception as exc:  # reported; the other results still stand
-        report.same_grpc_error = f"{type(exc).__name__}: {exc}"
-        log(f"echo server (tensorgate's gRPC experiments) failed: {report.same_grpc_error}")
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"{name} server failed: {error}")
     finally:
         rc = echo.stop()
-        log(f"echo server (tensorgate's gRPC experiments) stopped with SIGTERM: exit status {rc}")
+        log(f"{name} server stopped with SIGTERM: exit status {rc}")
         if rc != 0:
-            report.same_grpc_error = report.same_grpc_error or f"exit status {rc} on SIGTERM"
             print(echo.log_tail(), file=sys.stderr)
+    return runs, error, rc
+
+
+def run_peer(report: Report, s: Settings, tmp: Path) -> None:
+    """The same-run peer: the bare echo at identity's concurrencies, with gRPC's defaults; then, when c16 is swept,
+    the same echo with the gRPC core experiments tensorgate sets for itself at c16: the baseline that differs from
+    tensorgate in nothing but the server."""
+    report.peer_runs, report.peer_error, report.peer_exit = sweep_echo("echo", s.concurrency, s, tmp)
+    if 16 not in s.concurrency:
+        return
+    report.same_grpc_experiments = grpc_experiments.DEFAULT
+    runs, error, rc = sweep_echo("echo same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
+    report.same_grpc_runs = runs
+    report.same_grpc_error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
 
 
 def start_tritons(
@@ -395,8 +392,6 @@ def run_full(s: Settings, report: RunReport) -> bool:
                 log(f"{peer.name} stopped with SIGTERM: exit status {peer.exit}")
         if s.peer and "identity" in s.models:
             run_peer(report, s, tmp)
-            if 16 in s.concurrency:
-                run_peer_same_grpc(report, s, tmp)
 
     # Raw ORT with nothing else of ours running: batch 1, 16, and every batch size the server formed.
     wanted: set[tuple[str, int]] = set()

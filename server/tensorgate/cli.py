@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from tensorgate import __version__, logs, settings
 from tensorgate.frontend import grpc_experiments
 
+log = logging.getLogger(__name__)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tensorgate", description="ONNX inference server (KServe V2 / Triton gRPC)")
@@ -50,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         # Before gRPC is imported: gRPC core reads its experiments once, when it starts.
         experiments, source = grpc_experiments.apply(options.grpc_experiments)
-        logging.getLogger("tensorgate.cli").info(
-            "event=grpc_experiments value=%s source=%s", experiments or "-", source
-        )
+        log.info("event=grpc_experiments value=%s source=%s", experiments or "-", source)
         from tensorgate.server import serve  # imports onnxruntime and grpc only when serving
 
         return asyncio.run(serve(options))
