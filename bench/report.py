@@ -41,6 +41,27 @@ class TritonPeer:
 
 
 @dataclass
+class EchoSweep:
+    """bench/echo_server.py swept once more at identity c16, after the peer's sweep with gRPC's defaults."""
+
+    name: str  # as the tables say it
+    experiments: str  # its GRPC_EXPERIMENTS
+    runs: list[PaRun] = field(default_factory=list)
+    error: str = ""  # it did not start, answer or exit 0
+
+    @property
+    def ok(self) -> bool:
+        return any(r.ok for r in self.runs)
+
+    def med(self, attr: Callable[[PaRun], float]) -> float:
+        return median([attr(r) for r in self.runs if r.ok])
+
+    def failures(self) -> list[str]:
+        out = [f"{self.name} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        return out + ([f"{self.name}: {self.error}"] if self.error else [])
+
+
+@dataclass
 class Report:
     settings: Settings
     info: RunInfo
@@ -57,9 +78,10 @@ class Report:
     peer_error: str = ""  # the echo server did not start
     # The same echo with the gRPC core experiments tensorgate sets for itself (--grpc-experiments), identity c16:
     # tensorgate's own cost read against a server that differs from it in nothing but the server.
-    same_grpc_runs: list[PaRun] = field(default_factory=list)
-    same_grpc_error: str = ""
-    same_grpc_experiments: str = ""  # their GRPC_EXPERIMENTS
+    same_grpc: EchoSweep | None = None
+    # That echo also running each request through ONNX Runtime's identity session on its loop: the most a server
+    # that runs the model on its event loop (as tensorgate does identity's) can serve with those gRPC settings.
+    loop_run: EchoSweep | None = None
     tritons: list[TritonPeer] = field(default_factory=list)  # Triton's Python path (bench/triton_python.py)
     triton_error: str = ""  # Triton could not be installed
     triton_version: str = ""  # what scripts/install_triton_python.sh installed
@@ -75,9 +97,6 @@ class Report:
 
     def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.peer_cell(c)])
-
-    def same_grpc_med(self, attr: Callable[[PaRun], float]) -> float:
-        return median([attr(r) for r in self.same_grpc_runs if r.ok])
 
     def grpc_aio_ceiling(self, model: str, c: int) -> float:
         """The most infer/s any grpc.aio server could serve ``model`` at ``c`` on this machine with perf_analyzer
@@ -191,24 +210,42 @@ class Report:
             rows,
         )
 
-    def same_grpc_text(self) -> list[str]:
-        """The echo with tensorgate's gRPC experiments beside the echo with gRPC's defaults, identity c16."""
-        if not self.same_grpc_runs and not self.same_grpc_error:
-            return []
-        head = f"The same echo with tensorgate's gRPC core experiments (GRPC_EXPERIMENTS={self.same_grpc_experiments})"
-        if not any(r.ok for r in self.same_grpc_runs):
-            return [f"{head}, identity c16: failed ({self.same_grpc_error or 'no successful sweep'}).", ""]
-        ips = self.same_grpc_med(lambda r: r.infer_per_s)
-        cpu = self.same_grpc_med(lambda r: r.server_cpu_us)
-        by_sweep = " / ".join(fmt_int(r.infer_per_s) for r in self.same_grpc_runs if r.ok)
-        return [
-            f"{head}, identity c16, swept right after it: {fmt_int(ips)} infer/s ({by_sweep}; "
-            f"{fmt_x(ips / self.peer_med(16, lambda r: r.infer_per_s))} x the echo with gRPC's defaults), server CPU "
-            f"{fmt_int(cpu)} µs a request ({fmt_x(cpu / self.peer_med(16, lambda r: r.server_cpu_us))} x); "
-            f"tensorgate {fmt_x(self.med('identity', 16, lambda r: r.infer_per_s) / ips)} x its infer/s and "
-            f"{fmt_x(self.med('identity', 16, lambda r: r.server_cpu_us) / cpu)} x its server CPU a request.",
-            "",
-        ]
+    def echo_sweeps_text(self) -> list[str]:
+        """The echo's sweeps at identity c16 after the peer's (tensorgate's gRPC settings; with the model's run), each
+        beside the echo with gRPC's defaults and tensorgate."""
+        echo_ips = self.peer_med(16, lambda r: r.infer_per_s)
+        echo_cpu = self.peer_med(16, lambda r: r.server_cpu_us)
+        ident_ips = self.med("identity", 16, lambda r: r.infer_per_s)
+        ident_cpu = self.med("identity", 16, lambda r: r.server_cpu_us)
+        out: list[str] = []
+        for sweep in (self.same_grpc, self.loop_run):
+            if sweep is None:
+                continue
+            head = f"{sweep.name} (GRPC_EXPERIMENTS={sweep.experiments}), identity c16"
+            if not sweep.ok:
+                out += [f"{head}: failed ({sweep.error or 'no successful sweep'}).", ""]
+                continue
+            ips = sweep.med(lambda r: r.infer_per_s)
+            cpu = sweep.med(lambda r: r.server_cpu_us)
+            by_sweep = " / ".join(fmt_int(r.infer_per_s) for r in sweep.runs if r.ok)
+            out += [
+                f"{head}, swept after the echo: {fmt_int(ips)} infer/s ({by_sweep}; {fmt_x(ips / echo_ips)} x the "
+                f"echo with gRPC's defaults), server CPU {fmt_int(cpu)} µs a request ({fmt_x(cpu / echo_cpu)} x); "
+                f"tensorgate {fmt_x(ident_ips / ips)} x its infer/s and {fmt_x(ident_cpu / cpu)} x its server CPU a "
+                "request.",
+                "",
+            ]
+        if self.loop_run is not None and self.loop_run.ok:
+            out += [
+                "The echo + ONNX Runtime's run does nothing else a server does (no validation against the model, "
+                "no scheduler, no statistics): what it serves is the most a server that runs identity on its event "
+                "loop can serve here with tensorgate's gRPC settings. tensorgate runs identity there because handing "
+                "a batch to a thread and back costs more than the run (bench/gil-release-note.md), and batches do "
+                "not form at c16 (grpc.aio hands the loop about one new call a loop iteration: RESULTS 2026-12-07 "
+                "07:35).",
+                "",
+            ]
+        return out
 
     def peer_table(self) -> str:
         rows = []
@@ -411,15 +448,28 @@ class Report:
             out.append(
                 ("identity c16 server CPU/req <= 1.2 x bare echo's (issue 14)", fmt_x(cpu), verdict(cpu, cpu <= 1.2))
             )
-        if any(r.ok for r in self.same_grpc_runs):  # the same two against the echo with tensorgate's gRPC settings
-            share = ident / self.same_grpc_med(lambda r: r.infer_per_s)
-            cpu = self.med("identity", 16, lambda r: r.server_cpu_us) / self.same_grpc_med(lambda r: r.server_cpu_us)
+        same_grpc = self.same_grpc
+        if same_grpc is not None and same_grpc.ok:  # the same two against the echo with tensorgate's gRPC settings
+            share = ident / same_grpc.med(lambda r: r.infer_per_s)
+            cpu = self.med("identity", 16, lambda r: r.server_cpu_us) / same_grpc.med(lambda r: r.server_cpu_us)
             same = "the echo with tensorgate's gRPC experiments"
             out.append((f"identity c16 >= 0.9 x {same}", fmt_x(share), verdict(share, share >= 0.9)))
             out.append(
                 ("identity c16 server CPU/req <= 1.2 x the echo's with tensorgate's gRPC experiments", fmt_x(cpu),
                  verdict(cpu, cpu <= 1.2))
             )  # fmt: skip
+        loop_run = self.loop_run
+        if self.peer_ran and loop_run is not None and loop_run.ok:
+            share = loop_run.med(lambda r: r.infer_per_s) / self.peer_med(16, lambda r: r.infer_per_s)
+            cpu = loop_run.med(lambda r: r.server_cpu_us) / self.peer_med(16, lambda r: r.server_cpu_us)
+            out.append(
+                (
+                    "bound: a server that runs identity on its event loop, c16 (the echo + ONNX Runtime's run, "
+                    "tensorgate's gRPC experiments; see below)",
+                    f"{fmt_x(share)} x bare echo's infer/s, {fmt_x(cpu)} x its server CPU/req",
+                    "-",
+                )
+            )
         p50 = self.med("identity", 1, lambda r: r.p50_us)
         out.append(("identity c1 p50 <= 0.4 ms", fmt_ms(p50), verdict(p50, p50 <= 400)))
         if self.peer_ran:
@@ -488,10 +538,8 @@ class Report:
         out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
         if self.peer_error:
             out.append(f"echo server: {self.peer_error}")
-        same = "echo (tensorgate's gRPC experiments)"
-        out += [f"{same} repeat {r.repeat}: {r.error}" for r in self.same_grpc_runs if not r.ok]
-        if self.same_grpc_error:
-            out.append(f"echo server (tensorgate's gRPC experiments): {self.same_grpc_error}")
+        for sweep in (self.same_grpc, self.loop_run):
+            out += sweep.failures() if sweep is not None else []
         return out
 
     def markdown(self) -> str:
@@ -533,7 +581,7 @@ class Report:
                 "tensorgate/echo p50 above 1 means slower than the echo; the scaled targets above read identity "
                 "against this table.",
                 "",
-                *self.same_grpc_text(),
+                *self.echo_sweeps_text(),
             ]
         if self.settings.triton_models:
             parts += ["### Peer: Triton's Python path (same machine, same sweeps)", ""]

@@ -52,7 +52,7 @@ from load import (
     raw_throughput,
 )
 from processes import CpuDelta, CpuSample, Server
-from report import Report, TritonPeer, cell_median
+from report import EchoSweep, Report, TritonPeer, cell_median
 from settings import PERF_ANALYZER, RESULTS, ROOT, Settings
 from tables import RunInfo, fmt_int, fmt_ms, fmt_x, table
 from tensorgate.frontend import grpc_experiments
@@ -262,13 +262,14 @@ class RunReport(Report):
 
 
 def sweep_echo(
-    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = ""
+    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = "", model: Path | None = None
 ) -> tuple[list[PaRun], str, int]:
-    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS),
-    swept with perf_analyzer at ``concurrency`` in each of the repeats: its runs, why it failed ("" if it did not)
-    and its exit status on SIGTERM. A failure is reported, never fatal to the run."""
+    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS;
+    ``model``: the ONNX file it runs each request through), swept with perf_analyzer at ``concurrency`` in each of
+    the repeats: its runs, why it failed ("" if it did not) and its exit status on SIGTERM. A failure is reported,
+    never fatal to the run."""
     slug = name.replace(" ", "-")
-    echo = Server.echo(tmp / f"{slug}.log", grpc_experiments=experiments)
+    echo = Server.echo(tmp / f"{slug}.log", model, grpc_experiments=experiments)
     runs: list[PaRun] = []
     error = ""
     try:
@@ -292,15 +293,23 @@ def sweep_echo(
 
 def run_peer(report: Report, s: Settings, tmp: Path) -> None:
     """The same-run peer: the bare echo at identity's concurrencies, with gRPC's defaults; then, when c16 is swept,
-    the same echo with the gRPC core experiments tensorgate sets for itself at c16: the baseline that differs from
-    tensorgate in nothing but the server."""
+    at c16 the same echo with the gRPC core experiments tensorgate sets for itself (the baseline that differs from
+    tensorgate in nothing but the server) and that echo running each request through ONNX Runtime's identity
+    session on its loop (the most a server that runs the model there can serve)."""
     report.peer_runs, report.peer_error, report.peer_exit = sweep_echo("echo", s.concurrency, s, tmp)
     if 16 not in s.concurrency:
         return
-    report.same_grpc_experiments = grpc_experiments.DEFAULT
-    runs, error, rc = sweep_echo("echo same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
-    report.same_grpc_runs = runs
-    report.same_grpc_error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
+    identity = make_models.model_file(s.repo, make_models.MODELS["identity"].file)
+    names = {"echo same-grpc": None, "echo + run same-grpc": identity}
+    sweeps = []
+    for slug, model in names.items():
+        runs, error, rc = sweep_echo(slug, (16,), s, tmp, grpc_experiments.DEFAULT, model)
+        error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
+        name = "The same echo with tensorgate's gRPC core experiments"
+        if model is not None:
+            name = "That echo running each request through ONNX Runtime's identity session on its loop"
+        sweeps.append(EchoSweep(name, grpc_experiments.DEFAULT, runs, error))
+    report.same_grpc, report.loop_run = sweeps
 
 
 def start_tritons(
