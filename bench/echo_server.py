@@ -9,11 +9,13 @@ imported. ModelInfer decodes ``raw_input_contents[0]`` with ``np.frombuffer`` an
 Python gRPC server costs on the machine of the day. One model, ``identity``: FP32 [-1, 16] in
 (INPUT0) and out (OUTPUT0), max_batch_size 64, like bench/make_models.py's.
 
-With MODEL.onnx (bench/make_models.py's identity file), each request's array also goes through ONNX Runtime's
-``InferenceSession.run`` on the event loop before it is answered, with tensorgate's CPU session settings (all graph
-optimizations, ONNX Runtime's default intra-op threads, spinning off): the echo plus the model's run and nothing
-else of a server, which is the most a server that runs the model on its loop can serve (bench/account.py's
-"echo + ONNX Runtime run" variant).
+With MODEL.onnx (a model file of bench/make_models.py's repository, REPO/NAME/1/model.onnx: identity, mlp, ...),
+it serves that model, named NAME, instead: each request's array goes through ONNX Runtime's ``InferenceSession.run``
+on the event loop and the run's output is answered, with tensorgate's CPU session settings (all graph
+optimizations, ONNX Runtime's default intra-op threads, spinning off); the input and output dimensions are the
+file's. That is the echo plus the model's run at the request's batch and nothing else of a server: the most a
+server that runs the model on its loop can serve (bench/account.py's "echo + ONNX Runtime run" variant, and
+bench/run.py's bound rows).
 
 Also answered: ServerLive/ServerReady/ModelReady (so clients can wait for it), ServerMetadata with no
 extensions (so perf_analyzer does not ask for statistics), ModelMetadata, ModelConfig, and
@@ -28,6 +30,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,8 +44,13 @@ MODEL = "identity"
 VERSION = "1"
 INPUT = "INPUT0"
 OUTPUT = "OUTPUT0"
-DIMS = (16,)
+DIMS: tuple[int, ...] = (16,)
 MAX_BATCH_SIZE = 64
+
+
+def _dims(shape: list[Any]) -> tuple[int, ...]:
+    """An ONNX tensor's dimensions after the batch one (make_models writes them fixed)."""
+    return tuple(int(d) for d in shape[1:])
 
 
 class Echo:
@@ -51,6 +59,7 @@ class Echo:
     def __init__(self, model_file: str | None = None) -> None:
         self.requests = 0
         self.session: Any = None  # onnxruntime.InferenceSession with a model file
+        self.model, self.in_dims, self.out_dims = MODEL, DIMS, DIMS
         if model_file is not None:
             import onnxruntime as ort  # only then: the bare echo loads nothing it does not use
 
@@ -58,14 +67,17 @@ class Echo:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(model_file, sess_options=options, providers=["CPUExecutionProvider"])
+            self.model = Path(model_file).resolve().parent.parent.name
+            self.in_dims = _dims(self.session.get_inputs()[0].shape)
+            self.out_dims = _dims(self.session.get_outputs()[0].shape)
         self.statistics_calls = 0
         self.config = mc.ModelConfig(
-            name=MODEL,
+            name=self.model,
             platform="onnxruntime_onnx",
             backend="onnxruntime",
             max_batch_size=MAX_BATCH_SIZE,
-            input=[mc.ModelInput(name=INPUT, data_type=mc.TYPE_FP32, dims=DIMS)],
-            output=[mc.ModelOutput(name=OUTPUT, data_type=mc.TYPE_FP32, dims=DIMS)],
+            input=[mc.ModelInput(name=INPUT, data_type=mc.TYPE_FP32, dims=self.in_dims)],
+            output=[mc.ModelOutput(name=OUTPUT, data_type=mc.TYPE_FP32, dims=self.out_dims)],
         )
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -75,20 +87,20 @@ class Echo:
         return pb.ServerReadyResponse(ready=True)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=request.name == MODEL)
+        return pb.ModelReadyResponse(ready=request.name == self.model)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="bench-echo", version="0")  # no extensions
 
     async def _check_model(self, name: str, context: Any) -> None:
-        if name != MODEL:
+        if name != self.model:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'")
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         await self._check_model(request.name, context)
-        response = pb.ModelMetadataResponse(name=MODEL, versions=[VERSION], platform="onnxruntime_onnx")
-        response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *DIMS])
-        response.outputs.add(name=OUTPUT, datatype="FP32", shape=[-1, *DIMS])
+        response = pb.ModelMetadataResponse(name=self.model, versions=[VERSION], platform="onnxruntime_onnx")
+        response.inputs.add(name=INPUT, datatype="FP32", shape=[-1, *self.in_dims])
+        response.outputs.add(name=OUTPUT, datatype="FP32", shape=[-1, *self.out_dims])
         return response
 
     async def model_config(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
@@ -98,7 +110,7 @@ class Echo:
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         self.statistics_calls += 1
         stats = pb.ModelStatistics(
-            name=MODEL, version=VERSION, inference_count=self.requests, execution_count=self.requests
+            name=self.model, version=VERSION, inference_count=self.requests, execution_count=self.requests
         )
         stats.inference_stats.success.count = self.requests
         return pb.ModelStatisticsResponse(model_stats=[stats])
@@ -106,11 +118,13 @@ class Echo:
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         self.requests += 1
         data = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
-        if self.session is not None:
-            data = self.session.run([OUTPUT], {INPUT: data.reshape(-1, *DIMS)})[0]
-        response = pb.ModelInferResponse(model_name=MODEL, model_version=VERSION, id=request.id)
+        response = pb.ModelInferResponse(model_name=self.model, model_version=VERSION, id=request.id)
         tensor = response.outputs.add(name=OUTPUT, datatype="FP32")
-        tensor.shape.extend(request.inputs[0].shape)
+        if self.session is not None:
+            data = self.session.run([OUTPUT], {INPUT: data.reshape(-1, *self.in_dims)})[0]
+            tensor.shape.extend(data.shape)
+        else:
+            tensor.shape.extend(request.inputs[0].shape)
         response.raw_output_contents.append(data.tobytes())
         return response
 
@@ -154,7 +168,7 @@ async def serve(port: int, model_file: str | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     runs = f", each request through ONNX Runtime ({model_file})" if model_file is not None else ""
-    print(f"echo: serving {MODEL} on {address}{runs}", file=sys.stderr, flush=True)
+    print(f"echo: serving {echo.model} on {address}{runs}", file=sys.stderr, flush=True)
     await stop.wait()
     await server.stop(1.0)
     print(

@@ -42,9 +42,10 @@ class TritonPeer:
 
 @dataclass
 class EchoSweep:
-    """bench/echo_server.py swept once more at identity c16, after the peer's sweep with gRPC's defaults."""
+    """bench/echo_server.py swept once more at c16, after the peer's sweep with gRPC's defaults."""
 
     name: str  # as the tables say it
+    model: str  # the model it serves: identity, or the one whose ONNX file it runs each request through
     experiments: str  # its GRPC_EXPERIMENTS
     runs: list[PaRun] = field(default_factory=list)
     error: str = ""  # it did not start, answer or exit 0
@@ -79,9 +80,9 @@ class Report:
     # The same echo with the gRPC core experiments tensorgate sets for itself (--grpc-experiments), identity c16:
     # tensorgate's own cost read against a server that differs from it in nothing but the server.
     same_grpc: EchoSweep | None = None
-    # That echo also running each request through ONNX Runtime's identity session on its loop: the most a server
-    # that runs the model on its event loop (as tensorgate does identity's) can serve with those gRPC settings.
-    loop_run: EchoSweep | None = None
+    # That echo also running each request through ONNX Runtime's session of a model (identity, mlp) on its loop: the
+    # most a server that runs the model on its event loop (as tensorgate does those) can serve with those settings.
+    loop_runs: list[EchoSweep] = field(default_factory=list)
     tritons: list[TritonPeer] = field(default_factory=list)  # Triton's Python path (bench/triton_python.py)
     triton_error: str = ""  # Triton could not be installed
     triton_version: str = ""  # what scripts/install_triton_python.sh installed
@@ -210,18 +211,20 @@ class Report:
             rows,
         )
 
+    def loop_run(self, model: str) -> EchoSweep | None:
+        """The echo + ONNX Runtime's run of ``model``, if it was swept and answered."""
+        return next((s for s in self.loop_runs if s.model == model and s.ok), None)
+
     def echo_sweeps_text(self) -> list[str]:
-        """The echo's sweeps at identity c16 after the peer's (tensorgate's gRPC settings; with the model's run), each
-        beside the echo with gRPC's defaults and tensorgate."""
+        """The echo's sweeps at c16 after the peer's (tensorgate's gRPC settings; with a model's run), each beside the
+        echo with gRPC's defaults and tensorgate's same model."""
         echo_ips = self.peer_med(16, lambda r: r.infer_per_s)
         echo_cpu = self.peer_med(16, lambda r: r.server_cpu_us)
-        ident_ips = self.med("identity", 16, lambda r: r.infer_per_s)
-        ident_cpu = self.med("identity", 16, lambda r: r.server_cpu_us)
         out: list[str] = []
-        for sweep in (self.same_grpc, self.loop_run):
-            if sweep is None:
-                continue
-            head = f"{sweep.name} (GRPC_EXPERIMENTS={sweep.experiments}), identity c16"
+        for sweep in ([self.same_grpc] if self.same_grpc is not None else []) + self.loop_runs:
+            ident_ips = self.med(sweep.model, 16, lambda r: r.infer_per_s)
+            ident_cpu = self.med(sweep.model, 16, lambda r: r.server_cpu_us)
+            head = f"{sweep.name} (GRPC_EXPERIMENTS={sweep.experiments}), {sweep.model} c16"
             if not sweep.ok:
                 out += [f"{head}: failed ({sweep.error or 'no successful sweep'}).", ""]
                 continue
@@ -235,14 +238,15 @@ class Report:
                 "request.",
                 "",
             ]
-        if self.loop_run is not None and self.loop_run.ok:
+        if any(s.ok for s in self.loop_runs):
             out += [
                 "The echo + ONNX Runtime's run does nothing else a server does (no validation against the model, "
-                "no scheduler, no statistics): what it serves is the most a server that runs identity on its event "
-                "loop can serve here with tensorgate's gRPC settings. tensorgate runs identity there because handing "
-                "a batch to a thread and back costs more than the run (bench/gil-release-note.md), and batches do "
-                "not form at c16 (grpc.aio hands the loop about one new call a loop iteration: RESULTS 2026-12-07 "
-                "07:35).",
+                "no scheduler, no statistics): what it serves is the most a server that runs the model on its event "
+                "loop, one request a run, can serve here with tensorgate's gRPC settings. tensorgate runs identity "
+                "and mlp there because handing a batch to a thread and back costs more than the run "
+                "(bench/gil-release-note.md), and batches do not form on the loop at c16 (grpc.aio hands it about "
+                "one new call a loop iteration: RESULTS 2026-12-07 07:35; every mlp batch on the worker, batches of "
+                "3.4, served 0.97 x).",
                 "",
             ]
         return out
@@ -458,8 +462,8 @@ class Report:
                 ("identity c16 server CPU/req <= 1.2 x the echo's with tensorgate's gRPC experiments", fmt_x(cpu),
                  verdict(cpu, cpu <= 1.2))
             )  # fmt: skip
-        loop_run = self.loop_run
-        if self.peer_ran and loop_run is not None and loop_run.ok:
+        loop_run = self.loop_run("identity")
+        if self.peer_ran and loop_run is not None:
             share = loop_run.med(lambda r: r.infer_per_s) / self.peer_med(16, lambda r: r.infer_per_s)
             cpu = loop_run.med(lambda r: r.server_cpu_us) / self.peer_med(16, lambda r: r.server_cpu_us)
             out.append(
@@ -506,6 +510,14 @@ class Report:
             )
             bound = f"bound: any grpc.aio server, {model} c16 (see below)"
             out.append((bound, f"{fmt_int(ceiling)}/s = {versus}", "-"))
+            loop_run = self.loop_run(model)
+            if loop_run is not None and model != "identity":
+                ips = loop_run.med(lambda r: r.infer_per_s)
+                versus = ", ".join(
+                    f"{fmt_x(ips / p.med(model, 16, lambda r: r.infer_per_s))} x {p.name}" for p in self.tritons
+                )
+                bound = f"bound: a server that runs {model} on its event loop, c16 (the echo + ONNX Runtime's run)"
+                out.append((bound, f"{fmt_int(ips)}/s = {versus}", "-"))
         for peer in self.tritons:
             for model in ("mlp", "cnn"):
                 if model in self.settings.triton_models and not peer.error:
@@ -538,8 +550,8 @@ class Report:
         out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
         if self.peer_error:
             out.append(f"echo server: {self.peer_error}")
-        for sweep in (self.same_grpc, self.loop_run):
-            out += sweep.failures() if sweep is not None else []
+        for sweep in ([self.same_grpc] if self.same_grpc is not None else []) + self.loop_runs:
+            out += sweep.failures()
         return out
 
     def markdown(self) -> str:

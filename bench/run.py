@@ -270,6 +270,7 @@ def sweep_echo(
     never fatal to the run."""
     slug = name.replace(" ", "-")
     echo = Server.echo(tmp / f"{slug}.log", model, grpc_experiments=experiments)
+    served = "identity" if model is None else model.parent.parent.name  # REPO/NAME/1/model.onnx
     runs: list[PaRun] = []
     error = ""
     try:
@@ -277,9 +278,9 @@ def sweep_echo(
         log(f"{name} server ready on {echo.url} (pid {echo.pid})")
         for rep in range(s.repeats):
             for c in concurrency:
-                run = perf_analyzer(echo, "identity", c, rep, s, tmp, label=f"{slug}-")
+                run = perf_analyzer(echo, served, c, rep, s, tmp, label=f"{slug}-")
                 runs.append(run)
-                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} identity", run)
+                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} {served}", run)
     except Exception as exc:  # the echo did not start or answer: the tensorgate results still stand
         error = f"{type(exc).__name__}: {exc}"
         log(f"{name} server failed: {error}")
@@ -294,22 +295,25 @@ def sweep_echo(
 def run_peer(report: Report, s: Settings, tmp: Path) -> None:
     """The same-run peer: the bare echo at identity's concurrencies, with gRPC's defaults; then, when c16 is swept,
     at c16 the same echo with the gRPC core experiments tensorgate sets for itself (the baseline that differs from
-    tensorgate in nothing but the server) and that echo running each request through ONNX Runtime's identity
-    session on its loop (the most a server that runs the model there can serve)."""
+    tensorgate in nothing but the server) and that echo running each request of identity, and of mlp when it is
+    measured, through ONNX Runtime's session of the model on its loop (the most a server that runs the model there
+    can serve)."""
     report.peer_runs, report.peer_error, report.peer_exit = sweep_echo("echo", s.concurrency, s, tmp)
     if 16 not in s.concurrency:
         return
-    identity = make_models.model_file(s.repo, make_models.MODELS["identity"].file)
-    names = {"echo same-grpc": None, "echo + run same-grpc": identity}
-    sweeps = []
-    for slug, model in names.items():
-        runs, error, rc = sweep_echo(slug, (16,), s, tmp, grpc_experiments.DEFAULT, model)
-        error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
-        name = "The same echo with tensorgate's gRPC core experiments"
-        if model is not None:
-            name = "That echo running each request through ONNX Runtime's identity session on its loop"
-        sweeps.append(EchoSweep(name, grpc_experiments.DEFAULT, runs, error))
-    report.same_grpc, report.loop_run = sweeps
+    runs, error = sweep_echo_c16("echo same-grpc", s, tmp)
+    name = "The same echo with tensorgate's gRPC core experiments"
+    report.same_grpc = EchoSweep(name, "identity", grpc_experiments.DEFAULT, runs, error)
+    for model in (m for m in ("identity", "mlp") if m in s.models):
+        runs, error = sweep_echo_c16(f"echo + {model} run", s, tmp, make_models.model_file(s.repo, model))
+        name = f"That echo running each request through ONNX Runtime's {model} session on its loop"
+        report.loop_runs.append(EchoSweep(name, model, grpc_experiments.DEFAULT, runs, error))
+
+
+def sweep_echo_c16(name: str, s: Settings, tmp: Path, model: Path | None = None) -> tuple[list[PaRun], str]:
+    """:func:`sweep_echo` at c16 with tensorgate's gRPC experiments: its runs and why it failed ("" if it did not)."""
+    runs, error, rc = sweep_echo(name, (16,), s, tmp, grpc_experiments.DEFAULT, model)
+    return runs, error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
 
 
 def start_tritons(
