@@ -42,7 +42,7 @@ class TritonPeer:
 
 @dataclass
 class EchoSweep:
-    """bench/echo_server.py swept once more at c16, after the peer's sweep with gRPC's defaults."""
+    """bench/echo_server.py swept once more at c16 (after the peer's sweep, or beside tensorgate's of its model)."""
 
     name: str  # as the tables say it
     model: str  # the model it serves: identity, or the one whose ONNX file it runs each request through
@@ -231,8 +231,9 @@ class Report:
             ips = sweep.med(lambda r: r.infer_per_s)
             cpu = sweep.med(lambda r: r.server_cpu_us)
             by_sweep = " / ".join(fmt_int(r.infer_per_s) for r in sweep.runs if r.ok)
+            when = "after the echo" if sweep is self.same_grpc else "right after tensorgate's sweep of the model"
             out += [
-                f"{head}, swept after the echo: {fmt_int(ips)} infer/s ({by_sweep}; {fmt_x(ips / echo_ips)} x the "
+                f"{head}, swept {when}: {fmt_int(ips)} infer/s ({by_sweep}; {fmt_x(ips / echo_ips)} x the "
                 f"echo with gRPC's defaults), server CPU {fmt_int(cpu)} µs a request ({fmt_x(cpu / echo_cpu)} x); "
                 f"tensorgate {fmt_x(ident_ips / ips)} x its infer/s and {fmt_x(ident_cpu / cpu)} x its server CPU a "
                 "request.",

@@ -294,26 +294,43 @@ def sweep_echo(
 
 def run_peer(report: Report, s: Settings, tmp: Path) -> None:
     """The same-run peer: the bare echo at identity's concurrencies, with gRPC's defaults; then, when c16 is swept,
-    at c16 the same echo with the gRPC core experiments tensorgate sets for itself (the baseline that differs from
-    tensorgate in nothing but the server) and that echo running each request of identity, and of mlp when it is
-    measured, through ONNX Runtime's session of the model on its loop (the most a server that runs the model there
-    can serve)."""
+    the same echo at c16 with the gRPC core experiments tensorgate sets for itself: the baseline that differs from
+    tensorgate in nothing but the server."""
     report.peer_runs, report.peer_error, report.peer_exit = sweep_echo("echo", s.concurrency, s, tmp)
     if 16 not in s.concurrency:
         return
-    runs, error = sweep_echo_c16("echo same-grpc", s, tmp)
+    runs, error, rc = sweep_echo("echo same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
     name = "The same echo with tensorgate's gRPC core experiments"
+    error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
     report.same_grpc = EchoSweep(name, "identity", grpc_experiments.DEFAULT, runs, error)
+
+
+def start_loop_runs(report: Report, s: Settings, tmp: Path) -> list[tuple[EchoSweep, Server]]:
+    """The echo with tensorgate's gRPC experiments serving identity and mlp (those measured, when the peer is run
+    and c16 swept), each request through ONNX Runtime's session of the model on its loop: the most a server that
+    runs the model on its event loop can serve. Swept at c16 right after tensorgate's sweep of the model; one that
+    does not start is reported and left out."""
+    if not s.peer or 16 not in s.concurrency:
+        return []
+    servers: list[tuple[EchoSweep, Server]] = []
     for model in (m for m in ("identity", "mlp") if m in s.models):
-        runs, error = sweep_echo_c16(f"echo + {model} run", s, tmp, make_models.model_file(s.repo, model))
-        name = f"That echo running each request through ONNX Runtime's {model} session on its loop"
-        report.loop_runs.append(EchoSweep(name, model, grpc_experiments.DEFAULT, runs, error))
-
-
-def sweep_echo_c16(name: str, s: Settings, tmp: Path, model: Path | None = None) -> tuple[list[PaRun], str]:
-    """:func:`sweep_echo` at c16 with tensorgate's gRPC experiments: its runs and why it failed ("" if it did not)."""
-    runs, error, rc = sweep_echo(name, (16,), s, tmp, grpc_experiments.DEFAULT, model)
-    return runs, error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
+        name = f"The echo with tensorgate's gRPC core experiments running each request through ONNX Runtime's {model} "
+        sweep = EchoSweep(name + "session on its loop", model, grpc_experiments.DEFAULT)
+        report.loop_runs.append(sweep)
+        echo = Server.echo(
+            tmp / f"echo-{model}-run.log",
+            make_models.model_file(s.repo, make_models.MODELS[model].file),
+            grpc_experiments=grpc_experiments.DEFAULT,
+        )
+        try:
+            echo.wait_ready(timeout=30, models=(model,))
+            log(f"echo + {model} run ready on {echo.url} (pid {echo.pid})")
+            servers.append((sweep, echo))
+        except Exception as exc:  # it did not start or answer: the other results still stand
+            sweep.error = f"{type(exc).__name__}: {exc}"
+            log(f"echo + {model} run failed: {sweep.error}")
+            echo.stop()
+    return servers
 
 
 def start_tritons(
@@ -354,6 +371,7 @@ def run_full(s: Settings, report: RunReport) -> bool:
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         tritons = start_tritons(report, s, sessions, tmp) if s.triton_models else []
+        loop_runs = start_loop_runs(report, s, tmp)
         server = Server.tensorgate(s.repo, tmp / "server.log")
         try:
             server.wait_ready()
@@ -377,6 +395,11 @@ def run_full(s: Settings, report: RunReport) -> bool:
                             run = perf_analyzer(triton, model, c, rep, s, tmp, label=f"{triton.pid}-")
                             peer.runs.append(run)
                             log_pa(f"sweep {rep + 1}/{s.repeats} {peer.name} {model}", run)
+                    for sweep, echo in loop_runs if 16 in s.concurrency else ():
+                        if sweep.model == model:
+                            run = perf_analyzer(echo, model, 16, rep, s, tmp, label=f"echo-{model}-run-")
+                            sweep.runs.append(run)
+                            log_pa(f"sweep {rep + 1}/{s.repeats} echo + {model} run", run)
                 for model in s.http_models:  # in the same sweep, so a drift of the machine falls on both
                     for c in s.http_concurrency:
                         run = perf_analyzer(server, model, c, rep, s, tmp, protocol="http")
@@ -403,6 +426,10 @@ def run_full(s: Settings, report: RunReport) -> bool:
             for peer, triton in tritons:
                 peer.exit = triton.stop()
                 log(f"{peer.name} stopped with SIGTERM: exit status {peer.exit}")
+            for sweep, echo in loop_runs:
+                rc = echo.stop()
+                log(f"echo + {sweep.model} run stopped with SIGTERM: exit status {rc}")
+                sweep.error = sweep.error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
         if s.peer and "identity" in s.models:
             run_peer(report, s, tmp)
 
