@@ -3,6 +3,7 @@
     python bench/account.py                                  # cnn at c16, 3 rounds, profiles in round 1
     python bench/account.py --model identity                 # identity, against the bare grpc.aio echo, and the
                                                              # echo with ONNX Runtime's run of the model on its loop
+    python bench/account.py --model mlp                      # mlp, against the echo that runs it on its loop
     python bench/account.py --variant "2x1=@instances=2" --variant "loop-gather=--some-flag 1"
     python bench/account.py --triton                         # and Triton's Python backend in every round
     python bench/account.py --variant "before=@git=HEAD~1"   # the server code of a commit, same rounds
@@ -367,8 +368,8 @@ class Variant:
     label: str
     flags: tuple[str, ...]  # server flags
     instances: int = 0  # 0: the bench config's own count
-    echo: bool = False  # the bare grpc.aio echo (identity only)
-    echo_runs_model: bool = False  # and ONNX Runtime's run of the model on its loop (bench/echo_server.py MODEL)
+    echo: bool = False  # bench/echo_server.py: the bare grpc.aio echo (identity only), or with echo_runs_model:
+    echo_runs_model: bool = False  # the echo serving the model, ONNX Runtime's run of it on its loop (MODEL.onnx)
     triton: bool = False  # Triton's Python backend serving the model (bench/triton_python.py)
     experiment: tuple[str, ...] = ()  # bench/experiment_server.py's flags
     git: str = ""  # the server code of this commit (server/tensorgate as committed there) instead of the checkout's
@@ -707,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.append(Variant("echo, tensorgate's gRPC experiments", (), echo=True, grpc_experiments=same))
         label = "echo + run, tensorgate's gRPC experiments"
         variants.append(Variant(label, (), echo=True, echo_runs_model=True, grpc_experiments=same))
+    elif make_models.MODELS[args.model].file == args.model:  # the echo serves a model by its own file's name
+        label = "echo + run, tensorgate's gRPC experiments"
+        variants.append(Variant(label, (), echo=True, echo_runs_model=True, grpc_experiments=grpc_experiments.DEFAULT))
     if args.triton:
         if reason := triton_python.install():
             raise SystemExit(f"Triton's Python backend: {reason}")
