@@ -262,15 +262,13 @@ class RunReport(Report):
 
 
 def sweep_echo(
-    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = "", model: Path | None = None
+    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = ""
 ) -> tuple[list[PaRun], str, int]:
-    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS;
-    ``model``: the ONNX file it runs each request through), swept with perf_analyzer at ``concurrency`` in each of
-    the repeats: its runs, why it failed ("" if it did not) and its exit status on SIGTERM. A failure is reported,
-    never fatal to the run."""
+    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS),
+    swept with perf_analyzer at ``concurrency`` in each of the repeats: its runs, why it failed ("" if it did not)
+    and its exit status on SIGTERM. A failure is reported, never fatal to the run."""
     slug = name.replace(" ", "-")
-    echo = Server.echo(tmp / f"{slug}.log", model, grpc_experiments=experiments)
-    served = "identity" if model is None else model.parent.parent.name  # REPO/NAME/1/model.onnx
+    echo = Server.echo(tmp / f"{slug}.log", grpc_experiments=experiments)
     runs: list[PaRun] = []
     error = ""
     try:
@@ -278,9 +276,9 @@ def sweep_echo(
         log(f"{name} server ready on {echo.url} (pid {echo.pid})")
         for rep in range(s.repeats):
             for c in concurrency:
-                run = perf_analyzer(echo, served, c, rep, s, tmp, label=f"{slug}-")
+                run = perf_analyzer(echo, "identity", c, rep, s, tmp, label=f"{slug}-")
                 runs.append(run)
-                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} {served}", run)
+                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} identity", run)
     except Exception as exc:  # the echo did not start or answer: the tensorgate results still stand
         error = f"{type(exc).__name__}: {exc}"
         log(f"{name} server failed: {error}")
