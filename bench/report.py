@@ -211,6 +211,11 @@ class Report:
             rows,
         )
 
+    @property
+    def echo_sweeps(self) -> list[EchoSweep]:
+        """The echo's sweeps beside the peer's: with tensorgate's gRPC experiments, then each echo + run."""
+        return ([self.same_grpc] if self.same_grpc is not None else []) + self.loop_runs
+
     def loop_run(self, model: str) -> EchoSweep | None:
         """The echo + ONNX Runtime's run of ``model``, if it was swept and answered."""
         return next((s for s in self.loop_runs if s.model == model and s.ok), None)
@@ -221,7 +226,7 @@ class Report:
         echo_ips = self.peer_med(16, lambda r: r.infer_per_s)
         echo_cpu = self.peer_med(16, lambda r: r.server_cpu_us)
         out: list[str] = []
-        for sweep in ([self.same_grpc] if self.same_grpc is not None else []) + self.loop_runs:
+        for sweep in self.echo_sweeps:
             ident_ips = self.med(sweep.model, 16, lambda r: r.infer_per_s)
             ident_cpu = self.med(sweep.model, 16, lambda r: r.server_cpu_us)
             head = f"{sweep.name} (GRPC_EXPERIMENTS={sweep.experiments}), {sweep.model} c16"
@@ -246,8 +251,8 @@ class Report:
                 "loop, one request a run, can serve here with tensorgate's gRPC settings. tensorgate runs identity "
                 "and mlp there because handing a batch to a thread and back costs more than the run "
                 "(bench/gil-release-note.md), and batches do not form on the loop at c16 (grpc.aio hands it about "
-                "one new call a loop iteration: RESULTS 2026-12-07 07:35; every mlp batch on the worker, batches of "
-                "3.4, served 0.97 x).",
+                "one new call a loop iteration); every mlp batch on the worker served no more (RESULTS.md, "
+                "2026-12-07 07:35).",
                 "",
             ]
         return out
@@ -551,7 +556,7 @@ class Report:
         out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
         if self.peer_error:
             out.append(f"echo server: {self.peer_error}")
-        for sweep in ([self.same_grpc] if self.same_grpc is not None else []) + self.loop_runs:
+        for sweep in self.echo_sweeps:
             out += sweep.failures()
         return out
 
