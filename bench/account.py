@@ -566,7 +566,16 @@ def waits_table(rounds: Sequence[Round]) -> list[str]:
         for category, samples in sorted(spy.items(), key=lambda kv: -kv[1]):
             if samples / n >= 0.01:
                 rows.append([role, category, f"{100 * samples / n:.0f}%"])
-    windows = [r.window for r in rounds if r.window.workers]
+    measured = [r.window for r in rounds if r.window.workers]
+    # The server's batch statistics count every batch, also those run on the event loop (placement.py): the rows
+    # are the workers' only when their threads took CPU for them (a tenth of the run's time, at least).
+    windows = [w for w in measured if w.cpu_s.get("instance workers", 0.0) >= 0.1 * w.batch_phase_s["compute_infer"]]
+    note = ""
+    if len(windows) < len(measured):
+        note = (
+            f" In {len(measured) - len(windows)} of {len(measured)} round(s) the workers' threads took (almost) no "
+            "CPU: the batches ran on the event loop, and those rounds are left out of the workers' rows."
+        )
     if windows:
         for phase, what in (
             ("compute_input", "gathering a batch (compute_input)"),
@@ -586,7 +595,7 @@ def waits_table(rounds: Sequence[Round]) -> list[str]:
         "a leaf in pthread_cond_timedwait (CPython's GIL wait). The workers' rows are the server's own batch "
         "statistics over the CPU windows (medians; sum of each phase over the executions / window / workers): "
         "py-spy's native stacks of the workers were not trusted (they disagreed with these timers). A phase "
-        "includes every wait inside it: for GIL and a core alike.",
+        "includes every wait inside it: for GIL and a core alike." + note,
     ]
 
 
