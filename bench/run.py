@@ -315,19 +315,21 @@ def start_loop_runs(report: Report, s: Settings, tmp: Path) -> list[tuple[EchoSw
         name = f"The echo with tensorgate's gRPC core experiments running each request through ONNX Runtime's {model} "
         sweep = EchoSweep(name + "session on its loop", model, grpc_experiments.DEFAULT)
         report.loop_runs.append(sweep)
-        echo = Server.echo(
-            tmp / f"echo-{model}-run.log",
-            make_models.model_file(s.repo, make_models.MODELS[model].file),
-            grpc_experiments=grpc_experiments.DEFAULT,
-        )
+        echo: Server | None = None
         try:
+            echo = Server.echo(
+                tmp / f"echo-{model}-run.log",
+                make_models.model_file(s.repo, make_models.MODELS[model].file),
+                grpc_experiments=grpc_experiments.DEFAULT,
+            )
             echo.wait_ready(timeout=30, models=(model,))
             log(f"echo + {model} run ready on {echo.url} (pid {echo.pid})")
             servers.append((sweep, echo))
         except Exception as exc:  # it did not start or answer: the other results still stand
             sweep.error = f"{type(exc).__name__}: {exc}"
             log(f"echo + {model} run failed: {sweep.error}")
-            echo.stop()
+            if echo is not None:
+                echo.stop()
     return servers
 
 
@@ -370,8 +372,9 @@ def run_full(s: Settings, report: RunReport) -> bool:
         tmp = Path(tmp_name)
         tritons = start_tritons(report, s, sessions, tmp) if s.triton_models else []
         loop_runs = start_loop_runs(report, s, tmp)
-        server = Server.tensorgate(s.repo, tmp / "server.log")
-        try:
+        server: Server | None = None
+        try:  # the peers are stopped whatever happens from here on
+            server = Server.tensorgate(s.repo, tmp / "server.log")
             server.wait_ready()
             log(f"server ready on {server.url} (pid {server.pid})")
             for i, model in enumerate(s.models):
@@ -417,10 +420,11 @@ def run_full(s: Settings, report: RunReport) -> bool:
                         f"lag p99 {run_ol.lag_p99_ms:.3f} ms avg batch {run_ol.avg_batch:.2f}"
                     )
         finally:
-            report.server_exit = server.stop()
-            log(f"server stopped with SIGTERM: exit status {report.server_exit}")
-            if report.server_exit != 0:
-                print(server.log_tail(), file=sys.stderr)
+            if server is not None:
+                report.server_exit = server.stop()
+                log(f"server stopped with SIGTERM: exit status {report.server_exit}")
+                if report.server_exit != 0:
+                    print(server.log_tail(), file=sys.stderr)
             for peer, triton in tritons:
                 peer.exit = triton.stop()
                 log(f"{peer.name} stopped with SIGTERM: exit status {peer.exit}")
