@@ -709,17 +709,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = RunInfo(shlex.join([sys.executable, *sys.argv]), git_state())
     variants = [] if args.no_default else [Variant("default", ())]
     variants += [Variant.parse(v) for v in args.variant]
-    if args.model == "identity":
+    same = grpc_experiments.DEFAULT  # the gRPC core experiments tensorgate sets for itself (--grpc-experiments)
+    if args.model == "identity":  # the bare echo answers identity only
         variants.append(Variant("bare grpc.aio echo", (), echo=True))
         variants.append(Variant("echo + ONNX Runtime run", (), echo=True, echo_runs_model=True))
-        # The same two with the gRPC core experiments tensorgate sets for itself (--grpc-experiments' default).
-        same = grpc_experiments.DEFAULT
         variants.append(Variant("echo, tensorgate's gRPC experiments", (), echo=True, grpc_experiments=same))
+    if make_models.MODELS[args.model].file == args.model:  # the echo serves a model by its own file's name
         label = "echo + run, tensorgate's gRPC experiments"
         variants.append(Variant(label, (), echo=True, echo_runs_model=True, grpc_experiments=same))
-    elif make_models.MODELS[args.model].file == args.model:  # the echo serves a model by its own file's name
-        label = "echo + run, tensorgate's gRPC experiments"
-        variants.append(Variant(label, (), echo=True, echo_runs_model=True, grpc_experiments=grpc_experiments.DEFAULT))
     if args.triton:
         if reason := triton_python.install():
             raise SystemExit(f"Triton's Python backend: {reason}")

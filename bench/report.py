@@ -57,6 +57,11 @@ class EchoSweep:
     def med(self, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.runs if r.ok])
 
+    def stopped(self, rc: int) -> None:
+        """Its server exited with ``rc`` on SIGTERM: a failure unless 0 (the first error found is kept)."""
+        if rc != 0 and not self.error:
+            self.error = f"exit status {rc} on SIGTERM"
+
     def failures(self) -> list[str]:
         out = [f"{self.name} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
         return out + ([f"{self.name}: {self.error}"] if self.error else [])

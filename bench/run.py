@@ -299,8 +299,8 @@ def run_peer(report: Report, s: Settings, tmp: Path) -> None:
         return
     runs, error, rc = sweep_echo("echo same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
     name = "The same echo with tensorgate's gRPC core experiments"
-    error = error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
     report.same_grpc = EchoSweep(name, "identity", grpc_experiments.DEFAULT, runs, error)
+    report.same_grpc.stopped(rc)
 
 
 def start_loop_runs(report: Report, s: Settings, tmp: Path) -> list[tuple[EchoSweep, Server]]:
@@ -312,8 +312,11 @@ def start_loop_runs(report: Report, s: Settings, tmp: Path) -> list[tuple[EchoSw
         return []
     servers: list[tuple[EchoSweep, Server]] = []
     for model in (m for m in ("identity", "mlp") if m in s.models):
-        name = f"The echo with tensorgate's gRPC core experiments running each request through ONNX Runtime's {model} "
-        sweep = EchoSweep(name + "session on its loop", model, grpc_experiments.DEFAULT)
+        name = (
+            "The echo with tensorgate's gRPC core experiments running each request through ONNX Runtime's "
+            f"{model} session on its loop"
+        )
+        sweep = EchoSweep(name, model, grpc_experiments.DEFAULT)
         report.loop_runs.append(sweep)
         echo: Server | None = None
         try:
@@ -396,7 +399,7 @@ def run_full(s: Settings, report: RunReport) -> bool:
                             run = perf_analyzer(triton, model, c, rep, s, tmp, label=f"{triton.pid}-")
                             peer.runs.append(run)
                             log_pa(f"sweep {rep + 1}/{s.repeats} {peer.name} {model}", run)
-                    for sweep, echo in loop_runs if 16 in s.concurrency else ():
+                    for sweep, echo in loop_runs:  # (only when c16 is swept)
                         if sweep.model == model:
                             run = perf_analyzer(echo, model, 16, rep, s, tmp, label=f"echo-{model}-run-")
                             sweep.runs.append(run)
@@ -431,7 +434,7 @@ def run_full(s: Settings, report: RunReport) -> bool:
             for sweep, echo in loop_runs:
                 rc = echo.stop()
                 log(f"echo + {sweep.model} run stopped with SIGTERM: exit status {rc}")
-                sweep.error = sweep.error or (f"exit status {rc} on SIGTERM" if rc != 0 else "")
+                sweep.stopped(rc)
         if s.peer and "identity" in s.models:
             run_peer(report, s, tmp)
 
