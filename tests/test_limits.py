@@ -123,12 +123,17 @@ def test_overload_is_refused_at_once_and_admitted_requests_wait_a_bounded_time(t
     assert admitted and refused, results
     assert all("StatusCode.RESOURCE_EXHAUSTED" in e and "is overloaded" in e for _, e in refused), refused[:2]
     assert "max_queue_wait_ms" in refused[0][1]
-    # The bound, plus the batch running when a request came and its own (and the machine's noise), at what
-    # a batch cost while 40 clients shared the cores with it (the server's statistics), not idle as above.
+    # The server admits at the cost it knows: the warm-up's (compute a request, as its statistics count it),
+    # then what the batches running take once that is more. While 40 clients share the two cores with it,
+    # batches run slower than that (~1.2-1.7x here): the requests it admitted at the idle cost then wait the
+    # bound times that slowdown. Plus the batch running when a request came and its own, at the loaded cost.
     (seconds, ran), (seconds_0, ran_0) = _compute_seconds(server), before
     loaded = (seconds - seconds_0) / max(ran - ran_0, 1)  # one request a batch: no dynamic batching
-    assert max(admitted) < bound_ms / 1000 + 3 * max(cost, loaded), (cost, loaded, sorted(admitted))
-    assert 40 * cost > 2 * (bound_ms / 1000 + 3 * cost)  # without the bound the last would wait this long
+    known = seconds_0 / ran_0
+    slower = max(1.0, loaded / known)
+    limit = bound_ms / 1000 * slower + 3 * max(cost, loaded)
+    assert max(admitted) < limit, (known, loaded, cost, limit, sorted(admitted))
+    assert 40 * loaded > 2 * limit  # without the bound the last would wait this long
     assert np.median([latency for latency, _ in refused]) < np.median(admitted)
     stats = server.client.get_inference_statistics("slow").model_stats[0].inference_stats
     assert stats.fail.count == len(refused)

@@ -320,3 +320,24 @@ async def test_a_loop_running_behind_the_bound_refuses_at_once() -> None:
     await asyncio.sleep(0.003)  # before the probe's next one (10 ms)
     lag.stop()
     assert lag.lag_ns >= 200_000_000
+
+
+async def test_admission_goes_by_a_running_batch_slower_than_any_seen() -> None:
+    """Admission knows the cost a request from the batches that ended; a batch still running that has
+    already taken longer (a burst on a machine slower than before, or on a model that has not run yet)
+    raises that cost at once, and what is left of it counts as wait too."""
+    backend = FakeBackend()
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), max_queue_wait_ms=200)
+    first = await hold(backend, s)  # no batch has ended: the recent cost is not known yet
+    queued = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
+    await asyncio.sleep(0)
+    assert s.queue_depth == 3
+    s.admit()  # the running batch has taken ~nothing so far: admitted
+    await asyncio.sleep(0.1)  # ... now 100 ms for its one request: 3 queued ahead come to ~300 ms
+    with pytest.raises(ServerError) as refused:
+        s.admit()
+    assert refused.value.code is Code.RESOURCE_EXHAUSTED
+    assert "the 3 requests queued ahead and the batches running would take about 3" in refused.value.message
+    backend.gate.set()
+    await asyncio.gather(first, *queued)
+    assert s.stats.fail.count == 1 and s.stats.inference_count == 4
