@@ -139,14 +139,16 @@ class Scheduler:
         batches running, spread over the instances, at the recent cost of a request, or at what the
         running batches have already taken a request when that is more (the machine is slower than
         the recent batches said: a burst arrives faster than batches finish to tell the new cost)."""
-        now_ns = time.perf_counter_ns()
-        running = [  # (requests, ns run so far); a batch stopped at the execution timeout tells no cost
-            (len(self._running[i]), now_ns - since)
-            for i, since in self._running_since.items()
-            if i not in self._stopped
-        ]
-        each_ns = max([self._request_ns] + [elapsed // requests for requests, elapsed in running])
-        left_ns = sum(max(0, requests * each_ns - elapsed) for requests, elapsed in running)
+        each_ns, left_ns = self._request_ns, 0
+        if self._running_since:
+            now_ns = time.perf_counter_ns()
+            running = [  # (requests, ns run so far); a batch stopped at the execution timeout tells no cost
+                (len(self._running[i]), now_ns - since)
+                for i, since in self._running_since.items()
+                if i not in self._stopped
+            ]
+            each_ns = max([each_ns] + [elapsed // requests for requests, elapsed in running])
+            left_ns = sum(max(0, requests * each_ns - elapsed) for requests, elapsed in running)
         return (self._queue.depth * each_ns + left_ns) // len(self.instances)
 
     def _refuse(self, wait_ns: int, why: str) -> None:
