@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -76,6 +77,20 @@ class Server:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
+
+    def taken(self, model: str) -> tuple[int, int]:
+        """Requests of ``model`` the server has answered, and those it holds (queued or running): read in
+        that order, so a request that finishes between the two reads is missed once, never counted twice."""
+        answered = self.client.get_inference_statistics(model).model_stats[0].inference_stats.success.count
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+        held = next(line for line in lines if line.startswith(f'nv_inference_pending_request_count{{model="{model}"'))
+        return int(answered), int(float(held.rsplit(" ", 1)[1]))
+
+    def holds_all(self, model: str, count: int) -> bool:
+        """Whether the server has taken all ``count`` requests sent to ``model`` and still holds some of them."""
+        answered, held = self.taken(model)
+        return held > 0 and answered + held == count
 
     def send_signal(self, sig: int) -> None:
         """Signal the server (stop() then only waits: a second signal would force it out)."""

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from conftest import Server
+from conftest import Server, wait_for
 from models import identity, lookup, save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
@@ -211,7 +211,7 @@ def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) 
     busy = [threading.Thread(target=slow_infer, args=(grpcclient.InferenceServerClient(server.url),)) for _ in range(3)]
     for thread in busy:
         thread.start()
-    time.sleep(0.05)
+    wait_for(lambda: server.holds_all("slow", 3), 10, 0.005)  # none still on its way
     client = grpcclient.InferenceServerClient(server.url)
     data = np.full((SLOW_ROWS, 512), 2, np.float32)
     tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")

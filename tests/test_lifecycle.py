@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -118,13 +119,9 @@ def test_startup_log_says_what_loaded_where(tmp_path: Path, start_server) -> Non
 def test_shutdown_answers_requests_in_flight(tmp_path: Path, sig: int) -> None:
     server = Server(_slow_repo(tmp_path))
     threads, outcomes = _slow_requests(server, 6)
-    # Wait until the server holds the requests (one running, the others queued behind it).
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        stats = server.client.get_inference_statistics("slow").model_stats[0]
-        if stats.inference_stats.queue.count >= 1:
-            break
-        time.sleep(0.01)
+    # Wait until the server has taken all six, some still queued or running: a request still on its way
+    # when the signal comes may be refused, which is not what this pins down.
+    wait_for(lambda: server.holds_all("slow", 6), 10, 0.01)
     started = time.monotonic()
     server.send_signal(sig)
     for t in threads:
@@ -229,8 +226,6 @@ def test_grpc_http_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
         "--grpc-keepalive-time-ms", "60000", "--grpc-max-connection-age-ms", "600000",
     )  # fmt: skip
     assert server.client.is_server_ready()
-    import urllib.request
-
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
         assert b"tensorgate_server_ready 1.0" in r.read()
     assert server.stop() == 0

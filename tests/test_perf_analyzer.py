@@ -45,8 +45,8 @@ def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model
             "1:4:3",
             "-p",
             "500",
-            "-s",
-            "50",
+            "-s",  # the stability criterion off: this checks answers and errors, not the machine's steadiness
+            "999",
             "-r",
             "6",
             "-f",

@@ -84,7 +84,7 @@ async def test_cheap_instance_still_waits_out_the_queue_delay() -> None:
     warm = Scheduler("fake", 1, [instance], ModelStats(), policy(), inline_execution_us=50_000)
     for i in range(Placement.WARMUP_EXECUTIONS):  # batches of two rows, measured cheap
         await warm.infer(request(i, rows=2))
-    delayed = policy(max_queue_delay_us=50_000)
+    delayed = policy(max_queue_delay_us=500_000)  # far longer than the loop's 5 ms pause below, however slow
     s = Scheduler("fake", 1, [instance], ModelStats(), delayed, inline_execution_us=50_000)
     s.placements[0] = warm.placements[0]  # what the instance measured, without the delay
     assert s.placements[0].inline(request(0, rows=2).nbytes)

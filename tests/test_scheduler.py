@@ -250,12 +250,30 @@ async def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
     assert s.in_flight == 0
 
 
+class CountsOverlap(FakeBackend):
+    """Records the most batches it ran at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().execute(inputs, output_names)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 async def test_instances_run_batches_concurrently() -> None:
-    backend = FakeBackend(delay=0.2)
+    backend = CountsOverlap(delay=0.2)
     s = make(backend, BatchingPolicy(max_batch_size=8), instances=3)
-    started = time.monotonic()
     await asyncio.gather(*(s.infer(request(i)) for i in range(3)))
-    assert time.monotonic() - started < 0.5
+    assert backend.most == 3  # one batch on each instance, all three at once
 
 
 async def test_backend_error_fails_only_that_batch() -> None:
@@ -316,24 +334,40 @@ async def test_a_loop_running_behind_the_bound_refuses_at_once() -> None:
     lag.start()
     await asyncio.sleep(0.05)
     assert lag.lag_ns < 100_000_000
-    time.sleep(0.3)  # the loop is blocked: the probe's timer fires late, first thing after it
-    await asyncio.sleep(0.003)  # before the probe's next one (10 ms)
+    time.sleep(0.3)  # the loop is blocked: the probe's timer fires late, in the next loop iteration
+    await asyncio.sleep(0)  # that iteration: this task's step, then the overdue probe
+    await asyncio.sleep(0)  # the one after: the probe has fired, its next one is 10 ms away
     lag.stop()
     assert lag.lag_ns >= 200_000_000
 
 
-async def test_admission_goes_by_a_running_batch_slower_than_any_seen() -> None:
+class SkewedClock:
+    """The scheduler's clock, moved forward at will: "a second later" without sleeping a second."""
+
+    def __init__(self) -> None:
+        self.skew_ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return time.perf_counter_ns() + self.skew_ns
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skew_ns / 1e9
+
+
+async def test_admission_goes_by_a_running_batch_slower_than_any_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Admission knows the cost a request from the batches that ended; a batch still running that has
     already taken longer (a burst on a machine slower than before, or on a model that has not run yet)
     raises that cost at once, and what is left of it counts as wait too."""
+    clock = SkewedClock()
+    monkeypatch.setattr("tensorgate.scheduler.scheduler.time", clock)
     backend = FakeBackend()
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), max_queue_wait_ms=200)
+    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), max_queue_wait_ms=2000)
     first = await hold(backend, s)  # no batch has ended: the recent cost is not known yet
     queued = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
     await asyncio.sleep(0)
     assert s.queue_depth == 3
     s.admit()  # the running batch has taken ~nothing so far: admitted
-    await asyncio.sleep(0.1)  # ... now 100 ms for its one request: 3 queued ahead come to ~300 ms
+    clock.skew_ns += 1_000_000_000  # ... a second later, for its one request: 3 queued ahead come to ~3 s
     with pytest.raises(ServerError) as refused:
         s.admit()
     assert refused.value.code is Code.RESOURCE_EXHAUSTED
