@@ -339,39 +339,3 @@ async def test_a_loop_running_behind_the_bound_refuses_at_once() -> None:
     await asyncio.sleep(0)  # the one after: the probe has fired, its next one is 10 ms away
     lag.stop()
     assert lag.lag_ns >= 200_000_000
-
-
-class SkewedClock:
-    """The scheduler's clock, moved forward at will: "a second later" without sleeping a second."""
-
-    def __init__(self) -> None:
-        self.skew_ns = 0
-
-    def perf_counter_ns(self) -> int:
-        return time.perf_counter_ns() + self.skew_ns
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.skew_ns / 1e9
-
-
-async def test_admission_goes_by_a_running_batch_slower_than_any_seen(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Admission knows the cost a request from the batches that ended; a batch still running that has
-    already taken longer (a burst on a machine slower than before, or on a model that has not run yet)
-    raises that cost at once, and what is left of it counts as wait too."""
-    clock = SkewedClock()
-    monkeypatch.setattr("tensorgate.scheduler.scheduler.time", clock)
-    backend = FakeBackend()
-    s = Scheduler("fake", 1, [Instance("fake", 0, backend)], ModelStats(), policy(), max_queue_wait_ms=2000)
-    first = await hold(backend, s)  # no batch has ended: the recent cost is not known yet
-    queued = [asyncio.create_task(s.infer(request(i))) for i in range(3)]
-    await asyncio.sleep(0)
-    assert s.queue_depth == 3
-    s.admit()  # the running batch has taken ~nothing so far: admitted
-    clock.skew_ns += 1_000_000_000  # ... a second later, for its one request: 3 queued ahead come to ~3 s
-    with pytest.raises(ServerError) as refused:
-        s.admit()
-    assert refused.value.code is Code.RESOURCE_EXHAUSTED
-    assert "the 3 requests queued ahead and the batches running would take about 3" in refused.value.message
-    backend.gate.set()
-    await asyncio.gather(first, *queued)
-    assert s.stats.fail.count == 1 and s.stats.inference_count == 4

@@ -63,7 +63,6 @@ class Scheduler:
         self.execution_timeout_ms = execution_timeout_ms  # 0: none
         self._request_ns = 0  # recent cost of one request of a batch, per instance (moving average)
         self._running: dict[int, list[Pending]] = {}  # Instance.index -> its batch on the worker thread
-        self._running_since: dict[int, int] = {}  # Instance.index -> when that batch started (perf_counter_ns)
         self._stopped: set[int] = set()  # instances whose batch was stopped at the execution timeout
         self.refused = 0  # requests refused at once because the queue was too long (admission)
         self._refusals_logged_at = -OVERLOAD_LOG_SECS
@@ -115,10 +114,10 @@ class Scheduler:
 
     def admit(self, loop_lag_ns: int = 0) -> None:
         """Refuse a new request at once (RESOURCE_EXHAUSTED, counted REJECTED) when the requests
-        queued ahead of it (and the batches running) would take longer than ``max_queue_wait_ms``
-        to run (``_expected_wait_ns``), or when the event loop itself runs that far behind (the
-        request waited that long before it got here): under overload the wait of those admitted
-        stays bounded, and the excess is told so at once instead of timing out."""
+        queued ahead of it would take longer than ``max_queue_wait_ms`` to run, as the recent cost
+        of a request says, or when the event loop itself runs that far behind (the request waited
+        that long before it got here): under overload the wait of those admitted stays bounded,
+        and the excess is told so at once instead of timing out."""
         bound_ns = self.max_queue_wait_ms * 1_000_000
         if not bound_ns:
             return
@@ -126,30 +125,11 @@ class Scheduler:
             self._refuse(loop_lag_ns, f"the server runs {loop_lag_ns // 1_000_000} ms behind in taking requests")
         if not self._queue.depth:
             return
-        wait_ns = self._expected_wait_ns()
+        wait_ns = self._queue.depth * self._request_ns // len(self.instances)
         if wait_ns > bound_ns:
             self._refuse(
-                wait_ns,
-                f"the {self._queue.depth} requests queued ahead and the batches running would take about "
-                f"{wait_ns // 1_000_000} ms",
+                wait_ns, f"the {self._queue.depth} requests queued ahead would take about {wait_ns // 1_000_000} ms"
             )
-
-    def _expected_wait_ns(self) -> int:
-        """How long a request queued now would wait: the queue ahead of it and what is left of the
-        batches running, spread over the instances, at the recent cost of a request, or at what the
-        running batches have already taken a request when that is more (the machine is slower than
-        the recent batches said: a burst arrives faster than batches finish to tell the new cost)."""
-        each_ns, left_ns = self._request_ns, 0
-        if self._running_since:
-            now_ns = time.perf_counter_ns()
-            running = [  # (requests, ns run so far); a batch stopped at the execution timeout tells no cost
-                (len(self._running[i]), now_ns - since)
-                for i, since in self._running_since.items()
-                if i not in self._stopped
-            ]
-            each_ns = max([each_ns] + [elapsed // requests for requests, elapsed in running])
-            left_ns = sum(max(0, requests * each_ns - elapsed) for requests, elapsed in running)
-        return (self._queue.depth * each_ns + left_ns) // len(self.instances)
 
     def _refuse(self, wait_ns: int, why: str) -> None:
         self.refused += 1
@@ -207,12 +187,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         self._running[instance.index] = batch
-        self._running_since[instance.index] = started
         timeout = self.execution_timeout_ms
         timer = loop.call_later(timeout / 1000, self._timed_out, instance, batch) if timeout else None
 
         def done(result: BatchResult) -> None:
-            del self._running[instance.index], self._running_since[instance.index]
+            del self._running[instance.index]
             if timer is not None:
                 timer.cancel()
             if instance.index in self._stopped:
