@@ -78,14 +78,24 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
 
+    def exposition(self) -> str:
+        """The server's /metrics page (Prometheus text format)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def sample(self, line_start: str) -> float:
+        """The value of the first /metrics sample whose line starts with ``line_start``."""
+        for line in self.exposition().splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(line_start)
+
     def taken(self, model: str) -> tuple[int, int]:
         """Requests of ``model`` the server has answered, and those it holds (queued or running): read in
         that order, so a request that finishes between the two reads is missed once, never counted twice."""
         answered = self.client.get_inference_statistics(model).model_stats[0].inference_stats.success.count
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            lines = r.read().decode().splitlines()
-        held = next(line for line in lines if line.startswith(f'nv_inference_pending_request_count{{model="{model}"'))
-        return int(answered), int(float(held.rsplit(" ", 1)[1]))
+        held = self.sample(f'nv_inference_pending_request_count{{model="{model}"')
+        return int(answered), int(held)
 
     def holds_all(self, model: str, count: int) -> bool:
         """Whether the server has taken all ``count`` requests sent to ``model`` and still holds some of them."""

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +38,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lookup(root / "lookup" / "1" / "model.onnx")
     write_config(root / "lookup", "max_batch_size: 8\n")
     return root
-
-
-def _exposition(server: Server) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def _sample(server: Server, line_start: str) -> float:
-    for line in _exposition(server).splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(line_start)
 
 
 def _slow(server: Server, outcomes: list[str], timeout: float | None = None) -> None:
@@ -90,10 +77,10 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     outcomes: list[str] = []
     first = threading.Thread(target=_slow, args=(server, outcomes))
     first.start()
-    wait_for(lambda: _sample(server, 'nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
     second = threading.Thread(target=_slow, args=(server, outcomes))
     second.start()
-    wait_for(lambda: _sample(server, 'tensorgate_queue_depth{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('tensorgate_queue_depth{model="slow"') == 1, 10, 0.01)
     _slow(server, outcomes)  # the queue is full
     assert outcomes == ["StatusCode.RESOURCE_EXHAUSTED"]
     # Prometheus saw both in flight while they ran (a scrape within the window; the instant value may
@@ -104,7 +91,7 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     # then one more running and one whose deadline passes while it waits behind it: cancelled
     third = threading.Thread(target=_slow, args=(server, outcomes))
     third.start()
-    wait_for(lambda: _sample(server, 'nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
     _slow(server, outcomes, timeout=0.3)
     third.join(30)
     assert sorted(outcomes) == ["OK"] * 3 + ["StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"]
@@ -140,7 +127,7 @@ def test_host_gauges_match_the_machine(server: Server, prometheus: str) -> None:
     used = _value(prometheus, "nv_cpu_memory_used_bytes")
     assert 0 < used < total
     assert 0 <= _value(prometheus, "nv_cpu_utilization") <= 1
-    if "nv_gpu_utilization" not in _exposition(server):
+    if "nv_gpu_utilization" not in server.exposition():
         assert "event=gpu_metrics_off" in server.log  # why there are none, said once
         assert server.log.count("event=gpu_metrics_off") == 1
 
@@ -151,7 +138,7 @@ def test_promtool_finds_nothing_but_tritons_own_names(server: Server) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("no promtool (Debian's prometheus package brings it: scripts/install_prometheus.sh)")
-    text = _exposition(server)
+    text = server.exposition()
     ours = "\n".join(line for line in text.splitlines() if not re.match(r"(# (HELP|TYPE) )?nv_", line)) + "\n"
     clean = subprocess.run([promtool, "check", "metrics"], input=ours, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stdout + clean.stderr
