@@ -78,9 +78,9 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
 
-    def exposition(self) -> str:
+    def exposition(self, timeout: float = 10) -> str:
         """The server's /metrics page (Prometheus text format)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout) as r:
             return str(r.read().decode())
 
     def sample(self, line_start: str) -> float:

@@ -19,8 +19,6 @@ import importlib.util
 import json
 import re
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -201,8 +199,7 @@ def send_traffic(server: Server) -> None:
 def traffic(server: Server) -> str:
     """The /metrics exposition after some traffic."""
     send_traffic(server)
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()  # type: ignore[no-any-return]
+    return server.exposition()
 
 
 def samples(exposition: str) -> set[str]:

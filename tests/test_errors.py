@@ -297,21 +297,11 @@ def test_failures_leave_stats_and_process_sound(
 GARBAGE = bytes(range(256)) * 4  # not a valid message of any of these types (field 0, bad wire types)
 
 
-def _metric(server: Server, name: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise KeyError(name)
-
-
 @pytest.mark.parametrize("rpc", ["ModelInfer", "ModelMetadata", "ServerLive", "RepositoryModelLoad"])
 def test_a_message_that_does_not_parse_is_invalid_argument(
     server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub, rpc: str
 ) -> None:
-    before = _metric(server, "tensorgate_malformed_messages_total")
+    before = server.sample("tensorgate_malformed_messages_total ")
     with grpc.insecure_channel(server.url) as channel:
         call = channel.unary_unary(f"/inference.GRPCInferenceService/{rpc}")  # bytes in, bytes out
         with pytest.raises(grpc.RpcError) as caught:
@@ -320,7 +310,7 @@ def test_a_message_that_does_not_parse_is_invalid_argument(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert f"is not a valid inference.{rpc}Request" in error.details() and "Traceback" not in error.details()
     assert "DecodeError" not in error.details()
-    assert _metric(server, "tensorgate_malformed_messages_total") == before + 1
+    assert server.sample("tensorgate_malformed_messages_total ") == before + 1
     _check_serving(server, stub)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -346,8 +345,7 @@ def test_model_control(
 
 
 def _internal_errors_metric(server: Server) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = server.exposition()
     found = re.search(r"^tensorgate_internal_errors(?:_total)?(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
     assert found, "tensorgate_internal_errors is not exported"
     return float(found.group(1))

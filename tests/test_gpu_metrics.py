@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,9 @@ def test_gpu_gauges_match_nvml(tmp_path: Path, start_server) -> None:  # type: i
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "model_repo", repo)
     server = start_server(repo, "--metrics-interval-ms", "200")
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-
-    def exposition() -> str:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.read().decode()
 
     def with_gpu_gauges() -> str:
-        text = exposition()
+        text = server.exposition()
         return text if "nv_gpu_utilization" in text else ""
 
     text = wait_for(with_gpu_gauges, 10)

@@ -180,13 +180,11 @@ def test_half_open_metrics_connections_hold_no_thread_and_are_closed(tmp_path: P
     not grow, a scrape is still answered meanwhile, and the idle connections are closed (10 s)."""
     import shutil
     import socket
-    import urllib.request
 
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "model_repo", repo)
     server = start_server(repo)
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+    assert "nv_inference_count" in server.exposition()
     before = _threads(server.proc.pid)
     idle = [socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30) for _ in range(200)]
     try:
@@ -194,7 +192,7 @@ def test_half_open_metrics_connections_hold_no_thread_and_are_closed(tmp_path: P
             s.sendall(b"GET /metr")
         time.sleep(1)
         assert _threads(server.proc.pid) <= before + 1, (before, _threads(server.proc.pid))
-        assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+        assert "nv_inference_count" in server.exposition()
         started = time.monotonic()
         for s in idle:
             assert s.recv(1) == b""  # closed by the server
@@ -202,7 +200,7 @@ def test_half_open_metrics_connections_hold_no_thread_and_are_closed(tmp_path: P
     finally:
         for s in idle:
             s.close()
-    assert "nv_inference_count" in urllib.request.urlopen(url, timeout=10).read().decode()
+    assert "nv_inference_count" in server.exposition()
 
 
 def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]

@@ -180,7 +180,6 @@ def test_statistics_count_requests(server: Server) -> None:
 
 
 def test_latency_and_batch_size_histograms(server: Server) -> None:
-    import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -188,7 +187,7 @@ def test_latency_and_batch_size_histograms(server: Server) -> None:
     tensor.set_data_from_numpy(np.zeros((3, 16), np.float32))
     for _ in range(5):
         server.client.infer("identity", [tensor])
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    text = server.exposition()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     stats = server.client.get_inference_statistics("identity").model_stats[0]
 
@@ -211,12 +210,11 @@ def test_latency_and_batch_size_histograms(server: Server) -> None:
 
 
 def test_event_loop_cpu_counter_is_the_loop_threads_own_clock(server: Server) -> None:
-    import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     def scrape() -> float:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        text = server.exposition()
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == "tensorgate_event_loop_cpu_seconds_total":
@@ -239,8 +237,7 @@ def test_event_loop_cpu_counter_is_the_loop_threads_own_clock(server: Server) ->
 
 
 def test_metrics_endpoint(server: Server) -> None:
-    import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    text = server.exposition()
     assert 'nv_inference_request_success{model="identity",version="1"}' in text
     assert "tensorgate_internal_errors 0.0" in text and "tensorgate_server_ready 1.0" in text
