@@ -42,13 +42,15 @@ class TritonPeer:
 
 @dataclass
 class EchoSweep:
-    """bench/echo_server.py swept once more at c16 (after the peer's sweep, or beside tensorgate's of its model)."""
+    """bench/echo_server.py swept: the bare echo at identity's concurrencies (the peer), or once more at c16 (after
+    the peer's sweep, or beside tensorgate's of its model)."""
 
-    name: str  # as the tables say it
+    name: str  # as the tables and failure lines say it
     model: str  # the model it serves: identity, or the one whose ONNX file it runs each request through
-    experiments: str  # its GRPC_EXPERIMENTS
+    experiments: str  # its GRPC_EXPERIMENTS ("": gRPC's defaults)
     runs: list[PaRun] = field(default_factory=list)
     error: str = ""  # it did not start, answer or exit 0
+    exit: int | None = None  # its exit status on SIGTERM (None: not stopped, e.g. it never started)
 
     @property
     def ok(self) -> bool:
@@ -59,11 +61,12 @@ class EchoSweep:
 
     def stopped(self, rc: int) -> None:
         """Its server exited with ``rc`` on SIGTERM: a failure unless 0 (the first error found is kept)."""
+        self.exit = rc
         if rc != 0 and not self.error:
             self.error = f"exit status {rc} on SIGTERM"
 
     def failures(self) -> list[str]:
-        out = [f"{self.name} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
+        out = [f"{self.name} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.runs if not r.ok]
         return out + ([f"{self.name}: {self.error}"] if self.error else [])
 
 
@@ -79,9 +82,8 @@ class Report:
     raw_foreign_pct: float = 0.0  # the most CPU other processes took while raw ORT was timed
     raw_core_us: dict[str, float] = field(default_factory=dict)  # model -> core-µs a sample at b16, no spinning
     server_exit: int | None = None
-    peer_runs: list[PaRun] = field(default_factory=list)  # the bare grpc.aio echo, model identity
-    peer_exit: int | None = None  # None: the peer was not run
-    peer_error: str = ""  # the echo server did not start
+    # The peer: the bare grpc.aio echo of identity with gRPC's defaults, at identity's concurrencies (None: not run).
+    peer: EchoSweep | None = None
     # The same echo with the gRPC core experiments tensorgate sets for itself (--grpc-experiments), identity c16:
     # tensorgate's own cost read against a server that differs from it in nothing but the server.
     same_grpc: EchoSweep | None = None
@@ -99,7 +101,7 @@ class Report:
         return cell_median(self.runs, model, c, attr)
 
     def peer_cell(self, c: int) -> list[PaRun]:
-        return [r for r in self.peer_runs if r.concurrency == c and r.ok]
+        return [r for r in self.peer.runs if r.concurrency == c and r.ok] if self.peer is not None else []
 
     def peer_med(self, c: int, attr: Callable[[PaRun], float]) -> float:
         return median([attr(r) for r in self.peer_cell(c)])
@@ -123,7 +125,7 @@ class Report:
 
     @property
     def peer_ran(self) -> bool:
-        return self.peer_exit is not None or bool(self.peer_error)
+        return self.peer is not None
 
     def raw_at(self, model: str, batch: float) -> tuple[int, float]:
         b = formed_batch(batch)
@@ -558,10 +560,7 @@ class Report:
                 f"{peer.name} {r.model} c{r.concurrency} repeat {r.repeat}: {r.error}" for r in peer.runs if not r.ok
             ]
             out += [f"{peer.name}: {peer.error}"] if peer.error else []
-        out += [f"echo c{r.concurrency} repeat {r.repeat}: {r.error}" for r in self.peer_runs if not r.ok]
-        if self.peer_error:
-            out.append(f"echo server: {self.peer_error}")
-        for sweep in self.echo_sweeps:
+        for sweep in ([self.peer] if self.peer is not None else []) + self.echo_sweeps:
             out += sweep.failures()
         return out
 
@@ -578,11 +577,11 @@ class Report:
             "after the server exited (nothing else of ours running)",
             f"- server exit status on SIGTERM: {self.server_exit}",
         ]
-        if self.peer_ran:
+        if self.peer is not None:
             parts.append(
                 "- peer: bench/echo_server.py (bare grpc.aio echo, np.frombuffer / tobytes, no tensorgate code) "
                 "swept like identity with the same perf_analyzer settings after the tensorgate server exited; "
-                f"exit status on SIGTERM: {self.peer_exit}"
+                f"exit status on SIGTERM: {self.peer.exit}"
             )
         parts += [
             "",

@@ -262,45 +262,42 @@ class RunReport(Report):
 
 
 def sweep_echo(
-    name: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = ""
-) -> tuple[list[PaRun], str, int]:
-    """bench/echo_server.py alone on the machine (tensorgate has exited; ``experiments``: its GRPC_EXPERIMENTS),
-    swept with perf_analyzer at ``concurrency`` in each of the repeats: its runs, why it failed ("" if it did not)
-    and its exit status on SIGTERM. A failure is reported, never fatal to the run."""
-    slug = name.replace(" ", "-")
+    name: str, slug: str, concurrency: Sequence[int], s: Settings, tmp: Path, experiments: str = ""
+) -> EchoSweep:
+    """bench/echo_server.py of identity alone on the machine (tensorgate has exited; ``experiments``: its
+    GRPC_EXPERIMENTS), swept with perf_analyzer at ``concurrency`` in each of the repeats: its runs, why it failed
+    (if it did) and its exit status on SIGTERM. A failure is reported, never fatal to the run."""
     echo = Server.echo(tmp / f"{slug}.log", grpc_experiments=experiments)
-    runs: list[PaRun] = []
-    error = ""
+    sweep = EchoSweep(name, "identity", experiments)
     try:
         echo.wait_ready(timeout=30)
-        log(f"{name} server ready on {echo.url} (pid {echo.pid})")
+        log(f"{slug} server ready on {echo.url} (pid {echo.pid})")
         for rep in range(s.repeats):
             for c in concurrency:
                 run = perf_analyzer(echo, "identity", c, rep, s, tmp, label=f"{slug}-")
-                runs.append(run)
-                log_pa(f"peer sweep {rep + 1}/{s.repeats} {name} identity", run)
+                sweep.runs.append(run)
+                log_pa(f"peer sweep {rep + 1}/{s.repeats} {slug} identity", run)
     except Exception as exc:  # the echo did not start or answer: the tensorgate results still stand
-        error = f"{type(exc).__name__}: {exc}"
-        log(f"{name} server failed: {error}")
+        sweep.error = f"{type(exc).__name__}: {exc}"
+        log(f"{slug} server failed: {sweep.error}")
     finally:
         rc = echo.stop()
-        log(f"{name} server stopped with SIGTERM: exit status {rc}")
+        log(f"{slug} server stopped with SIGTERM: exit status {rc}")
         if rc != 0:
             print(echo.log_tail(), file=sys.stderr)
-    return runs, error, rc
+        sweep.stopped(rc)
+    return sweep
 
 
 def run_peer(report: Report, s: Settings, tmp: Path) -> None:
     """The same-run peer: the bare echo at identity's concurrencies, with gRPC's defaults; then, when c16 is swept,
     the same echo at c16 with the gRPC core experiments tensorgate sets for itself: the baseline that differs from
     tensorgate in nothing but the server."""
-    report.peer_runs, report.peer_error, report.peer_exit = sweep_echo("echo", s.concurrency, s, tmp)
+    report.peer = sweep_echo("echo", "echo", s.concurrency, s, tmp)
     if 16 not in s.concurrency:
         return
-    runs, error, rc = sweep_echo("echo same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
     name = "The same echo with tensorgate's gRPC core experiments"
-    report.same_grpc = EchoSweep(name, "identity", grpc_experiments.DEFAULT, runs, error)
-    report.same_grpc.stopped(rc)
+    report.same_grpc = sweep_echo(name, "echo-same-grpc", (16,), s, tmp, grpc_experiments.DEFAULT)
 
 
 def start_loop_runs(report: Report, s: Settings, tmp: Path) -> list[tuple[EchoSweep, Server]]:
