@@ -170,6 +170,54 @@ def test_a_running_batch_whose_callers_all_left_is_stopped(tmp_path: Path, start
     assert stats.fail.count == 1  # counted once, as cancelled
 
 
+def test_a_stop_asked_before_the_engine_starts_the_batch_is_kept(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The only caller of a batch leaves after the batch was handed to the worker thread but before
+    ONNX Runtime started it (here, while the worker gathers its inputs): the run is still stopped,
+    not run to its end, and the request counts as failed (cancelled), not as a success. In process,
+    with the real backend and scheduler, so that the caller certainly leaves in that window."""
+    import asyncio
+    import threading
+
+    from tensorgate import instance as instance_module
+    from tensorgate.backends.base import BackendOptions
+    from tensorgate.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+    from tensorgate.instance import Instance
+    from tensorgate.model_config import BatchingPolicy
+    from tensorgate.request import InferRequest
+    from tensorgate.scheduler import Scheduler
+    from tensorgate.stats import Failure, ModelStats
+
+    gathering, go_on = threading.Event(), threading.Event()
+    gather = instance_module.gather_inputs
+
+    def gated(*args: object) -> object:
+        gathering.set()
+        assert go_on.wait(10)
+        return gather(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(instance_module, "gather_inputs", gated)
+    backend = OnnxRuntimeCpuBackend(slow(tmp_path / "model.onnx"), BackendOptions(intra_op_threads=1))
+    rows = 8192  # a few seconds of ONNX Runtime here, when not stopped
+
+    async def main() -> ModelStats:
+        scheduler = Scheduler(
+            "slow", 1, [Instance("slow", 0, backend)], ModelStats(), BatchingPolicy(max_batch_size=rows)
+        )
+        x = np.ones((rows, 512), np.float32)
+        call = asyncio.create_task(scheduler.infer(InferRequest("a", {"INPUT0": x}, ("OUTPUT0",), batch_size=rows)))
+        assert await asyncio.to_thread(gathering.wait, 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        go_on.set()
+        await asyncio.wait_for(scheduler.close(), 30)
+        return scheduler.stats
+
+    stats = asyncio.run(main())
+    assert stats.execution_count == 0 and stats.success.count == 0, "the batch ran to its end"
+    assert stats.failures[Failure.CANCELED] == 1
+
+
 def _threads(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])

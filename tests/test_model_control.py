@@ -4,14 +4,17 @@ that try to leave the repository."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import Server, index_of, wait_for
@@ -399,3 +402,64 @@ def test_a_malformed_restriction_is_refused_at_start(tmp_path: Path, value: str)
         serve_command(tmp_path, 0, -1, "--grpc-restricted-protocol", value), capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "--grpc-restricted-protocol" in done.stderr, done.stderr
+
+
+def test_a_request_decoded_off_the_loop_keeps_its_version_through_a_reload_and_an_unload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BYTES request large enough to be decoded on a worker thread has chosen its version when a
+    reload or an unload retires it: it is answered by that version, and the unload waits for it.
+    In process, with the real repository, scheduler and codec, so that the change certainly begins
+    while the request is being decoded (the decode waits for the test's word)."""
+    from models import identity
+    from onnx import TensorProto
+    from tensorgate import datatypes
+    from tensorgate.frontend import codec
+    from tensorgate.frontend.service import InferenceService, ServerState
+    from tensorgate.proto import inference_pb2 as pb
+    from tensorgate.repository import Repository
+    from tensorgate.settings import ControlMode, Settings
+
+    repo = tmp_path / "repo"
+    identity(repo / "s" / "1" / "model.onnx", TensorProto.STRING, ("batch", "n"))
+    elements = codec.BYTES_ELEMENTS_ON_LOOP + 1  # decoded on a worker thread
+    values = np.array([f"{i}".encode() for i in range(elements)], dtype=np.object_)
+    request = pb.ModelInferRequest(model_name="s")
+    request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, elements])
+    request.raw_input_contents.append(datatypes.serialize_bytes(values))
+
+    decoding, go_on = threading.Event(), threading.Event()
+    decode = codec.decode_request
+
+    def gated(*args: Any) -> Any:
+        decoding.set()
+        assert go_on.wait(10)
+        return decode(*args)
+
+    monkeypatch.setattr(codec, "decode_request", gated)
+
+    async def main() -> None:
+        settings = Settings(model_repository=repo, model_control_mode=ControlMode.EXPLICIT, load_model=("s",))
+        repository = Repository(settings)
+        await repository.start()
+        service = InferenceService(repository, ServerState())
+        try:
+            for action in ("reload", "unload"):
+                decoding.clear()
+                go_on.clear()
+                call = asyncio.create_task(service.model_infer(request))
+                assert await asyncio.to_thread(decoding.wait, 10)
+                change = asyncio.create_task(repository.load("s") if action == "reload" else repository.unload("s"))
+                await asyncio.sleep(0.2)
+                if action == "unload":
+                    assert not change.done(), "the unload did not wait for the request that holds its version"
+                go_on.set()
+                response = await call
+                await change
+                answered = datatypes.deserialize_bytes(response.raw_output_contents[0], elements)
+                assert list(answered) == list(values), action
+        finally:
+            go_on.set()
+            await repository.stop()
+
+    asyncio.run(main())

@@ -226,6 +226,9 @@ class CopyingBackend:
     def terminate(self) -> None:
         pass
 
+    def reset_terminate(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -106,8 +106,16 @@ class Backend(Protocol):
         ...
 
     def terminate(self) -> None:
-        """Stop the batch running now as soon as the engine can (called from another thread while
-        ``execute`` runs; ``execute`` then raises). An engine that cannot stop a run lets it end."""
+        """Stop the batch handed to the instance as soon as the engine can (called on the event loop
+        while the batch is on the worker thread: before ``execute`` starts or while it runs; ``execute``
+        then raises). The stop holds until :meth:`reset_terminate`. An engine that cannot stop a run
+        lets it end."""
+        ...
+
+    def reset_terminate(self) -> None:
+        """Forget a stop once its batch has returned (called on the event loop, never while a batch
+        runs), so the next batch runs. ``execute`` itself never clears a stop: one asked while the
+        batch waited for the worker thread would be lost."""
         ...
 
     def close(self) -> None:

@@ -140,8 +140,7 @@ class OnnxRuntimeCpuBackend:
 
     def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         names = list(output_names)
-        run_options = self._run_options
-        run_options.terminate = False
+        run_options = self._run_options  # terminate is set by terminate() and cleared by reset_terminate() only
         if self._plain:
             try:
                 return dict(zip(names, self._session.run(names, inputs, run_options), strict=True))
@@ -191,6 +190,9 @@ class OnnxRuntimeCpuBackend:
 
     def terminate(self) -> None:
         self._run_options.terminate = True
+
+    def reset_terminate(self) -> None:
+        self._run_options.terminate = False
 
     def close(self) -> None:
         del self._session

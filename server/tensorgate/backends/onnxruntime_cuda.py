@@ -335,7 +335,6 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeCpuBackend):
     def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         if self._runner is None:
             return super().execute(inputs, output_names)
-        self._run_options.terminate = False
         return self._runner.run(inputs, output_names)
 
     def close(self) -> None:

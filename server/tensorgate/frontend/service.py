@@ -189,10 +189,13 @@ class InferenceService:
             served.scheduler.admit(self.lag.lag_ns)
             spec = served.spec
             if spec.bytes_inputs and codec.heavy_request(request, spec):
-                decoded = await asyncio.to_thread(codec.decode_request, request, spec)
+                # Decoded on a worker thread (many BYTES elements would stall the loop); the version
+                # chosen above is held meanwhile, so an unload or reload does not turn this request away.
+                with served.scheduler.held():
+                    decoded = await asyncio.to_thread(codec.decode_request, request, spec)
+                    outputs = await served.scheduler.infer(decoded, held=True)
             else:
-                decoded = codec.decode_request(request, spec)
-            outputs = await served.scheduler.infer(decoded)
+                outputs = await served.scheduler.infer(codec.decode_request(request, spec))
             if spec.bytes_outputs and codec.heavy_response(spec, outputs):
                 return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs)
             return codec.encode_response(spec, served.version, request.id, outputs)

@@ -13,9 +13,10 @@ cost and the statistics and hands each caller exactly its own rows, as views of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tensorgate.backends.base import BackendExecuteError, BackendInputError
 from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable
@@ -74,8 +75,10 @@ class Scheduler:
 
     # ---- the request side ----
 
-    async def infer(self, request: InferRequest) -> Outputs:
-        if self._closing:
+    async def infer(self, request: InferRequest, held: bool = False) -> Outputs:
+        """Run ``request`` in a batch and return its outputs; ``held``: the caller holds the scheduler
+        (:meth:`held`), so it is taken even if closing began after it chose this version."""
+        if self._closing and not held:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading; retry")
         if self._no_delay and self._idle and not self._queue.depth:
             instance = self._idle[-1]
@@ -107,6 +110,20 @@ class Scheduler:
             else:
                 self._stop_if_abandoned(entry)
             raise
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """For a request that has chosen this version and awaits something (a decode on a worker thread)
+        before it calls :meth:`infer`: close() waits for it, as for a queued request, so an unload or a
+        reload that retires the version meanwhile does not turn it away."""
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            yield
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -196,6 +213,7 @@ class Scheduler:
                 timer.cancel()
             if instance.index in self._stopped:
                 self._stopped.discard(instance.index)
+                instance.backend.reset_terminate()  # its stopped batch has returned: the next one runs
                 ran_ms = (time.perf_counter_ns() - started) // 1_000_000
                 log.info("event=instance_recovered instance=%s ran_ms=%d", instance.name, ran_ms)
             _settle(batch, self._finished(instance, requests, result, started, nbytes, inline=False, entries=batch))

@@ -381,6 +381,9 @@ class TensorRTBackend:
     def terminate(self) -> None:
         """A TensorRT run on its stream cannot be stopped from outside: it ends on its own."""
 
+    def reset_terminate(self) -> None:
+        """Nothing to forget (terminate() does nothing)."""
+
     def close(self) -> None:
         self._free()
         release(self._shared)
