@@ -16,6 +16,7 @@ from tensorgate.instance import Instance
 from tensorgate.model_config import BatchingPolicy, QueuePolicy, TimeoutAction
 from tensorgate.request import InferRequest
 from tensorgate.scheduler import Scheduler
+from tensorgate.scheduler.queue import PriorityQueue
 from tensorgate.stats import ModelStats
 
 
@@ -138,6 +139,47 @@ async def test_preferred_batch_size_dispatches_before_the_delay() -> None:
     assert backend.batches == [[1, 2]]
 
 
+async def test_preferred_batch_size_splits_a_full_queue() -> None:
+    """Triton's GetDynamicBatch: a queue holding max_batch_size rows or more still goes out at the
+    largest preferred size reached while the queue delay has not passed."""
+    for queued, sizes in ((8, [4, 4]), (9, [4, 4, 1])):
+        backend = FakeBackend()
+        s = make(backend, policy(preferred_batch_sizes=(4,)))
+        first = await hold(backend, s)
+        tasks = [asyncio.create_task(s.infer(request(i))) for i in range(queued)]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        await asyncio.gather(first, *tasks)
+        assert [len(b) for b in backend.batches[1:]] == sizes, queued
+        assert [v for b in backend.batches[1:] for v in b] == list(range(queued))
+
+
+async def test_past_the_queue_delay_everything_pending_goes() -> None:
+    """Once the oldest request has waited max_queue_delay, Triton sends all that is pending (up to
+    max_batch_size), not only the part that reaches a preferred size."""
+    backend = FakeBackend()
+    s = make(backend, policy(preferred_batch_sizes=(2,), max_queue_delay_us=10_000))
+    first = await hold(backend, s)
+    tasks = [asyncio.create_task(s.infer(request(i))) for i in range(5)]
+    await asyncio.sleep(0.05)  # past the 10 ms delay
+    backend.gate.set()
+    await asyncio.gather(first, *tasks)
+    assert backend.batches[1:] == [[0, 1, 2, 3, 4]]
+
+
+async def test_a_batch_that_would_outgrow_the_largest_preferred_size_goes_at_once() -> None:
+    """GetDynamicBatch: when the next request would take the rows past the largest preferred size and
+    no preferred size was reached, the rows before it go at once; what is left waits for the delay."""
+    queue = PriorityQueue(
+        "fake", policy(preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000), lambda: None, lambda r: None
+    )
+    entries = [queue.push(request(i, rows=3)) for i in range(2)]
+    now = time.perf_counter_ns()
+    assert queue.take_batch(now) == entries[:1]
+    assert queue.take_batch(now) is None  # 3 rows, below 4: waits for the delay
+    assert queue.take_batch(now + 5_000_000_000) == entries[1:]
+
+
 async def test_queue_delay_waits_for_more_requests() -> None:
     backend = FakeBackend()
     s = make(backend, policy(max_queue_delay_us=200_000))
@@ -231,6 +273,32 @@ async def test_timeout_delay_moves_behind_others() -> None:
     backend.gate.set()
     await asyncio.gather(first, late, *others)
     assert [b[0] for b in backend.batches[1:]] == [2, 3, 1]
+
+
+async def test_timeout_delay_stays_ahead_of_lower_priorities() -> None:
+    """DELAY moves a request behind the requests of its own (and higher) priority levels that have not
+    timed out, not behind lower ones (model_config.proto; Triton's PriorityQueue goes level by level)."""
+    backend = FakeBackend()
+    s = make(
+        backend,
+        policy(
+            max_batch_size=1,
+            priority_levels=2,
+            default_priority=2,
+            queue_policies=(
+                QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),
+                QueuePolicy(),
+            ),
+        ),
+    )
+    first = await hold(backend, s)
+    late = asyncio.create_task(s.infer(request(1, priority=1, timeout_us=10_000)))
+    await asyncio.sleep(0.05)  # request 1 timed out while queued
+    others = [asyncio.create_task(s.infer(request(i, priority=p))) for i, p in ((20, 2), (21, 2), (2, 1))]
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, late, *others)
+    assert [b[0] for b in backend.batches[1:]] == [2, 1, 20, 21]
 
 
 async def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:

@@ -4,11 +4,15 @@ timeouts and the queue delay, and the batch that goes next.
 - One FIFO per priority level (level 1 first). A batch starts with the oldest request of the highest
   level and takes every later request whose non-batch shapes and dtypes agree (others wait for a
   batch of their own), up to ``max_batch_size`` rows. A request that carries n rows counts n.
-- A batch is ready when it is full, or a preferred size is reached (the largest one that can be
-  formed), or ``max_queue_delay_microseconds`` has passed since its oldest request arrived (0, the
-  default, means at once); while it waits for the delay a timer calls ``on_ready``.
+- Which batch goes, and when (Triton's ``DynamicBatchScheduler::GetDynamicBatch``): while the queue
+  delay of its oldest request has not passed, a batch goes at once at the largest preferred size it
+  reaches, or, when it would outgrow the largest preferred size without reaching one, at the rows it
+  has before it would; else it waits for the delay (a timer calls ``on_ready``). Once the delay has
+  passed (``max_queue_delay_microseconds``; 0, the default, means no waiting) everything pending
+  goes, up to ``max_batch_size``. No preferred sizes means ``max_batch_size`` (as Triton's config).
 - A full level answers RESOURCE_EXHAUSTED at once. A request whose queue timeout passes is answered
-  UNAVAILABLE (timeout_action REJECT) or moved behind every request that has not timed out (DELAY).
+  UNAVAILABLE (timeout_action REJECT) or moved behind the requests of its own level that have not
+  timed out, still ahead of every lower level (DELAY).
 - Without dynamic batching every request is its own batch.
 """
 
@@ -62,6 +66,10 @@ class PriorityQueue:
         self._on_ready = on_ready  # a delayed batch became ready
         self._on_rejected = on_rejected  # a request was refused or timed out (to be counted)
         self._batched = policy.max_batch_size > 0
+        # Triton fills in an empty preferred_batch_size with max_batch_size (NormalizeModelConfig).
+        preferred = policy.preferred_batch_sizes or (policy.max_batch_size,)
+        self._preferred = frozenset(preferred)
+        self._max_preferred = max(preferred)
         levels = policy.priority_levels
         self._queues: list[deque[Pending]] = [deque() for _ in range(levels)]
         self._delayed: list[deque[Pending]] = [deque() for _ in range(levels)]
@@ -134,10 +142,13 @@ class PriorityQueue:
         )
 
     def _entries(self) -> Iterator[Pending]:
-        """Queued live entries in dispatch order: levels by priority, delayed ones last. Dead heads
-        (answered, cancelled, moved to the delayed queue) are dropped on the way."""
-        for queues, delayed in ((self._queues, False), (self._delayed, True)):
-            for q in queues:
+        """Queued live entries in dispatch order: level by level (highest priority first), each
+        level's entries that have not timed out, then its delayed ones (timeout_action DELAY), as
+        Triton's PriorityQueue (core/src/scheduler_utils.cc, ``PolicyQueue::At``: queue_, then
+        delayed_queue_, then the next level). Dead heads (answered, cancelled, moved to the delayed
+        queue) are dropped on the way."""
+        for queue, delayed_queue in zip(self._queues, self._delayed, strict=True):
+            for q, delayed in ((queue, False), (delayed_queue, True)):
                 while q and (not q[0].live or q[0].delayed != delayed):
                     q.popleft()
                 for entry in q:
@@ -160,28 +171,44 @@ class PriorityQueue:
             return None
         if not self.policy.dynamic:
             return [head]
+        # Triton's GetDynamicBatch (core/src/dynamic_batch_scheduler.cc), for a batch that starts
+        # empty: gather in queue order up to max_batch_size rows; ``best`` is the last prefix whose
+        # rows are a preferred size, or, when the next request would take the rows past the largest
+        # preferred size and none was reached, the prefix before it. Then: a ``best`` goes at once
+        # unless the delay has passed; past the delay, or with no delay, or at or above the largest
+        # preferred size, everything gathered goes; else wait for the delay.
+        # Unlike Triton, requests of another shape, or too big for what is left, are passed over (they
+        # wait for a batch of their own) rather than ending the batch.
         limit = self.policy.max_batch_size
-        preferred = self.policy.preferred_batch_sizes
+        preferred = self._preferred
+        max_preferred = self._max_preferred
+        delay_ns = self.policy.max_queue_delay_us * 1000
         batch, rows = [head], head.request.batch_size
-        last_preferred = 1 if rows in preferred else 0
+        best = 1 if rows in preferred else 0
         scanned = 0
         for entry in found:
-            if rows >= limit or scanned > 4 * limit:
-                break
+            if rows >= limit or scanned > 4 * limit or (not delay_ns and rows >= max_preferred):
+                break  # full, or (no delay to pass) nothing later changes what goes
             scanned += 1
-            if entry.key != head.key or rows + entry.request.batch_size > limit:
+            if entry.key != head.key:
+                continue
+            size = entry.request.batch_size
+            if not best and rows + size > max_preferred:
+                best = len(batch)
+            if rows + size > limit:
                 continue
             batch.append(entry)
-            rows += entry.request.batch_size
+            rows += size
             if rows in preferred:
-                last_preferred = len(batch)
-        if rows >= limit:
-            return batch
-        if last_preferred:
-            return batch[:last_preferred]
-        delay_ns = self.policy.max_queue_delay_us * 1000
+                best = len(batch)
+        if not delay_ns:
+            return batch[:best] if best else batch
         oldest = min(e.request.arrival_ns for e in batch)
-        if delay_ns == 0 or now_ns - oldest >= delay_ns:
+        if now_ns - oldest >= delay_ns:
+            return batch
+        if best:
+            return batch[:best]
+        if rows >= max_preferred:  # one request at or above the largest preferred size
             return batch
         if self._delay_timer is None:
             wait = (oldest + delay_ns - now_ns) / 1e9
