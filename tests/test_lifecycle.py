@@ -89,6 +89,29 @@ def test_bad_environment_value_is_refused() -> None:
     assert result.returncode == 2 and "TENSORGATE_GRPC_PORT" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--repository-poll-secs", "0", "must be at least 0.1"),  # 0 would rescan back to back: a core spun
+        ("--metrics-interval-ms", "0", "must be at least 1"),
+        ("--grpc-stream-max-outstanding", "0", "must be at least 1"),  # no stream message would ever be read
+        ("--grpc-port", "70000", "must be from 0 to 65535"),
+        ("--exit-timeout-secs", "-1", "must be at least 0.1"),
+        ("--max-queue-wait-ms", "-5", "must be at least 0"),
+    ],
+)
+def test_a_setting_out_of_its_bounds_is_refused_at_start(flag: str, value: str, reason: str) -> None:
+    for how in ("flag", "environment"):
+        env = {**os.environ}
+        args = [sys.executable, "-m", "tensorgate", "serve"]
+        if how == "flag":
+            args += [flag, value]
+        else:
+            env["TENSORGATE_" + flag.removeprefix("--").replace("-", "_").upper()] = value
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 2 and reason in result.stderr, (how, result.stderr)
+
+
 def test_port_in_use_fails_clearly(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     identity(repo / "a" / "1" / "model.onnx")

@@ -106,24 +106,35 @@ class Settings:
         },
     )
     grpc_keepalive_time_ms: int = field(
-        default=7_200_000, metadata={"help": "idle time before the server pings a client (gRPC's default)"}
+        default=7_200_000, metadata={"min": 1, "help": "idle time before the server pings a client (gRPC's default)"}
     )
     grpc_keepalive_timeout_ms: int = field(
-        default=20_000, metadata={"help": "how long a keepalive ping may go unanswered before the connection closes"}
+        default=20_000,
+        metadata={"min": 1, "help": "how long a keepalive ping may go unanswered before the connection closes"},
     )
     grpc_max_connection_age_ms: int = field(
         default=0,
         metadata={
-            "help": "close connections older than this (clients reconnect, so load spreads over new replicas); 0: never"
+            "min": 0,
+            "help": "close connections older than this (clients reconnect, so load spreads over new replicas); "
+            "0: never",
         },
     )
-    grpc_port: int = field(default=8001, metadata={"help": "port of the KServe V2 gRPC service (0 picks a free one)"})
+    grpc_port: int = field(
+        default=8001,
+        metadata={"min": 0, "max": 65535, "help": "port of the KServe V2 gRPC service (0 picks a free one)"},
+    )
     http_port: int = field(
         default=8000,
-        metadata={"help": "port of the KServe V2 HTTP/REST API (0 picks a free one, -1 disables it)"},
+        metadata={
+            "min": -1,
+            "max": 65535,
+            "help": "port of the KServe V2 HTTP/REST API (0 picks a free one, -1 disables it)",
+        },
     )
     metrics_port: int = field(
-        default=8002, metadata={"help": "port of the Prometheus /metrics endpoint (-1 disables it)"}
+        default=8002,
+        metadata={"min": -1, "max": 65535, "help": "port of the Prometheus /metrics endpoint (-1 disables it)"},
     )
     model_control_mode: ControlMode = field(
         default=ControlMode.NONE,
@@ -134,7 +145,7 @@ class Settings:
         },
     )
     repository_poll_secs: float = field(
-        default=15.0, metadata={"help": "seconds between repository scans in poll mode"}
+        default=15.0, metadata={"min": 0.1, "help": "seconds between repository scans in poll mode"}
     )
     load_model: tuple[str, ...] = field(
         default=(),
@@ -146,35 +157,39 @@ class Settings:
     default_max_batch_size: int = field(
         default=4,
         metadata={
+            "min": 0,
             "help": "max_batch_size given to a model without config.pbtxt whose first dimension is dynamic "
-            "(Triton's default-max-batch-size)"
+            "(Triton's default-max-batch-size)",
         },
     )
     grpc_max_message_bytes: int = field(
         default=64 * 2**20,
         metadata={
+            "min": 1,
             "help": "largest gRPC message accepted or sent, in bytes, after decompression (a request "
             "holds its tensors: raise it for bigger ones; each message in flight can cost the server "
-            "this much memory)"
+            "this much memory)",
         },
     )
     grpc_max_pending_calls: int = field(
         default=1000,
         metadata={
+            "min": 0,
             "help": "calls gRPC may hold for the server before the server takes them; above this gRPC "
             "cancels new calls at random (the client sees CANCELLED, with no message), above 3 x this "
             "every new call. This is the server's admission limit when it cannot keep up: those calls "
             "wait before any model's queue, where max_queue_size cannot see them. 0: gRPC's default "
-            "(1000)"
+            "(1000)",
         },
     )
     grpc_stream_max_outstanding: int = field(
         default=1024,
         metadata={
+            "min": 1,
             "help": "messages of one ModelStreamInfer stream that may be unanswered at once (running, queued, or "
             "answered but not read by the client); at this many the server reads no more of the stream until "
             "the client reads an answer (HTTP/2 flow control then holds the client's writes), which bounds a "
-            "stream's memory to about this many answers"
+            "stream's memory to about this many answers",
         },
     )
     grpc_so_reuseport: bool = field(
@@ -216,31 +231,34 @@ class Settings:
     max_queue_wait_ms: int = field(
         default=1000,
         metadata={
+            "min": 0,
             "help": "admission bound: a request that would wait longer than this in its model's queue (the requests "
             "queued ahead times the recent cost of one) is refused at once with RESOURCE_EXHAUSTED, counted as "
             "REJECTED; admitted requests then wait at most about this long. A model's parameter max_queue_wait_ms "
-            "overrides it; 0: no bound"
+            "overrides it; 0: no bound",
         },
     )
     execution_timeout_ms: int = field(
         default=60_000,
         metadata={
+            "min": 0,
             "help": "a batch still running after this long is stopped: its requests fail with UNAVAILABLE and the "
-            "instance serves again. A model's parameter execution_timeout_ms overrides it; 0: none"
+            "instance serves again. A model's parameter execution_timeout_ms overrides it; 0: none",
         },
     )
     inline_execution_us: int = field(
         default=250,
         metadata={
+            "min": 0,
             "help": "run a batch on the event loop instead of the instance's worker thread when the "
             "instance's batches of its size (input bytes, by powers of two) typically take less than this many "
             "microseconds there (below the cost of the hop to the thread and back, as measured in "
-            "bench/RESULTS.md); 0 always uses the worker thread"
+            "bench/RESULTS.md); 0 always uses the worker thread",
         },
     )
     metrics_interval_ms: int = field(
         default=2000,
-        metadata={"help": "how often the GPU and CPU gauges are read (Triton's --metrics-interval-ms)"},
+        metadata={"min": 1, "help": "how often the GPU and CPU gauges are read (Triton's --metrics-interval-ms)"},
     )
     allow_gpu_metrics: bool = field(
         default=True,
@@ -257,9 +275,10 @@ class Settings:
     tensorrt_workspace_bytes: int = field(
         default=1 << 30,
         metadata={
+            "min": 1,
             "help": "TensorRT: the most GPU memory an engine build may take for its tactics (the builder's workspace "
             "pool), which also bounds each execution context's scratch memory; builds run one at a time per GPU, "
-            "on the GPU that serves, so this is what a build can take from serving. Part of the engine cache key"
+            "on the GPU that serves, so this is what a build can take from serving. Part of the engine cache key",
         },
     )
     tensorrt_builder_optimization_level: int = field(
@@ -273,8 +292,9 @@ class Settings:
     ort_cuda_gpu_mem_limit_bytes: int = field(
         default=0,
         metadata={
+            "min": 0,
             "help": "ONNX Runtime on CUDA: the most GPU memory each instance's arena may hold (gpu_mem_limit); a "
-            "model's parameter gpu_mem_limit overrides it. 0: no limit (ONNX Runtime's default)"
+            "model's parameter gpu_mem_limit overrides it. 0: no limit (ONNX Runtime's default)",
         },
     )
     ort_cuda_arena_extend_strategy: str = field(
@@ -299,23 +319,26 @@ class Settings:
     fp16_rtol: float = field(
         default=1e-2,
         metadata={
+            "min": 0,
             "help": "accuracy gate: largest error of an FP16 model's output, relative to FP32's, that is "
-            "accepted; above it the model keeps FP32"
+            "accepted; above it the model keeps FP32",
         },
     )
     exit_timeout_secs: float = field(
         default=30.0,
         metadata={
+            "min": 0.1,
             "help": "on SIGTERM/SIGINT, the process exits within this many seconds (drain delay included): "
-            "requests in flight get until then to finish, work still running after it is abandoned (exit 1)"
+            "requests in flight get until then to finish, work still running after it is abandoned (exit 1)",
         },
     )
     drain_delay_secs: float = field(
         default=0.0,
         metadata={
+            "min": 0,
             "help": "on SIGTERM/SIGINT, readiness turns NOT_SERVING at once but requests are still taken for this "
             "many seconds, so that those already on their way (load balancers, Kubernetes endpoints not yet "
-            "updated) are answered; must be shorter than --exit-timeout-secs"
+            "updated) are answered; must be shorter than --exit-timeout-secs",
         },
     )
     log_level: str = field(
@@ -328,7 +351,21 @@ def _parser_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     explicit = f.metadata.get("type")
     if explicit is not None:
         return explicit  # type: ignore[no-any-return]
-    return {"int": int, "float": float, "str": str}[str(f.type)]
+    convert: Callable[[str], Any] = {"int": int, "float": float, "str": str}[str(f.type)]
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if low is None and high is None:
+        return convert
+
+    def bounded(text: str) -> Any:
+        """The value, within the setting's bounds (a poll interval of 0 would spin a core, a stream
+        bound of 0 would never read a message...): refused at start with the reason, not obeyed."""
+        value = convert(text)
+        if (low is not None and value < low) or (high is not None and value > high):
+            limits = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {limits}")
+        return value
+
+    return bounded
 
 
 def _flag(f: dataclasses.Field[Any]) -> str:
@@ -349,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         if env in environ:
             try:
                 default = convert(environ[env])
-            except ValueError as exc:
+            except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{env}={environ[env]!r}: {exc}")
         shown = default.value if isinstance(default, enum.Enum) else default
         if f.name == "load_model":
