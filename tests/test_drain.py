@@ -253,3 +253,44 @@ def test_an_open_stream_ends_with_unavailable_once_its_messages_are_answered(tmp
     assert "every message received on this stream was answered" in (ended.value.details() or "")
     assert server.proc.wait(30) == 0 and time.monotonic() - signalled < 10
     server.stop()
+
+
+def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(tmp_path: Path) -> None:
+    """A client that keeps sending on its ModelStreamInfer stream through SIGTERM: the server stops
+    reading the stream, answers every message it had read (done or refused), and ends the stream
+    with UNAVAILABLE saying how many it read: exactly as many answers reach the client."""
+    import re
+
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server = Server(_repo(tmp_path))
+    a = np.ones((1, 16), np.float32).tobytes()
+    stop = threading.Event()
+
+    def messages() -> Iterator[service_pb2.ModelInferRequest]:
+        sent = 0
+        while not stop.is_set():
+            request = service_pb2.ModelInferRequest(model_name="add_sub", id=str(sent))
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.extend([a, a])
+            yield request
+            sent += 1
+
+    answered = 0
+    with grpc.insecure_channel(server.url) as channel:
+        answers = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(messages())
+        for _ in range(200):
+            next(answers)
+            answered += 1
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in answers:
+                answered += 1
+        stop.set()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    found = re.search(r"\((\d+) received\)", ended.value.details() or "")
+    assert found, ended.value.details()
+    assert answered == int(found.group(1)), f"{answered} answers for {found.group(1)} messages read"
+    assert server.proc.wait(30) == 0
+    server.stop()

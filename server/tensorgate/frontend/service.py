@@ -212,12 +212,13 @@ class InferenceService:
         Flow control: at most ``--grpc-stream-max-outstanding`` messages of a stream may be unanswered
         (running, queued, or answered but not yet sent because the client does not read); at the
         bound no further message is read from the stream until one is sent, so HTTP/2's flow control
-        holds the client's writes. On shutdown the stream ends with UNAVAILABLE once every message it
-        had sent is answered."""
+        holds the client's writes. On shutdown no further message is read, and the stream ends with
+        UNAVAILABLE once every message read is answered (the status says how many)."""
         state = self.state
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.repository.settings.grpc_stream_max_outstanding)
+        received = 0
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
@@ -233,9 +234,10 @@ class InferenceService:
             answers.put_nowait(response)
 
         async def read() -> None:
+            nonlocal received
             messages = aiter(requests)
+            ended = True  # the stream ended (or failed): the last answer is the end; not when cancelled at shutdown
             try:
-                received = 0
                 while True:
                     await slots.acquire()  # released when an answer has been sent
                     try:
@@ -254,13 +256,19 @@ class InferenceService:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 await _settled(pending)
+            except asyncio.CancelledError:
+                ended = False
+                raise
             finally:
-                answers.put_nowait(None)
+                if ended:
+                    answers.put_nowait(None)
 
         ended_by_shutdown = asyncio.Event()
 
-        async def close_on_shutdown() -> None:
+        async def close_on_shutdown(reader: asyncio.Task[None]) -> None:
             await state.closing.wait()
+            # Read no further message: one read from here on would be answered after the end below.
+            reader.cancel()
             await _settled(pending)
             ended_by_shutdown.set()
             answers.put_nowait(None)
@@ -269,7 +277,8 @@ class InferenceService:
             check_allowed(restriction_of(self.repository.settings, "ModelStreamInfer"), context)
         except ServerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
-        helpers = (asyncio.create_task(read()), asyncio.create_task(close_on_shutdown()))
+        reader = asyncio.create_task(read())
+        helpers = (reader, asyncio.create_task(close_on_shutdown(reader)))
         try:
             while (item := await answers.get()) is not None:
                 yield item
@@ -279,7 +288,9 @@ class InferenceService:
                 task.cancel()
         if ended_by_shutdown.is_set():
             context.set_code(grpc.StatusCode.UNAVAILABLE)
-            context.set_details(f"{SHUTTING_DOWN}; every message received on this stream was answered")
+            context.set_details(
+                f"{SHUTTING_DOWN}; every message received on this stream was answered ({received} received)"
+            )
 
     # ---- not implemented ----
 
