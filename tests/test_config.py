@@ -11,6 +11,7 @@ from google.protobuf import text_format
 from tensorgate import model_config as C
 from tensorgate.backends.base import TensorInfo
 from tensorgate.errors import ModelConfigError
+from tensorgate.model_config.version_policy import missing_versions
 from tensorgate.proto import model_config_pb2 as mc
 
 FP32, INT32, INT64 = 1, 6, 7
@@ -107,6 +108,40 @@ def test_explicit_max_batch_size_zero_is_kept(tmp_path: Path) -> None:
 def test_only_max_batch_size_fills_stripped_dims(tmp_path: Path) -> None:
     spec = build("max_batch_size: 16", [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
     assert spec.max_batch_size == 16 and spec.inputs["x"].dims == (4,) and spec.outputs["y"].dims == (4,)
+
+
+@pytest.mark.parametrize("given", ["input", "output"])
+def test_inputs_or_outputs_alone_are_completed_with_default_batch(tmp_path: Path, given: str) -> None:
+    """Triton's ONNX Runtime auto-complete runs unless config.pbtxt gives inputs AND outputs: the
+    missing side comes from the file, max_batch_size (not given) becomes the default, and the model
+    batches dynamically."""
+    text = f'{given} [ {{ name: "{given[0]}" data_type: TYPE_FP32 dims: [ 4 ] }} ]'
+    spec = build(text, [t("i", None, 4)], [t("o", None, 4)], tmp_path=tmp_path, default_max_batch_size=8)
+    assert spec.max_batch_size == 8 and spec.config.HasField("dynamic_batching")
+    assert spec.inputs["i"].dims == (4,) and spec.outputs["o"].dims == (4,)
+    assert [t.name for t in spec.config.input] == ["i"] and [t.name for t in spec.config.output] == ["o"]
+
+
+def test_inputs_alone_on_a_model_that_cannot_batch(tmp_path: Path) -> None:
+    text = 'input [ { name: "i" data_type: TYPE_FP32 dims: [ 2, 4 ] } ]'
+    spec = build(text, [t("i", 2, 4)], [t("o", 2, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and not spec.config.HasField("dynamic_batching")
+    assert spec.outputs["o"].dims == (2, 4)
+
+
+def test_inputs_alone_with_max_batch_size_keep_it(tmp_path: Path) -> None:
+    text = 'max_batch_size: 2 input [ { name: "i" data_type: TYPE_FP32 dims: [ 4 ] } ]'
+    spec = build(text, [t("i", None, 4)], [t("o", None, 4)], tmp_path=tmp_path, default_max_batch_size=8)
+    assert spec.max_batch_size == 2 and spec.outputs["o"].dims == (4,)
+
+
+def test_inputs_and_outputs_given_are_not_completed(tmp_path: Path) -> None:
+    """Both given: no auto-complete (as Triton), so max_batch_size stays 0 and the dims must
+    include the first dimension."""
+    spec = build(full(mbs=0, dims="-1, 4", odims="-1, 4"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == (-1, 4)
+    with pytest.raises(ModelConfigError, match="rank"):
+        build(full(mbs=0).replace("max_batch_size: 0", ""), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
 
 
 def test_commented_max_batch_size_does_not_count(tmp_path: Path) -> None:
@@ -295,6 +330,10 @@ def test_instance_group_completed() -> None:
         ("parameters { key: 'k' value { string_value: 'v' } }", "parameters ignored: k"),
         ("output [{ name: 'y' label_filename: 'labels.txt' }]", "label_filename"),
         ("input [{ name: 'x' format: FORMAT_NCHW }]", "format"),
+        (
+            "optimization { execution_accelerators { cpu_execution_accelerator [{ name: 'openvino' }] } }",
+            "cpu_execution_accelerator 'openvino' ignored",
+        ),
     ],
 )
 def test_performance_hints_warn(text: str, named: str) -> None:
@@ -347,6 +386,10 @@ def test_supported_config_has_no_hints() -> None:
         ("input [{ name: 'x' allow_ragged_batch: true }]", "allow_ragged_batch"),
         ("input [{ name: 'x' is_shape_tensor: true }]", "is_shape_tensor"),
         ("batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: 'n' }]", "batch_input"),
+        (
+            "optimization { execution_accelerators { cpu_execution_accelerator [{ name: 'dnnl' }] } }",
+            "cpu_execution_accelerator 'dnnl' is not known",
+        ),
     ],
 )
 def test_fields_that_change_results_are_fatal(text: str, named: str) -> None:
@@ -399,8 +442,16 @@ def test_version_policy_latest_zero() -> None:
 
 
 def test_version_policy_specific_missing() -> None:
-    with pytest.raises(ModelConfigError, match=r"names versions \[4\] that have no directory \(found \[1, 2\]\)"):
-        C.select_versions(policy("specific { versions: [1, 4] }"), [1, 2])
+    """As Triton (VersionsToLoad): the named versions that exist load; the others are reported."""
+    assert C.select_versions(policy("specific { versions: [4, 1, 6] }"), [1, 2]) == [1]
+    assert missing_versions(policy("specific { versions: [4, 1, 6, 4] }"), [1, 2]) == [4, 6]
+    assert missing_versions(policy("specific { versions: [1] }"), [1, 2]) == []
+    assert missing_versions(policy("latest { num_versions: 5 }"), [1, 2]) == []
+
+
+def test_version_policy_specific_none_exists() -> None:
+    with pytest.raises(ModelConfigError, match=r"none of the versions \[3, 4\] .* has a directory \(found \[1, 2\]\)"):
+        C.select_versions(policy("specific { versions: [4, 3] }"), [1, 2])
 
 
 def test_version_policy_specific_empty() -> None:

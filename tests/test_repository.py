@@ -3,14 +3,20 @@ version policies and the layout rules (the control modes, poll and explicit: tes
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
-from conftest import Server, index_of
+from conftest import Server, free_port, index_of
 from models import write_config
+from prometheus_client.parser import text_string_to_metric_families
 from repository_helpers import (
     BAD_NAMES,
     GARBAGE,
@@ -49,6 +55,11 @@ def _no_version_dir(d: Path) -> None:
 
 def _no_model_file(d: Path) -> None:
     add_const(d / "1" / "model.onnx.bak", 1.0)
+
+
+def _empty_model_dir(d: Path) -> None:
+    (d / "1" / "model.onnx").mkdir(parents=True)  # the directory form, without the model in it
+    add_const(d / "1" / "model.onnx" / "other.onnx", 1.0)
 
 
 def _with_config(text: str) -> Callable[[Path], None]:
@@ -90,10 +101,15 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "misnamed": (_with_config('name: "other"'), "names the model 'other' but its directory is 'misnamed'"),
     "no_version_dir": (_no_version_dir, "no version directory"),
     "no_model_file": (_no_model_file, "version 1 has no model file model.onnx"),
+    "empty_model_dir": (_empty_model_dir, "version 1 has no model file model.onnx/model.onnx"),
     "empty_specific": (_with_config("version_policy { specific {} }"), "version_policy specific names no versions"),
-    "missing_version": (
-        _with_config("version_policy { specific { versions: [ 1, 2 ] } }"),
-        "names versions [2] that have no directory",
+    "no_specific_version": (
+        _with_config("version_policy { specific { versions: [ 3, 2 ] } }"),
+        "none of the versions [2, 3] version_policy specific names has a directory (found [1])",
+    ),
+    "unknown_cpu_accelerator": (
+        _with_config('optimization { execution_accelerators { cpu_execution_accelerator [ { name: "dnnl" } ] } }'),
+        "cpu_execution_accelerator 'dnnl' is not known",
     ),
     "escaping_filename": (
         _with_config('default_model_filename: "../../good/1/model.onnx"'),
@@ -112,7 +128,9 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory, module_servers: list
     write_config(repo / "good_config", full_config("good_config"))
     add_const(repo / "good_hinted" / "1" / "model.onnx", GOOD["good_hinted"])
     write_config(
-        repo / "good_hinted", 'response_cache { enable: true } parameters { key: "k" value { string_value: "v" } }'
+        repo / "good_hinted",
+        'response_cache { enable: true } parameters { key: "k" value { string_value: "v" } }\n'
+        'optimization { execution_accelerators { cpu_execution_accelerator [ { name: "openvino" } ] } }',
     )
     # version 1 is corrupt, version 2 is fine: the model serves version 2
     (repo / "half" / "1").mkdir(parents=True)
@@ -156,6 +174,7 @@ def test_good_models_serve_beside_broken_ones(broken_server: Server) -> None:
     assert "event=config_field_ignored model=good_hinted" in broken_server.log
     hints = [line for line in broken_server.log.splitlines() if "model=good_hinted" in line and "level=WARNING" in line]
     assert any("response_cache" in line for line in hints) and any("parameters ignored: k" in line for line in hints)
+    assert any("cpu_execution_accelerator 'openvino' ignored" in line for line in hints), hints
 
 
 def test_one_bad_version_leaves_the_others_serving(broken_server: Server) -> None:
@@ -196,6 +215,8 @@ POLICIES: dict[str, tuple[str | None, list[int]]] = {
     "latest2": ("version_policy { latest { num_versions: 2 } }", [2, 3]),
     "all": ("version_policy { all {} }", [1, 2, 3]),
     "specific": ("version_policy { specific { versions: [ 1, 3 ] } }", [1, 3]),
+    # as Triton: the named versions that have a directory load, the others are reported
+    "specific_missing": ("version_policy { specific { versions: [ 7, 3, 1, 5 ] } }", [1, 3]),
     "default": (None, [3]),
     "latest1_config": ("max_batch_size: 4", [3]),
 }
@@ -210,6 +231,11 @@ def versions_server(tmp_path_factory: pytest.TempPathFactory, module_servers: li
     (repo / "default" / "0").mkdir()
     (repo / "default" / "latest").mkdir()
     (repo / "default" / "notes.txt").write_text("not a version")
+    (repo / "default" / "warmup").mkdir()  # model_warmup's data files: not a version, nothing to say
+    # Triton ignores version directories with leading zeros (and says so): "01" is not version 1
+    model_with_versions(repo / "zeros", 1, config="version_policy { all {} }")
+    add_const(repo / "zeros" / "01" / "model.onnx", 10.0)
+    add_const(repo / "zeros" / "04" / "model.onnx", 40.0)
     server = Server(repo)
     module_servers.append(server)
     return server
@@ -237,22 +263,217 @@ def test_version_policy(versions_server: Server, name: str) -> None:
         assert status(error_of(infer, client, name, bad)) == "NOT_FOUND"
 
 
+def _warnings(server: Server, event: str, model: str) -> list[str]:
+    return [
+        line
+        for line in server.log.splitlines()
+        if "level=WARNING" in line and f"event={event} " in line and f"model={model} " in line
+    ]
+
+
+def test_missing_specific_versions_are_logged(versions_server: Server) -> None:
+    lines = _warnings(versions_server, "model_versions_missing", "specific_missing")
+    assert len(lines) == 1 and "versions=5,7" in lines[0], versions_server.log
+    assert not _warnings(versions_server, "model_versions_missing", "specific")
+
+
+def test_version_directories_with_leading_zeros_are_ignored(versions_server: Server) -> None:
+    client = versions_server.client
+    assert index_of(client)["zeros"] == [("1", "READY", "")]
+    assert infer(client, "zeros", "1") == (1.0, "1")
+    assert status(error_of(infer, client, "zeros", "4")) == "NOT_FOUND"
+    for name in ("01", "04"):
+        lines = [line for line in _warnings(versions_server, "version_dir_ignored", "zeros") if f"dir='{name}'" in line]
+        assert len(lines) == 1 and "leading zeros" in lines[0], versions_server.log
+
+
+def test_other_version_directories_are_named(versions_server: Server) -> None:
+    lines = _warnings(versions_server, "version_dir_ignored", "default")
+    assert {line.split("dir=")[1].split(" ")[0] for line in lines} == {"'0'", "'latest'"}, lines
+
+
+# ---- the model file as a directory (ONNX models with external data) ----
+
+
+def _external(path: Path, value: float) -> Path:
+    """add_const's model with its constant in ``weights.bin`` beside it (ONNX external data, which
+    ONNX Runtime reads relative to the model file's directory)."""
+    add_const(path, value)
+    onnx.save_model(
+        onnx.load(str(path)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert (path.parent / "weights.bin").stat().st_size > 0
+    return path
+
+
+WARMUP = (
+    'model_warmup [ { name: "w" batch_size: 1 inputs { key: "INPUT0" value: '
+    '{ data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "x" } } } ]'
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir_server(tmp_path_factory: pytest.TempPathFactory, module_servers: list[Server]) -> Server:
+    repo = tmp_path_factory.mktemp("model_dir") / "repo"
+    # Triton's ONNX Runtime backend: when <version>/model.onnx is a directory, the model is in it
+    _external(repo / "external" / "1" / "model.onnx" / "model.onnx", 5.0)
+    add_const(repo / "plain_in_dir" / "1" / "model.onnx" / "model.onnx", 6.0)
+    # ... always as model.onnx, whatever default_model_filename names the directory
+    _external(repo / "named" / "1" / "net.onnx" / "model.onnx", 7.0)
+    write_config(repo / "named", 'default_model_filename: "net.onnx"')
+    # warmup data stays under <model>/warmup/
+    _external(repo / "warmed" / "1" / "model.onnx" / "model.onnx", 8.0)
+    write_config(repo / "warmed", f"max_batch_size: 4\n{WARMUP}")
+    (repo / "warmed" / "warmup").mkdir()
+    (repo / "warmed" / "warmup" / "x").write_bytes(np.ones(4, np.float32).tobytes())
+    server = Server(repo)
+    module_servers.append(server)
+    return server
+
+
+@pytest.mark.parametrize("name, value", [("external", 5.0), ("plain_in_dir", 6.0), ("named", 7.0), ("warmed", 8.0)])
+def test_model_file_as_a_directory(model_dir_server: Server, name: str, value: float) -> None:
+    client = model_dir_server.client
+    assert index_of(client)[name] == [("1", "READY", "")], model_dir_server.log
+    assert infer(client, name) == (value, "1")
+
+
+def test_warmup_of_a_model_in_a_directory_ran(model_dir_server: Server) -> None:
+    assert "event=model_warmup model=warmed version=1 sample='w'" in model_dir_server.log
+
+
+# ---- model directory names ----
+
+# Triton serves any directory of the repository as a model, whatever its name.
+ODD_NAMES = {
+    "resnet50+fp16": 11.0,
+    "bert@v2": 12.0,
+    "mod\u00e8le": 13.0,
+    "has space": 14.0,
+    "-dash": 15.0,
+    "a%20b": 16.0,
+}
+# What is not served, and the reason the log gives.
+SKIPPED = {".hidden": "hidden", "tab\tname": "control character", os.fsdecode(b"latin\xe9"): "not valid UTF-8"}
+
+
+@pytest.fixture(scope="module")
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def names_server(tmp_path_factory: pytest.TempPathFactory, module_servers: list[Server], http_port: int) -> Server:
+    repo = tmp_path_factory.mktemp("names") / "repo"
+    for name, value in ODD_NAMES.items():
+        add_const(repo / name / "1" / "model.onnx", value)
+    for name in SKIPPED:
+        add_const(repo / name / "1" / "model.onnx", 1.0)
+    server = Server(repo, "--http-port", str(http_port))
+    module_servers.append(server)
+    return server
+
+
+def _http(port: int, method: str, path: str, body: object = None) -> tuple[int, dict[str, object]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=None if body is None else json.dumps(body))
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else {}
+    finally:
+        connection.close()
+
+
+def test_odd_model_names_are_served(names_server: Server) -> None:
+    client = names_server.client
+    index = index_of(client)
+    assert set(index) == set(ODD_NAMES), index
+    for name, value in ODD_NAMES.items():
+        assert index[name] == [("1", "READY", "")]
+        assert infer(client, name) == (value, "1")
+        assert client.get_model_metadata(name).name == name
+
+
+@pytest.mark.parametrize("name", sorted(ODD_NAMES))
+def test_odd_model_names_over_http(names_server: Server, http_port: int, name: str) -> None:
+    quoted = urllib.parse.quote(name, safe="")
+    paths = {quoted} | ({name} if name.isascii() and " " not in name and "%" not in name else set())
+    for path in paths:
+        code, metadata = _http(http_port, "GET", f"/v2/models/{path}")
+        assert code == 200 and metadata["name"] == name, (path, metadata)
+        request = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
+        code, result = _http(http_port, "POST", f"/v2/models/{path}/versions/1/infer", request)
+        assert code == 200 and result["model_name"] == name, (path, result)
+        assert result["outputs"][0]["data"] == [ODD_NAMES[name]] * 4  # type: ignore[index]
+    code, _ = _http(http_port, "GET", f"/v2/models/{quoted}/ready")
+    assert code == 200
+
+
+def test_odd_model_names_in_metrics(names_server: Server) -> None:
+    for name in ODD_NAMES:
+        infer(names_server.client, name)
+    families = {f.name: f for f in text_string_to_metric_families(names_server.exposition())}
+    answered = {s.labels["model"]: s.value for s in families["nv_inference_request_success"].samples}
+    assert set(answered) == set(ODD_NAMES) and all(v >= 1 for v in answered.values()), answered
+
+
+def test_skipped_model_directories_are_logged_once(names_server: Server) -> None:
+    index_of(names_server.client)  # another look at the repository: nothing logged again
+    lines = [line for line in names_server.log.splitlines() if "event=model_dir_skipped" in line]
+    for name, why in SKIPPED.items():
+        named = [line for line in lines if f"name={name!r}" in line]
+        assert len(named) == 1 and "level=WARNING" in named[0] and why in named[0], (name, lines)
+    assert len(lines) == len(SKIPPED), lines
+
+
 # ---- the layout rules on their own (no server) ----
 
 
-@pytest.mark.parametrize("name", ["a", "model_1", "ResNet-50.v2", "_x", "9"])
+@pytest.mark.parametrize(
+    "name", ["a", "model_1", "ResNet-50.v2", "_x", "9", "a+b", "a@b", "é", "a b", "a\\b", "~", "a" * 255]
+)
 def test_valid_model_names(tmp_path: Path, name: str) -> None:
     (tmp_path / name).mkdir()
-    assert layout.valid_model_name(name)
+    assert layout.skip_reason(name) is None
     assert layout.model_dir(tmp_path, name) == tmp_path / name
+    assert layout.model_names(tmp_path) == [name]
 
 
-@pytest.mark.parametrize("name", [*BAD_NAMES, "a" * 256, "a\nb", "a b", "a\\b"])
-def test_invalid_model_names(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_names_that_are_not_repository_entries(tmp_path: Path, name: str) -> None:
     (tmp_path / "a").mkdir()
-    assert not layout.valid_model_name(name)
+    (tmp_path / ".hidden").mkdir()
     assert layout.model_dir(tmp_path, name) is None
     assert layout.model_dir(tmp_path / "sub", "a") is None  # no such repository
+
+
+@pytest.mark.parametrize("name", [".hidden", ".", "..", "a\nb", "a\x7fb", os.fsdecode(b"\xff")])
+def test_entries_that_are_not_models(name: str) -> None:
+    assert layout.skip_reason(name)
+
+
+def test_version_dirs(tmp_path: Path) -> None:
+    for name in ("1", "2", "10", "01", "007", "0", "-1", "latest", "1.0", "\u0661", "99999999999999999999", "warmup"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "3").write_text("a file is not a version directory")
+    found = layout.version_dirs(tmp_path)
+    assert found.versions == {1: tmp_path / "1", 2: tmp_path / "2", 10: tmp_path / "10"}
+    assert set(found.ignored) == {"01", "007", "0", "-1", "latest", "1.0", "\u0661", "99999999999999999999"}
+    assert "leading zeros" in found.ignored["01"]
+
+
+def test_model_file_in_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").mkdir()
+    (tmp_path / "net.onnx").write_bytes(b"")
+    assert layout.model_file(tmp_path, "model.onnx") == tmp_path / "model.onnx" / "model.onnx"
+    assert layout.model_file(tmp_path, "net.onnx") == tmp_path / "net.onnx"
+    assert layout.model_file(tmp_path, "none.onnx") == tmp_path / "none.onnx"
 
 
 def test_fingerprint_sees_every_change(tmp_path: Path) -> None:

@@ -53,15 +53,25 @@ def complete(
     done.name = name
     if not done.platform and not done.backend:
         done.backend = "onnxruntime"
+    # Triton's ONNX Runtime backend (src/onnxruntime.cc, ModelState::AutoCompleteConfig and
+    # AutoCompleteMaxBatch): nothing is completed when config.pbtxt gives inputs (batch_input
+    # counting as inputs) AND outputs. Otherwise, when every input and output of the ONNX file has a
+    # dynamic first dimension and max_batch_size is not given, max_batch_size becomes the default
+    # (--default-max-batch-size, 4), and a default above 1 turns dynamic batching on unless the
+    # config has a scheduler; then the inputs, if none are given, and the outputs, if none are
+    # given, are filled from the file (without the batch dimension when max_batch_size > 0).
+    # Where tensorgate differs: Triton cannot tell "max_batch_size: 0" from no max_batch_size
+    # (proto3), and fills both; tensorgate keeps an explicit 0. Triton also turns dynamic batching
+    # on for a max_batch_size > 1 the config gives; tensorgate only with the default it fills.
+    auto_complete = not ((done.input or done.batch_input) and done.output)
     if (
-        not max_batch_size_given
-        and not done.input
-        and not done.output
+        auto_complete
+        and not max_batch_size_given
         and _supports_batching((*inputs, *outputs))
         and default_max_batch_size > 0
     ):
         done.max_batch_size = default_max_batch_size
-        if not done.HasField("dynamic_batching") and default_max_batch_size > 1:
+        if done.WhichOneof("scheduling_choice") is None and default_max_batch_size > 1:
             # As Triton's auto-complete: a model that batches by default also batches dynamically.
             done.dynamic_batching.SetInParent()
     strip = done.max_batch_size > 0

@@ -61,9 +61,20 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     for name in ("response_cache", "model_operations"):
         if config.HasField(name):
             hints.append(f"{name} is ignored")
+    # Triton's ONNX Runtime backend knows one CPU accelerator, OpenVINO (an execution provider that
+    # only speeds up), and refuses any other name ("unknown Execution Accelerator").
+    for accelerator in config.optimization.execution_accelerators.cpu_execution_accelerator:
+        if accelerator.name == "openvino":
+            hints.append(
+                "cpu_execution_accelerator 'openvino' ignored: tensorgate runs ONNX Runtime's CPU execution "
+                "provider on the CPU"
+            )
+        else:
+            fatal.append(f"cpu_execution_accelerator {accelerator.name!r} is not known (Triton's is 'openvino')")
     optimization = mc.ModelOptimizationPolicy()
     optimization.CopyFrom(config.optimization)
-    optimization.ClearField("execution_accelerators")  # chooses the engine (repository/engine_plan.py)
+    # gpu_execution_accelerator chooses the engine (repository/engine_plan.py); cpu: just above
+    optimization.ClearField("execution_accelerators")
     if optimization.ListFields():
         hints.append(f"optimization {', '.join(f.name for f, _ in optimization.ListFields())} ignored")
     if config.HasField("dynamic_batching"):

@@ -24,6 +24,7 @@ from tensorgate.backends.base import (
 from tensorgate.errors import ModelConfigError
 from tensorgate.instance import Instance
 from tensorgate.model_config import InstanceSettings, ModelSpec, RawConfig
+from tensorgate.model_config.version_policy import missing_versions
 from tensorgate.repository import layout
 from tensorgate.repository.engine_plan import Candidate, Capabilities, PassedOver, plan
 from tensorgate.repository.state import ModelSource, ModelVersion
@@ -133,13 +134,31 @@ class Loader:
         for hint in model_config.check_supported(raw.config):
             log.warning("event=config_field_ignored model=%s detail=%r", name, hint)
         filename = model_config.model_filename(raw.config)
-        on_disk = layout.version_dirs(directory)
+        found = layout.version_dirs(directory)
+        for ignored, why in sorted(found.ignored.items()):
+            log.warning("event=version_dir_ignored model=%s dir=%r reason=%r", name, ignored, why)
+        on_disk = found.versions
         if not on_disk:
             raise ModelConfigError(f"no version directory (e.g. {name}/1/{filename}) in the model directory")
+        policy = raw.config.version_policy
+        selected = model_config.select_versions(policy, on_disk)
+        missing = missing_versions(policy, on_disk)
+        if missing:
+            # As Triton (which logs an error for each): the versions that have a directory still load.
+            log.warning(
+                "event=model_versions_missing model=%s versions=%s reason=%r",
+                name,
+                ",".join(map(str, missing)),
+                f"version_policy specific names versions without a directory; serving {selected}",
+            )
         result = LoadResult()
-        for number in model_config.select_versions(raw.config.version_policy, on_disk):
+        for number in selected:
             try:
-                result.loaded.append(self.load_version(name, number, ModelSource(on_disk[number] / filename, raw)))
+                result.loaded.append(
+                    self.load_version(
+                        name, number, ModelSource(layout.model_file(on_disk[number], filename), raw, directory)
+                    )
+                )
             except Exception as exc:
                 log.error(
                     "event=model_version_failed model=%s version=%d reason=%r",
@@ -167,7 +186,10 @@ class Loader:
         started = time.perf_counter()
         model_file = model_file or source.model_file
         if not model_file.is_file():
-            raise ModelConfigError(f"version {number} has no model file {model_file.name}")
+            shown = model_file.name
+            if model_file == source.model_file and model_file.parent.parent != source.model_dir:
+                shown = f"{model_file.parent.name}/{model_file.name}"  # Triton's model.onnx/model.onnx form
+            raise ModelConfigError(f"version {number} has no model file {shown}")
         instances = model_config.instance_settings(source.raw.config)
         if engine is None:
             chosen = self._choose_engine(name, number, model_file, instances)

@@ -31,12 +31,9 @@ class ModelState(enum.Enum):
 class ModelSource:
     """What a version was loaded from: what a background build of a better engine starts from."""
 
-    model_file: Path
+    model_file: Path  # <model>/<version>/model.onnx, or <model>/<version>/model.onnx/model.onnx (Triton's form)
     raw: RawConfig
-
-    @property
-    def model_dir(self) -> Path:
-        return self.model_file.parent.parent
+    model_dir: Path  # <model>/ (where warmup/ is)
 
 
 @dataclass
