@@ -82,7 +82,7 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     second.start()
     wait_for(lambda: server.sample('tensorgate_queue_depth{model="slow"') == 1, 10, 0.01)
     _slow(server, outcomes)  # the queue is full
-    assert outcomes == ["StatusCode.RESOURCE_EXHAUSTED"]
+    assert outcomes == ["StatusCode.UNAVAILABLE"]
     # Prometheus saw both in flight while they ran (a scrape within the window; the instant value may
     # already be 1 when the query runs)
     assert _value(prometheus, 'max_over_time(nv_inference_pending_request_count{model="slow"}[1m]) == 2') == 2
@@ -94,7 +94,7 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
     _slow(server, outcomes, timeout=0.3)
     third.join(30)
-    assert sorted(outcomes) == ["OK"] * 3 + ["StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"]
+    assert sorted(outcomes) == ["OK"] * 3 + ["StatusCode.DEADLINE_EXCEEDED", "StatusCode.UNAVAILABLE"]
 
     def failures(model: str) -> dict[str, float]:
         rows = eventually(prometheus, f'nv_inference_request_failure{{model="{model}"}}')

@@ -10,9 +10,10 @@ timeouts and the queue delay, and the batch that goes next.
   has before it would; else it waits for the delay (a timer calls ``on_ready``). Once the delay has
   passed (``max_queue_delay_microseconds``; 0, the default, means no waiting) everything pending
   goes, up to ``max_batch_size``. No preferred sizes means ``max_batch_size`` (as Triton's config).
-- A full level answers RESOURCE_EXHAUSTED at once. A request whose queue timeout passes is answered
-  UNAVAILABLE (timeout_action REJECT) or moved behind the requests of its own level that have not
-  timed out, still ahead of every lower level (DELAY).
+- A full level answers UNAVAILABLE at once ("Exceeds maximum queue size", Triton's status and
+  words). A request whose queue timeout passes is answered UNAVAILABLE (timeout_action REJECT) or
+  moved behind the requests of its own level that have not timed out, still ahead of every lower
+  level (DELAY).
 - Without dynamic batching every request is its own batch.
 """
 
@@ -89,15 +90,15 @@ class PriorityQueue:
         return priority - 1
 
     def push(self, request: InferRequest) -> Pending:
-        """Queue a request; RESOURCE_EXHAUSTED if its level is full."""
+        """Queue a request; UNAVAILABLE if its level is full (as Triton: clients retry on it)."""
         level = self.level(request)
         queue_policy = self.policy.queue_policies[level]
         if queue_policy.max_queue_size and self._queued[level] >= queue_policy.max_queue_size:
             self._on_rejected(request)
             raise ServerError(
-                f"model '{self.model}' queue is full (max_queue_size {queue_policy.max_queue_size} at priority "
-                f"{level + 1}); retry later",
-                Code.RESOURCE_EXHAUSTED,
+                f"Exceeds maximum queue size: model '{self.model}' queue is full (max_queue_size "
+                f"{queue_policy.max_queue_size} at priority {level + 1}); retry later",
+                Code.UNAVAILABLE,
             )
         loop = asyncio.get_running_loop()
         entry = Pending(request, loop.create_future(), level, _shape_key(request, self._batched))
