@@ -25,13 +25,16 @@ import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import ml_dtypes
 import numpy as np
 import pytest
@@ -43,6 +46,7 @@ from conftest import ROOT, Server, free_port, running
 from models import identity, write_config
 from onnx import TensorProto
 from repository_helpers import add_const, error_of, model_with_versions
+from tensorgate.frontend import http_codec
 from test_perf_analyzer import PERF_ANALYZER, _installed
 from test_v2_api import _add_sub_inputs
 from tritonclient.utils import InferenceServerException
@@ -138,14 +142,16 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example models, an identity model per datatype, and ``mixed``: one instance, a queue delay and room
-    for both protocols' rows in one batch."""
+    """The example models, an identity model per datatype, ``mixed``: one instance, a queue delay and room
+    for both protocols' rows in one batch, and ``big``: an identity of any length."""
     path = tmp_path_factory.mktemp("http") / "repo"
     shutil.copytree(ROOT / "model_repo", path)
     for kind in KINDS:
         identity(path / kind.model / "1" / "model.onnx", elem_type=kind.onnx, shape=("batch", COLS))
     identity(path / "mixed" / "1" / "model.onnx")
     write_config(path / "mixed", MIXED_CONFIG)
+    identity(path / "big" / "1" / "model.onnx", shape=("n",))  # one FP32 tensor of any length
+    write_config(path / "big", "max_batch_size: 0\n")
     return path
 
 
@@ -656,6 +662,186 @@ def test_malformed_requests_get_400_with_an_error(web: Http, send: Callable[[Htt
     assert good.status == 200, good.body
 
 
+INFER = "/v2/models/identity/infer"
+LONE = "\ud800"  # a lone surrogate: valid JSON as the escape \ud800, but no Unicode text (UTF-8 cannot hold it)
+DEEP = "[" * 100_000 + "]" * 100_000  # nested far deeper than Python's json parser recurses (~1000)
+
+
+def _big_number(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON with its first 0.0 written as an integer of 5000 digits (beyond Python's int-digits limit)."""
+    return json.dumps(doc).replace("0.0", "9" * 5000, 1)
+
+
+# (case, the request, what the 400's message must say)
+REFUSED: list[tuple[str, Callable[[Http], Answer], str]] = [
+    ("infer: JSON nested 100000 deep", lambda w: w.call("POST", INFER, DEEP), "nested too deeply"),
+    (
+        "infer: a 5000-digit integer",
+        lambda w: w.call("POST", INFER, _big_number(_one_input())),
+        "an integer of more than",
+    ),
+    ("'outputs': 5", lambda w: w.post_json(INFER, {**_one_input(), "outputs": 5}), "'outputs' must be a list"),
+    ("'outputs': true", lambda w: w.post_json(INFER, {**_one_input(), "outputs": True}), "'outputs' must be a list"),
+    (
+        "'outputs' an object",
+        lambda w: w.post_json(INFER, {**_one_input(), "outputs": {"name": "OUTPUT0"}}),
+        "'outputs' must be a list",
+    ),
+    ("id: a lone surrogate", lambda w: w.post_json(INFER, {**_one_input(), "id": LONE}), "id holds a string"),
+    ("input name: a lone surrogate", lambda w: w.post_json(INFER, _one_input(name="IN" + LONE)), "inputs[0].name "),
+    ("datatype: a lone surrogate", lambda w: w.post_json(INFER, _one_input(datatype=LONE)), "inputs[0].datatype "),
+    (
+        "parameter key: a lone surrogate",
+        lambda w: w.post_json(INFER, {**_one_input(), "parameters": {LONE: 1}}),
+        "parameters has a key",
+    ),
+    (
+        "parameter value: a lone surrogate",
+        lambda w: w.post_json(INFER, {**_one_input(), "parameters": {"note": LONE}}),
+        "parameters.note ",
+    ),
+    (
+        "input parameter value: a lone surrogate",
+        lambda w: w.post_json(INFER, _one_input(parameters={"note": LONE})),
+        "inputs[0].parameters.note ",
+    ),
+    (
+        "BYTES element: a lone surrogate",
+        lambda w: w.post_json(
+            "/v2/models/string_identity/infer",
+            {"inputs": [{"name": "TEXT", "shape": [2, 1], "datatype": "BYTES", "data": ["ok", "x" + LONE]}]},
+        ),
+        "inputs[0].data[1] holds a string that is not valid Unicode",
+    ),
+    (
+        "output name: a lone surrogate",
+        lambda w: w.post_json(INFER, {**_one_input(), "outputs": [{"name": LONE}]}),
+        "outputs[0].name ",
+    ),
+    (
+        "Inference-Header-Content-Length: a superscript two",
+        # "²" in UTF-8 on the wire (http.client writes header values as latin-1); str.isdigit() takes it
+        lambda w: w.post_binary(INFER, BINARY_INPUT, F32_ROW, header_length="²".encode().decode("latin-1")),
+        "Inference-Header-Content-Length is",
+    ),
+    (
+        "Inference-Header-Content-Length: 5000 digits",
+        lambda w: w.post_binary(INFER, BINARY_INPUT, F32_ROW, header_length="0" * 4999 + "1"),
+        "Inference-Header-Content-Length is",
+    ),
+    (
+        "a body that does not decode as its Content-Encoding says",
+        lambda w: w.call("POST", INFER, b"not gzip", {"Content-Encoding": "gzip"}),
+        "the request body cannot be read",
+    ),
+    ("index: JSON nested 100000 deep", lambda w: w.call("POST", "/v2/repository/index", DEEP), "nested too deeply"),
+    (
+        "index: a 5000-digit integer",
+        lambda w: w.call("POST", "/v2/repository/index", '{"ready": ' + "9" * 5000 + "}"),
+        "an integer of more than",
+    ),
+    (
+        "load: JSON nested 100000 deep",
+        lambda w: w.call("POST", "/v2/repository/models/identity/load", DEEP),
+        "nested too deeply",
+    ),
+    (
+        "load: a config with a lone surrogate",
+        lambda w: w.post_json(
+            "/v2/repository/models/identity/load", {"parameters": {"config": '{"x": "' + LONE + '"}'}}
+        ),
+        "parameters.config holds a string that is not valid Unicode",
+    ),
+]
+
+
+@pytest.mark.parametrize(("send", "names"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_refused_requests_say_what_is_wrong(
+    server: Server, web: Http, send: Callable[[Http], Answer], names: str
+) -> None:
+    """A client's mistake is a 400 naming it, never a 500: no internal error is counted."""
+    before = server.sample("tensorgate_internal_errors ")
+    answer = send(web)
+    assert answer.status == 400, (answer.status, answer.body[:300])
+    assert names in answer.error(), answer.error()
+    assert server.sample("tensorgate_internal_errors ") == before
+    good = web.post_json(INFER, _one_input())
+    assert good.status == 200, good.body
+
+
+def test_data_nested_hundreds_deep(web: Http) -> None:
+    """``data`` may nest as deep as the JSON parser goes: its values are taken in row-major order."""
+    body = '{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":%s}]}'
+    answer = web.call("POST", INFER, body % ("[" * 900 + json.dumps(ROW) + "]" * 900))
+    assert answer.status == 200, answer.body[:300]
+    assert np.ravel(answer.infer_outputs()["OUTPUT0"]).tolist() == ROW
+    deep: list[Any] = [ROW]
+    for _ in range(100_000):
+        deep = [deep]
+    assert http_codec._flatten(deep) == ROW  # without recursion, whatever the depth
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(server: Server, web: Http) -> None:
+    """A client that sends part of its body and closes: nobody to answer, and not a server bug (neither
+    counted as an internal error nor logged as one); the server goes on serving."""
+    before = server.sample("tensorgate_internal_errors ")
+    errors = server.log.count("level=ERROR")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", web.port)) as raw:
+            head = b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+            raw.sendall(head + b"{" * 1000)
+            time.sleep(0.2)  # the server reads the part sent and waits for the rest
+    time.sleep(0.5)  # the server sees the hang-ups
+    assert server.sample("tensorgate_internal_errors ") == before
+    assert server.log.count("level=ERROR") == errors, server.log[-3000:]
+    assert web.post_json(INFER, _one_input()).status == 200
+
+
+@pytest.mark.parametrize(("count", "json_in"), [(8 << 20, True), (4 << 20, False)], ids=["request", "response"])
+def test_large_json_does_not_stall_other_calls(server: Server, web: Http, count: int, json_in: bool) -> None:
+    """A valid request whose JSON is large (a 16 MiB body of 8M values; or 4M values answered as JSON) is
+    answered in full, while gRPC's ServerLive, called every 5 ms meanwhile, never waits more than half of that
+    request's own latency: the JSON is parsed and written off the event loop (before, the loop stalled for most
+    of it). What still holds the loop is the longest single C call that holds the GIL, json.loads of the body
+    (about a fifth of the latency here)."""
+    if json_in:
+        values = ",".join(["0"] * count)
+        doc = '{"parameters":{"binary_data_output":true},"inputs":[{"name":"INPUT0","shape":[%d],"datatype":"FP32",'
+        body = (doc % count + '"data":[' + values + "]}]}").encode()
+        headers = {"Content-Type": "application/json"}
+    else:
+        sizes = {"binary_data_size": 4 * count}
+        header = json.dumps({"inputs": [{"name": "INPUT0", "shape": [count], "datatype": "FP32", "parameters": sizes}]})
+        body = header.encode() + bytes(4 * count)
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    waits: list[float] = []
+    done = threading.Event()
+    with grpc.insecure_channel(server.url) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+
+        def probe() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                live(b"", timeout=30)
+                waits.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        answer = web.call("POST", "/v2/models/big/infer", body, headers)
+        latency = time.monotonic() - started
+        done.set()
+        prober.join()
+    out = answer.infer_outputs()["OUTPUT0"]
+    if json_in:
+        assert out == bytes(4 * count)
+    else:
+        assert len(out) == count and not any(out)
+    assert max(waits) < latency / 2, (max(waits), latency)
+
+
 def test_unknown_paths_and_methods(web: Http) -> None:
     assert web.get("/v2/nope").status == 404
     assert web.get("/nope").status == 404
@@ -754,7 +940,7 @@ def test_statistics_match_grpc(server: Server, web: Http) -> None:
     assert web.get("/v2/models/identity/versions/1/stats").json() == stats
 
     every = web.get("/v2/models/stats").json()["model_stats"]
-    want = {"add_sub", "identity", "string_identity", "mixed", *(k.model for k in KINDS)}
+    want = {"add_sub", "identity", "string_identity", "mixed", "big", *(k.model for k in KINDS)}
     assert {s["name"] for s in every} == want
     assert web.client.get_inference_statistics() == {"model_stats": every}
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,68 @@ from tensorgate.proto import inference_pb2 as pb
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_ONLY = frozenset({"FP16", "BF16"})  # JSON has no 16-bit floats: binary data only, as Triton
 _INT64 = (-(2**63), 2**63 - 1)
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit takes "²"), few enough for any body
+
+# Parsing JSON (json.loads, flattening and checking ``data``, numpy) costs ~0.35 µs a value: 64 KiB of
+# it hold the event loop, and every gRPC and HTTP call with it, 2.5 ms (floats) to 11 ms (one-digit
+# values; measured 2026-12-07). A larger JSON part is parsed on a thread (and a response with this much
+# JSON written on one): its hand-off (~0.1 ms) is then small beside the stall it spares the others.
+JSON_ON_LOOP = 64 * 1024
+_SLICE = 65536  # values converted at once (json.dumps, numpy): each call holds the GIL, a thread's too
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON, or InvalidArgument naming what is wrong with it."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise InvalidArgument("the request body is JSON nested too deeply (arrays and objects in each other)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # the only other: an integer past Python's int-digits limit
+        limit = sys.get_int_max_str_digits()
+        raise InvalidArgument(f"the request body holds an integer of more than {limit} digits") from None
+    # JSON may escape a lone surrogate (\ud800), which no UTF-8 (protobuf strings, BYTES) can hold;
+    # only a body with such an escape is searched for one.
+    if b"\\ud" in body or b"\\uD" in body:
+        _check_unicode(doc)
+    return doc
+
+
+_NOT_UNICODE = "is not valid Unicode (a lone surrogate escape such as \\ud800)"
+
+
+def _check_unicode(doc: object) -> None:
+    """InvalidArgument naming, by its path, a string of ``doc`` (a key or a value) that is not valid Unicode."""
+    todo: list[tuple[str, object]] = [("", doc)]  # (path, container): a stack, as the client picks the nesting
+    while todo:
+        path, value = todo.pop()
+        items: Iterable[tuple[str | int, object]] = ()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and not _encodable(key):
+                raise InvalidArgument(f"{path or 'the request body'} has a key that {_NOT_UNICODE}")
+            if isinstance(item, str) and not _encodable(item):
+                raise InvalidArgument(f"{_path(path, key)} holds a string that {_NOT_UNICODE}")
+            if isinstance(item, (dict, list)):
+                todo.append((_path(path, key), item))
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{clip(key)}" if parent else clip(key)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -73,12 +137,21 @@ def _shape(name: str, given: object) -> list[int]:
     return given
 
 
-def _flatten(data: object, out: list[object]) -> None:
-    if isinstance(data, list):
-        for item in data:
-            _flatten(item, out)
-    else:
-        out.append(data)
+def _flatten(data: object) -> list[object]:
+    """The values of ``data``, nested or flat, in row-major order (a loop: the client picks the depth)."""
+    if not isinstance(data, list):
+        return [data]
+    out: list[object] = []
+    todo: list[Iterator[object]] = [iter(data)]
+    while todo:
+        for item in todo[-1]:
+            if isinstance(item, list):
+                todo.append(iter(item))
+                break
+            out.append(item)
+        else:
+            todo.pop()
+    return out
 
 
 def _json_data(name: str, datatype: str, shape: list[int], data: object) -> bytes:
@@ -91,8 +164,7 @@ def _json_data(name: str, datatype: str, shape: list[int], data: object) -> byte
             f"receiving {dtype.v2} data via JSON is not supported; use the binary data format for input "
             f"'{clip(name)}' (Triton's binary tensor data extension)"
         )
-    values: list[object] = []
-    _flatten(data, values)
+    values = _flatten(data)
     needed = math.prod(shape) if all(d >= 0 for d in shape) else -1
     if len(values) != needed:
         raise InvalidArgument(
@@ -111,10 +183,22 @@ def _json_data(name: str, datatype: str, shape: list[int], data: object) -> byte
         raise InvalidArgument(f"input '{clip(name)}' is {dtype.v2}: its 'data' must hold numbers")
     elif dtype.numpy.kind in "iu" and not all(isinstance(v, int) for v in values):
         raise InvalidArgument(f"input '{clip(name)}' is {dtype.v2}: its 'data' must hold integers")
+    array = np.empty(len(values), dtype=dtype.numpy)
     try:
-        return np.asarray(values, dtype=dtype.numpy).tobytes()
+        for i in range(0, len(values), _SLICE):  # a slice at a time (see _SLICE)
+            array[i : i + _SLICE] = np.asarray(values[i : i + _SLICE], dtype=dtype.numpy)
     except OverflowError:
         raise InvalidArgument(f"input '{clip(name)}': a value in 'data' does not fit {dtype.v2}") from None
+    return array.tobytes()
+
+
+def heavy_request(body: bytes, header_length: str | None) -> bool:
+    """Whether parsing ``body`` may stall the event loop: its JSON part is over JSON_ON_LOOP bytes
+    (binary tensor data after it costs only a copy)."""
+    size = len(body)
+    if header_length is not None and _DIGITS.fullmatch(header_length):
+        size = min(size, int(header_length))
+    return size > JSON_ON_LOOP
 
 
 def infer_request(
@@ -125,17 +209,13 @@ def infer_request(
     if header_length is None:
         header, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not _DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise InvalidArgument(
                 f"{HEADER_LENGTH} is {clip(header_length)} but the body has {len(body)} bytes; it must be the "
                 "length of the JSON part, which the binary tensor data follows"
             )
         header, binary = body[: int(header_length)], body[int(header_length) :]
-    try:
-        parsed = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
-    j = _object(parsed, "the request body")
+    j = _object(parse_json(header), "the request body")
     request = pb.ModelInferRequest(model_name=model_name, model_version=version)
     request_id = j.get("id", "")
     if not isinstance(request_id, str):
@@ -175,7 +255,12 @@ def infer_request(
         _parameters(target.parameters, params, f"input '{clip(name)}'", skip=("binary_data_size", "binary_data"))
     if offset != len(binary):
         raise InvalidArgument(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
-    for given in j.get("outputs", []) or []:
+    outputs = j.get("outputs")
+    if outputs is None:
+        outputs = []
+    elif not isinstance(outputs, list):
+        raise InvalidArgument("'outputs' must be a list of the outputs wanted")
+    for given in outputs:
         wanted = _object(given, "each of 'outputs'")
         name = wanted.get("name")
         if not isinstance(name, str):
@@ -188,36 +273,52 @@ def infer_request(
     return request, choice
 
 
-def _json_values(datatype: str, shape: Sequence[int], raw: bytes) -> list[Any]:
+def _json_values(datatype: str, shape: Sequence[int], raw: bytes) -> str:
+    """An output's values as a flat JSON array, written a slice at a time (see _SLICE)."""
     dtype = datatypes.BY_V2[datatype]
+    slices: Iterator[list[Any]]
     if dtype.is_bytes:
-        return [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, math.prod(shape))]
-    values: list[Any] = np.frombuffer(raw, dtype=dtype.numpy).tolist()
-    return values
+        texts = [b.decode("utf-8", errors="replace") for b in datatypes.deserialize_bytes(raw, math.prod(shape))]
+        slices = (texts[i : i + _SLICE] for i in range(0, len(texts), _SLICE))
+    else:
+        array = np.frombuffer(raw, dtype=dtype.numpy)
+        slices = (array[i : i + _SLICE].tolist() for i in range(0, len(array), _SLICE))
+    return "[" + ",".join(_dumps(values)[1:-1] for values in slices) + "]"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def heavy_response(response: pb.ModelInferResponse, choice: OutputChoice) -> bool:
+    """Whether writing ``response`` as JSON may stall the event loop (see JSON_ON_LOOP): a byte of raw
+    data takes about 1 to 5 characters of JSON."""
+    outputs = zip(response.outputs, response.raw_output_contents, strict=True)
+    return sum(len(raw) for tensor, raw in outputs if not choice.is_binary(tensor.name)) > JSON_ON_LOOP // 4
 
 
 def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
     """The V2 REST body of a response, and the length of its JSON part when binary data follows."""
-    out: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
-        out["id"] = response.id
-    outputs: list[dict[str, Any]] = []
+        head["id"] = response.id
+    outputs: list[str] = []
     chunks: list[bytes] = []
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if choice.is_binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+            outputs.append(_dumps(entry))
         elif tensor.datatype in BINARY_ONLY:
             raise InvalidArgument(
                 f"sending {tensor.datatype} data via JSON is not supported; ask for output '{tensor.name}' as binary "
                 "data (parameter binary_data, or binary_data_output)"
             )
-        else:
-            entry["data"] = _json_values(tensor.datatype, tensor.shape, raw)
-        outputs.append(entry)
-    out["outputs"] = outputs
-    header = json.dumps(out, separators=(",", ":")).encode()
+        else:  # the data written apart, a slice at a time, then put in the entry's object
+            data = _json_values(tensor.datatype, tensor.shape, raw)
+            outputs.append(f'{_dumps(entry)[:-1]},"data":{data}}}')
+    header = f'{_dumps(head)[:-1]},"outputs":[{",".join(outputs)}]}}'.encode()
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
@@ -255,10 +356,7 @@ def load_parameters(body: bytes) -> Mapping[str, str]:
     """The ``parameters`` of a repository load request body (Triton's: ``config`` as a JSON string)."""
     if not body.strip():
         return {}
-    try:
-        j = _object(json.loads(body), "the request body")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    j = _object(parse_json(body), "the request body")
     params = _object(j.get("parameters", {}), "'parameters'")
     out: dict[str, str] = {}
     for key, value in params.items():

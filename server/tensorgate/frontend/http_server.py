@@ -13,11 +13,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tensorgate.errors import Code, InvalidArgument, ServerError, bounded
+from tensorgate.errors import Code, ServerError, bounded
 from tensorgate.frontend import http_codec
 from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of
 from tensorgate.proto import inference_pb2 as pb
@@ -35,6 +35,7 @@ HTTP_STATUS: dict[Code, int] = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class _Headers:
@@ -106,6 +107,14 @@ class HttpFrontend:
             except web.HTTPRequestEntityTooLarge:
                 limit = self.settings.grpc_max_message_bytes
                 return _error(f"the request body exceeds {limit} bytes (--grpc-max-message-bytes)", 413)
+            except web.RequestPayloadError as exc:
+                # The body cannot be decoded as sent (its Content-Encoding, chunks or length): the client's fault.
+                return _error(bounded(f"the request body cannot be read: {' '.join(str(exc).split())}"), 400)
+            except ConnectionResetError:
+                # The client hung up before its whole body came: no server fault, and the answer (that
+                # aiohttp then fails to write, and drops the connection) reaches nobody.
+                log.debug("event=client_disconnected rpc=%s protocol=http path=%s", rpc, request.path)
+                return _error("the connection closed before the whole request body arrived", 400)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -156,17 +165,16 @@ class HttpFrontend:
         body = await request.read()
         ready = False
         if body.strip():
-            try:
-                parsed = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+            parsed = await _off_loop(len(body) > http_codec.JSON_ON_LOOP, lambda: http_codec.parse_json(body))
             ready = isinstance(parsed, dict) and parsed.get("ready") is True
         response = await self.service.repository_index(pb.RepositoryIndexRequest(ready=ready), None)
         return _json([http_codec.message_json(m) for m in response.models])
 
     async def load(self, request: web.Request) -> web.Response:
         query = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
-        for key, value in http_codec.load_parameters(await request.read()).items():
+        body = await request.read()
+        params = await _off_loop(len(body) > http_codec.JSON_ON_LOOP, lambda: http_codec.load_parameters(body))
+        for key, value in params.items():
             query.parameters[key].string_param = value
         await self.service.repository_model_load(query, None)
         return _json({})
@@ -182,9 +190,12 @@ class HttpFrontend:
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
         body = await request.read()
-        query, choice = http_codec.infer_request(name, version, body, request.headers.get(http_codec.HEADER_LENGTH))
+        length = request.headers.get(http_codec.HEADER_LENGTH)
+        heavy = http_codec.heavy_request(body, length)
+        query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
         response = await self.service.model_infer(query)
-        payload, header_length = http_codec.infer_response(response, choice)
+        heavy = http_codec.heavy_response(response, choice)
+        payload, header_length = await _off_loop(heavy, lambda: http_codec.infer_response(response, choice))
         if header_length is None:
             return web.Response(body=payload, content_type="application/json")
         return web.Response(
@@ -217,6 +228,11 @@ class HttpFrontend:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def _off_loop(heavy: bool, work: Callable[[], T]) -> T:
+    """``work()``, on a thread when ``heavy`` (large JSON): the event loop serves every other call meanwhile."""
+    return await asyncio.to_thread(work) if heavy else work()
 
 
 def _model(request: web.Request) -> tuple[str, str]:
