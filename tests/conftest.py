@@ -94,7 +94,7 @@ class Server:
         """Requests of ``model`` the server has answered, and those it holds (queued or running): read in
         that order, so a request that finishes between the two reads is missed once, never counted twice."""
         answered = self.client.get_inference_statistics(model).model_stats[0].inference_stats.success.count
-        held = self.sample(f'nv_inference_pending_request_count{{model="{model}"')
+        held = self.sample(f'tensorgate_requests_in_flight{{model="{model}"')
         return int(answered), int(held)
 
     def holds_all(self, model: str, count: int) -> bool:

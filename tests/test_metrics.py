@@ -77,21 +77,23 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     outcomes: list[str] = []
     first = threading.Thread(target=_slow, args=(server, outcomes))
     first.start()
-    wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('tensorgate_requests_in_flight{model="slow"') == 1, 10, 0.01)
+    assert server.sample('nv_inference_pending_request_count{model="slow"') == 0  # running is not pending
     second = threading.Thread(target=_slow, args=(server, outcomes))
     second.start()
-    wait_for(lambda: server.sample('tensorgate_queue_depth{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    assert server.sample('tensorgate_requests_in_flight{model="slow"') == 2
     _slow(server, outcomes)  # the queue is full
     assert outcomes == ["StatusCode.UNAVAILABLE"]
     # Prometheus saw both in flight while they ran (a scrape within the window; the instant value may
     # already be 1 when the query runs)
-    assert _value(prometheus, 'max_over_time(nv_inference_pending_request_count{model="slow"}[1m]) == 2') == 2
+    assert _value(prometheus, 'max_over_time(tensorgate_requests_in_flight{model="slow"}[1m]) == 2') == 2
     first.join(30)
     second.join(30)
     # then one more running and one whose deadline passes while it waits behind it: cancelled
     third = threading.Thread(target=_slow, args=(server, outcomes))
     third.start()
-    wait_for(lambda: server.sample('nv_inference_pending_request_count{model="slow"') == 1, 10, 0.01)
+    wait_for(lambda: server.sample('tensorgate_requests_in_flight{model="slow"') == 1, 10, 0.01)
     _slow(server, outcomes, timeout=0.3)
     third.join(30)
     assert sorted(outcomes) == ["OK"] * 3 + ["StatusCode.DEADLINE_EXCEEDED", "StatusCode.UNAVAILABLE"]
@@ -105,8 +107,9 @@ def test_known_traffic_reads_back_through_prometheus(server: Server, prometheus:
     assert _value(prometheus, 'nv_inference_request_success{model="lookup"} == 5') == 5
     # the invalid request was refused by the frontend's checks, before any queue: not a failed inference
     assert failures("lookup") == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
-    assert _value(prometheus, 'nv_inference_pending_request_count{model="slow"} == 0') == 0
-    assert _value(prometheus, 'max_over_time(nv_inference_pending_request_count{model="slow"}[5m])') == 2
+    assert _value(prometheus, 'tensorgate_requests_in_flight{model="slow"} == 0') == 0
+    assert _value(prometheus, 'max_over_time(tensorgate_requests_in_flight{model="slow"}[5m])') == 2
+    assert _value(prometheus, 'max_over_time(nv_inference_pending_request_count{model="slow"}[5m])') == 1
     # histograms: three slow requests computed for over 0.1 s each; the queued one waited a whole run
     assert _value(prometheus, 'tensorgate_compute_duration_seconds_count{model="slow"}') == 3
     assert _value(prometheus, 'tensorgate_compute_duration_seconds_bucket{model="slow",le="0.1"}') == 0

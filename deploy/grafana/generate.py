@@ -148,15 +148,15 @@ def queueing() -> list[Panel]:
         graph(
             "Pending requests",
             "short",
-            "Requests queued or running (nv_inference_pending_request_count).",
+            "Requests waiting in the queue for an execution (nv_inference_pending_request_count, as Triton's).",
             query(by_model(f"nv_inference_pending_request_count{{{MODEL}}}"), MV),
             w=8,
         ),
         graph(
-            "Queue depth",
+            "Requests in flight",
             "short",
-            "Requests waiting in the queue, not yet in a batch (tensorgate_queue_depth).",
-            query(by_model(f"tensorgate_queue_depth{{{MODEL}}}"), MV),
+            "Requests each version holds: queued, running or being decoded (tensorgate_requests_in_flight).",
+            query(by_model(f"tensorgate_requests_in_flight{{{MODEL}}}"), MV),
             w=8,
         ),
         graph(

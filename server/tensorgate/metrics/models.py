@@ -67,8 +67,8 @@ class VersionMetrics:
     name: str
     version: int
     stats: ModelStats
-    pending: int  # requests queued or running
-    queue_depth: int  # requests waiting in the queue
+    pending: int  # requests waiting in the queue for an execution (Triton's pending requests)
+    in_flight: int  # requests the version holds: queued, running, or decoding for it
     engine: str
     precision: str
     device: str
@@ -131,7 +131,9 @@ class ModelStatsCollector(Collector):
         durations = [_Counter(name, doc) for name, _, doc in _DURATIONS]
         labels = ["model", "version"]
         pending = GaugeMetricFamily(
-            "nv_inference_pending_request_count", "Requests queued or running, per model version", labels=labels
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model",
+            labels=labels,
         )
         load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=labels)
         load_s = GaugeMetricFamily(
@@ -139,9 +141,9 @@ class ModelStatsCollector(Collector):
             "Time the version took to load: engine, instances and warmup",
             labels=labels,
         )
-        depth = GaugeMetricFamily(
-            "tensorgate_queue_depth",
-            "Requests waiting in the model version's queue (not yet in a batch)",
+        in_flight = GaugeMetricFamily(
+            "tensorgate_requests_in_flight",
+            "Requests the model version holds: waiting in its queue, running, or being decoded for it",
             labels=labels,
         )
         info = GaugeMetricFamily(
@@ -172,7 +174,7 @@ class ModelStatsCollector(Collector):
             for family, (_, field, _) in zip(durations, _DURATIONS, strict=True):
                 family.add(key, getattr(stats, field).ns // 1000)
             pending.add_metric(values, v.pending)
-            depth.add_metric(values, v.queue_depth)
+            in_flight.add_metric(values, v.in_flight)
             load.add_metric(values, v.load_seconds)
             load_s.add_metric(values, v.load_seconds)
             info.add_metric([*values, v.engine, v.precision, v.device], 1.0)
@@ -186,7 +188,8 @@ class ModelStatsCollector(Collector):
                 latency.add_metric(values, _latency_buckets(buckets), sum_value=total_ns / 1e9)
             sizes = {size: b.compute_infer.count for size, b in list(stats.batches.items())}
             batch.add_metric(values, _batch_buckets(sizes), sum_value=sum(size * n for size, n in sizes.items()))
-        yield from (success, failure, count, execs, *durations, pending, depth, load, load_s, info, *latencies, batch)
+        yield from (success, failure, count, execs, *durations, pending, in_flight, load, load_s, info)
+        yield from (*latencies, batch)
 
 
 def host_families(sampler: Sampler) -> Iterator[Metric]:
