@@ -56,6 +56,14 @@ def test_build_fails_when_a_model_cannot_load(tmp_path: Path) -> None:
     assert any(line.startswith("good 1: nothing to build") for line in done.stdout.splitlines())
 
 
+def test_build_fails_when_the_repository_is_missing(tmp_path: Path) -> None:
+    """A mistyped --model-repository in an init container: the build fails, naming the path, instead
+    of building nothing and passing."""
+    done = _build_command(tmp_path / "no-such-repo", tmp_path / "cache")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no-such-repo is not a directory" in done.stdout, done.stdout
+
+
 def _run_build(repo: Path, cache: Path, engine: type[SlowBuiltEngine]) -> tuple[int, str]:
     settings = Settings(model_repository=repo, engine_cache_dir=cache)
 

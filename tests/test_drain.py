@@ -294,3 +294,68 @@ def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(t
     assert answered == int(found.group(1)), f"{answered} answers for {found.group(1)} messages read"
     assert server.proc.wait(30) == 0
     server.stop()
+
+
+def test_an_open_health_watch_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """A client watching health (grpc.health.v1 Watch, as client-side health checking and meshes do)
+    at SIGTERM: it hears NOT_SERVING, its stream ends, and the process exits at once, not at the exit
+    timeout that gRPC's stop would otherwise wait out for the open stream."""
+    server = Server(_repo(tmp_path), "--exit-timeout-secs", "20")
+    seen: list[int] = []
+    ended: list[str] = []
+    with grpc.insecure_channel(server.url) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+
+        def read() -> None:
+            try:
+                seen.extend(r.status for r in stream)
+                ended.append("OK")
+            except grpc.RpcError as exc:
+                ended.append(f"{exc.code().name}: {exc.details()}")
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        wait_for(lambda: seen == [health_pb2.HealthCheckResponse.SERVING], 10, 0.01)
+        signalled = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        exited = time.monotonic() - signalled
+        reader.join(10)
+    assert exited < 10, f"the open Watch held the shutdown {exited:.1f} s"
+    assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING], seen
+    assert ended == ["OK"], ended
+    server.stop()
+
+
+def test_a_model_load_running_at_sigterm_does_not_outlive_the_exit_timeout(tmp_path: Path) -> None:
+    """SIGTERM while a RepositoryModelLoad warms a model up for longer than --exit-timeout-secs: the
+    load runs on a thread nothing can interrupt, so the process leaves at the exit timeout, with
+    status 1 (work was abandoned), rather than when the warmup ends."""
+    repo = _repo(tmp_path)
+    slow(repo / "slow" / "1" / "model.onnx", layers=16)
+    write_config(
+        repo / "slow",
+        "max_batch_size: 1024 model_warmup [ { name: 'w' batch_size: 256 count: 1000 inputs { key: 'INPUT0' "
+        "value: { data_type: TYPE_FP32 dims: [ 512 ] zero_data: true } } } ]",
+    )
+    server = Server(repo, "--model-control-mode", "explicit", "--load-model", "add_sub", "--exit-timeout-secs", "3")
+    outcome: list[str] = []
+
+    def load() -> None:
+        client = grpcclient.InferenceServerClient(server.url)
+        try:
+            client.load_model("slow")
+            outcome.append("loaded")
+        except Exception as exc:
+            outcome.append(str(exc))
+
+    threading.Thread(target=load, daemon=True).start()
+    wait_for(lambda: "event=model_instances model=slow" in server.log, 30, 0.02)  # warming up now
+    signalled = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    status = server.proc.wait(60)
+    exited = time.monotonic() - signalled
+    assert status == 1 and exited < 6, (status, f"{exited:.1f} s", server.log[-2000:])
+    assert "event=shutdown_timeout" in server.log
+    assert outcome != ["loaded"]
+    server.stop()

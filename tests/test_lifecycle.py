@@ -112,6 +112,21 @@ def test_a_setting_out_of_its_bounds_is_refused_at_start(flag: str, value: str, 
         assert result.returncode == 2 and reason in result.stderr, (how, result.stderr)
 
 
+@pytest.mark.parametrize("mode", ["none", "explicit"])
+def test_a_missing_repository_stops_the_start_outside_poll_mode(tmp_path: Path, mode: str) -> None:
+    """A mistyped --model-repository does not give a server that reports ready with no models (poll
+    mode waits for the repository to appear: tests/test_model_control.py)."""
+    missing = tmp_path / "no-such-repo"
+    result = subprocess.run(
+        [*serve_command(missing, free_port(), free_port(), "--model-control-mode", mode)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "event=startup_failed" in result.stderr and f"{missing} is not a directory" in result.stderr
+
+
 def test_port_in_use_fails_clearly(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     identity(repo / "a" / "1" / "model.onnx")

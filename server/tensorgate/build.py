@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import TextIO
 
-from tensorgate.repository import Repository
+from tensorgate.repository import Repository, RepositoryMissing
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 async def build(settings: Settings, out: TextIO, repository: Callable[[Settings], Repository] = Repository) -> int:
     repo = repository(settings)
-    await repo.start()
+    try:
+        await repo.start()
+    except RepositoryMissing as exc:
+        log.error("event=build_failed reason=%r", str(exc))
+        print(f"tensorgate build: {exc}", file=out)
+        return 1
     await repo.upgrades.wait()
     failed = False
     lines: list[str] = []

@@ -25,7 +25,7 @@ from tensorgate.frontend.http_server import HttpFrontend
 from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.metrics import MetricsEndpoint, VersionMetrics, serve_metrics, thread_cpu_seconds
-from tensorgate.repository import ModelVersion, Repository
+from tensorgate.repository import ModelVersion, Repository, RepositoryMissing
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,16 @@ class Server:
         tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
         address = frontend.address.rsplit(":", 1)[0]
         log.info("event=grpc_listening version=%s address=%s:%d tls=%s", __version__, address, frontend.port, tls)
-        await repository.start()
+        try:
+            await repository.start()
+        except RepositoryMissing as exc:
+            log.error("event=startup_failed reason=%r", str(exc))
+            if self._http is not None:
+                await self._http.stop()
+            await frontend.stop(0)
+            if self._metrics is not None:
+                self._metrics.stop()
+            return None
         self._lag.start()
         # What is loaded now (modules, sessions, configs) lives as long as the server: keep it out of
         # the garbage collector's full passes, each a pause of every request in flight (bench/RESULTS.md).
@@ -174,8 +183,8 @@ class Server:
         self._lag.stop()
         if self._metrics is not None:
             self._metrics.stop()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        # The watchdog stays armed: a model load or warmup still running on a thread holds the
+        # interpreter's exit (asyncio.run and Python wait for their threads) past the exit timeout.
         if abandoned:
             log.error(
                 "event=shutdown_timeout exit_timeout_secs=%.1f requests_abandoned=%d reason=%r",

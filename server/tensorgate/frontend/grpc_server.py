@@ -31,10 +31,13 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
     Requests reach it through :func:`health_handler`, which maps every name to one of the two.
     """
 
+    _ended = False  # the server is stopping: every Watch stream has been told the last status and ends
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        """The status now, then each change, until the client goes. (The library's own Watch drops
-        a service's condition when any one of its watchers leaves, so the others would hear of no
-        later change; here every name is one of two, each with its one condition for good.)"""
+        """The status now, then each change, until the client goes or the server stops. (The
+        library's own Watch drops a service's condition when any one of its watchers leaves, so the
+        others would hear of no later change; here every name is one of two, each with its one
+        condition for good.)"""
         name = request.service
         condition = self._server_watchers[name]
         last = None
@@ -44,7 +47,18 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
                 if status != last:
                     await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status
+                if self._ended:
+                    return
                 await condition.wait()
+
+    async def end_watches(self) -> None:
+        """At shutdown, before gRPC stops: end every Watch stream (after its last status), as an open
+        one would otherwise hold the stop until the exit timeout."""
+        self._ended = True
+        for name in (_LIVENESS, _READINESS):
+            condition = self._server_watchers[name]
+            async with condition:
+                condition.notify_all()
 
 
 def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericRpcHandler:
@@ -201,5 +215,7 @@ class GrpcFrontend:
         await self.health.set(_READINESS, status)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls and wait up to ``grace`` seconds for those in flight."""
+        """Refuse new calls and wait up to ``grace`` seconds for those in flight (health Watch
+        streams end first: they never end by themselves)."""
+        await self.health.end_watches()
         await self.server.stop(grace)

@@ -29,6 +29,10 @@ from tensorgate.settings import ControlMode, Settings
 log = logging.getLogger(__name__)
 
 
+class RepositoryMissing(Exception):
+    """The model repository does not exist (or is not a directory) where it must."""
+
+
 class Repository:
     def __init__(
         self,
@@ -130,9 +134,16 @@ class Repository:
     # ---- lifecycle ----
 
     async def start(self) -> None:
+        """Load the models the control mode says to load at start. RepositoryMissing if the
+        repository is not a directory, except in poll mode (where it may appear later)."""
         mode = self.settings.model_control_mode
         if not self.root.is_dir():
-            log.warning("event=repository_missing path=%s", self.root)
+            if mode is not ControlMode.POLL:
+                raise RepositoryMissing(
+                    f"the model repository {self.root} is not a directory (--model-repository); in poll mode a "
+                    "repository that does not exist yet is waited for"
+                )
+            log.warning("event=repository_missing path=%s mode=poll", self.root)
         names = layout.model_names(self.root)
         if mode is ControlMode.EXPLICIT:
             wanted = self.settings.load_model
