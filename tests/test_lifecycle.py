@@ -265,3 +265,48 @@ def test_grpc_http_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
     assert server.client.is_server_ready()
     assert "tensorgate_server_ready 1.0" in server.exposition()
     assert server.stop() == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_an_ipv6_host_serves_grpc_http_and_metrics_and_logs_the_ports_bound(tmp_path: Path) -> None:
+    """--host ::1 (an IPv6 literal, bracketed for gRPC's host:port), every port 0: each server
+    answers on ::1, and the log names the port each bound, the metrics one included."""
+    import re
+    import urllib.request
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    repo = tmp_path / "repo"
+    identity(repo / "identity" / "1" / "model.onnx")
+    args = serve_command(repo, 0, 0, "--host", "::1")  # HTTP on port 0 too
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "event=server_ready" in line or "event=startup_failed" in line:
+                break
+        log = "".join(lines)
+        assert "event=server_ready" in log, log
+        ports = {m[1]: int(m[2]) for m in re.finditer(r"event=(grpc|http|metrics)_listening .*?address=\S*:(\d+)", log)}
+        assert set(ports) == {"grpc", "http", "metrics"} and 0 not in ports.values(), log
+        with grpc.insecure_channel(f"[::1]:{ports['grpc']}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        for port, path in ((ports["http"], "/v2/health/ready"), (ports["metrics"], "/metrics")):
+            with urllib.request.urlopen(f"http://[::1]:{port}{path}", timeout=10) as answer:
+                assert answer.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -294,3 +294,36 @@ def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_
     assert list(answer.outputs[0].shape) == [count]
     assert answer.raw_output_contents[0] == b"\0\0\0\0" * count
     assert max(waits) < latency / 2, (max(waits), latency)
+
+
+def test_a_response_above_the_grpc_message_limit_is_refused_naming_it(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A request that fits --grpc-max-message-bytes but whose response would not: the client gets
+    RESOURCE_EXHAUSTED naming the flag (not gRPC's bare 'Sent message larger than max' with a
+    traceback in the server's log); the same over HTTP/REST, which has no such limit, is answered."""
+    import json
+    import urllib.request
+
+    from models import save
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 256])
+    y = helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 256 * 16])
+    node = helper.make_node("Concat", ["INPUT0"] * 16, ["OUTPUT0"], axis=1)
+    save(helper.make_graph([node], "grow", [x], [y]), tmp_path / "repo" / "grow" / "1" / "model.onnx")
+    server = start_server(tmp_path / "repo", "--grpc-max-message-bytes", "65536")
+    data = np.ones((4, 256), np.float32)  # 4 KiB in, 64 KiB out
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException) as refused:
+        server.client.infer("grow", [tensor], client_timeout=10)
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED", refused.value
+    assert "--grpc-max-message-bytes" in str(refused.value) and "65536" in str(refused.value), refused.value
+    small = grpcclient.InferInput("INPUT0", [1, 256], "FP32")
+    small.set_data_from_numpy(data[:1])
+    assert server.client.infer("grow", [small]).as_numpy("OUTPUT0").shape == (1, 4096)
+    port = int(server.log.split("event=http_listening address=")[1].split()[0].rsplit(":", 1)[1])
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4, 256], "data": data.ravel().tolist()}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/grow/infer", json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert json.loads(answer.read())["outputs"][0]["shape"] == [4, 4096]
+    assert "level=ERROR" not in server.log and "Traceback" not in server.log, server.log[-3000:]

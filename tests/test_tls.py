@@ -146,6 +146,24 @@ def test_half_a_tls_setup_stops_the_start_with_the_reason(tmp_path: Path, flags:
     assert done.returncode == 1 and "event=startup_failed" in done.stderr and "--grpc-tls-" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("content", [b"", b"not a certificate"])
+def test_an_unusable_client_ca_stops_the_start_naming_it(tmp_path: Path, pki: dict[str, Path], content: bytes) -> None:
+    """An empty or broken --grpc-tls-client-ca (a secret whose ca.crt is empty): gRPC would start and
+    refuse every client, or fail with a misleading bind error; the start fails naming the file."""
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(content)
+    flags = ["--grpc-tls-cert", str(pki["server.pem"]), "--grpc-tls-key", str(pki["server.key"])]
+    done = subprocess.run(
+        [*serve_command(tmp_path, 0, -1), *flags, "--grpc-tls-client-ca", str(ca)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1 and "event=startup_failed" in done.stderr, done.stderr
+    assert f"cannot use the client CA file {ca}" in done.stderr and "cannot listen" not in done.stderr, done.stderr
+
+
 def test_renewed_certificates_are_taken_without_a_restart(tmp_path: Path, repo: Path, pki: dict[str, Path]) -> None:
     """The server's certificate and key files are replaced by a pair from another CA (a renewal
     with a rotated CA): new connections get the new certificate, with no restart; a renewal caught

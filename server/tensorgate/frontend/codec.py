@@ -12,7 +12,7 @@ import numpy as np
 
 from tensorgate import datatypes
 from tensorgate.datatypes import DataType
-from tensorgate.errors import InvalidArgument, Unimplemented, clip
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, clip
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.request import InferRequest
@@ -153,6 +153,10 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
 # differ): a request or response with more than this many of them is decoded or encoded on a thread,
 # so the event loop keeps serving other calls meanwhile.
 BYTES_ELEMENTS_ON_LOOP = 4096
+# A response's fields besides its tensors' bytes (names, shapes, ids) stay well under this; past it the
+# message is measured exactly. A ModelStreamInferResponse wraps it in a few more bytes.
+RESPONSE_FIELDS_BYTES = 64 * 1024
+STREAM_WRAPPER_BYTES = 16
 
 
 def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:
@@ -298,10 +302,13 @@ def _int_parameter(request: pb.ModelInferRequest, key: str) -> int:
 
 
 def encode_response(
-    model: ModelSpec, version: int, request_id: str, outputs: dict[str, np.ndarray]
+    model: ModelSpec, version: int, request_id: str, outputs: dict[str, np.ndarray], max_bytes: int = 0
 ) -> pb.ModelInferResponse:
+    """The response message; RESOURCE_EXHAUSTED naming the limit if it would be larger than
+    ``max_bytes`` (0: no limit), which gRPC would refuse to send with a traceback in the log."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(version), id=request_id)
     raw = response.raw_output_contents
+    size = 0
     for name, array in outputs.items():
         spec = model.outputs[name]
         tensor = response.outputs.add()
@@ -312,4 +319,14 @@ def encode_response(
             raw.append(datatypes.serialize_bytes(array))
         else:
             raw.append(np.ascontiguousarray(array, dtype=spec.datatype.numpy).tobytes())
+        size += len(raw[-1])
+    if max_bytes and size + RESPONSE_FIELDS_BYTES > max_bytes:
+        total = response.ByteSize() + STREAM_WRAPPER_BYTES  # counted once the tensors come near the limit
+        if total > max_bytes:
+            raise ServerError(
+                f"the response of model '{model.name}' would be a {total}-byte message, above the largest gRPC "
+                f"message of {max_bytes} bytes (--grpc-max-message-bytes): raise it, or ask for fewer rows or "
+                "outputs",
+                Code.RESOURCE_EXHAUSTED,
+            )
     return response

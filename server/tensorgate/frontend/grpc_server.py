@@ -146,9 +146,17 @@ class TlsFiles:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
             pair = (key.read_bytes(), cert.read_bytes())
-            roots = client_ca.read_bytes() if client_ca is not None else None
         except OSError as exc:  # ssl.SSLError is an OSError
             raise TlsError(f"cannot use the TLS files: {exc}") from None
+        roots = None
+        if client_ca is not None:
+            # Checked here as the pair is: gRPC would take an empty or broken CA file and refuse every
+            # client (or, at start, fail with a misleading bind error; on a reload, keep the old one).
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=client_ca)
+                roots = client_ca.read_bytes()
+            except OSError as exc:
+                raise TlsError(f"cannot use the client CA file {client_ca} (--grpc-tls-client-ca): {exc}") from None
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
 
     def changed(self) -> grpc.ServerCertificateConfiguration | None:
@@ -191,7 +199,10 @@ class GrpcFrontend:
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = Health()
         self.server.add_generic_rpc_handlers((health_handler(self.health, service.state),))
-        self.address = f"{settings.grpc_address or settings.host}:{settings.grpc_port}"
+        host = settings.grpc_address or settings.host
+        # gRPC parses "host:port": an IPv6 literal needs its brackets ("[::1]:8001").
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self.address = f"{host}:{settings.grpc_port}"
         address = self.address
         credentials = server_credentials(settings)
         try:

@@ -84,6 +84,7 @@ class InferenceService:
         self.repository = repository
         self.state = state
         self.lag = lag or LoopLag()  # not started: no lag
+        self.max_response_bytes = repository.settings.grpc_max_message_bytes
 
     # ---- health and metadata ----
 
@@ -178,7 +179,10 @@ class InferenceService:
 
     # ---- inference ----
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Any = None) -> pb.ModelInferResponse:
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: Any = None, *, over_grpc: bool = True
+    ) -> pb.ModelInferResponse:
+        """One inference; ``over_grpc``: its response must fit a gRPC message (--grpc-max-message-bytes)."""
         state = self.state
         state.inference_calls += 1
         if state.closing.is_set():
@@ -196,9 +200,10 @@ class InferenceService:
                     outputs = await served.scheduler.infer(decoded, held=True)
             else:
                 outputs = await served.scheduler.infer(codec.decode_request(request, spec))
+            limit = self.max_response_bytes if over_grpc else 0
             if spec.bytes_outputs and codec.heavy_response(spec, outputs):
-                return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs)
-            return codec.encode_response(spec, served.version, request.id, outputs)
+                return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs, limit)
+            return codec.encode_response(spec, served.version, request.id, outputs, limit)
         finally:
             state.inferring -= 1
 

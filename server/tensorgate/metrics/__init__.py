@@ -87,7 +87,7 @@ def serve_metrics(
     log.info(
         "event=metrics_listening address=%s:%d path=/metrics interval_ms=%d cpu=%s gpu=%s",
         host,
-        port,
+        int(http.effective_port),  # the port bound (port 0 picks one)
         interval_ms,
         str(cpu).lower(),
         str(gpu).lower(),
