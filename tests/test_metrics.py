@@ -148,3 +148,33 @@ def test_promtool_finds_nothing_but_tritons_own_names(server: Server) -> None:
     whole = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     findings = [line for line in (whole.stdout + whole.stderr).splitlines() if line.strip()]
     assert findings and all(line.startswith("nv_") for line in findings), findings
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_tritons_counters_are_typed_counter_in_the_text_format_whatever_the_scraper_asks(
+    server: Server, gzipped: bool
+) -> None:
+    """Prometheus asks for OpenMetrics first; Triton answers its text format (0.0.4) with its counters
+    typed ``counter`` under their bare names, and so does tensorgate (collectors that read types take
+    untyped series for gauges)."""
+    import gzip
+    import urllib.request
+
+    headers = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"}
+    if gzipped:
+        headers["Accept-Encoding"] = "gzip"
+    request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert (answer.headers.get("Content-Encoding") == "gzip") is gzipped
+        body = answer.read()
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    for name in ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+                 "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+                 "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+                 "nv_inference_compute_output_duration_us"):  # fmt: skip
+        assert types.get(name) == "counter", (name, types.get(name))
+        assert re.search(rf"^{name}{{", text, re.M), name  # the samples under the bare name, no _total
+    assert types["nv_inference_pending_request_count"] == "gauge"
+    assert "untyped" not in {types[n] for n in types if n.startswith("nv_")}

@@ -9,16 +9,17 @@ from collections.abc import Callable
 from typing import Any
 
 import waitress
-from prometheus_client import make_wsgi_app
 from prometheus_client.registry import REGISTRY
 
 from tensorgate.metrics.cpu import CpuReader
+from tensorgate.metrics.exposition import triton_exposition
 from tensorgate.metrics.gpu import GpuReader
 from tensorgate.metrics.models import (
     ModelStatsCollector,
     ServerView,
     VersionMetrics,
     VersionSource,
+    counter_names,
     thread_cpu_seconds,
 )
 from tensorgate.metrics.sampler import Sampler
@@ -72,7 +73,7 @@ def serve_metrics(
         sampler.start()
     REGISTRY.register(ModelStatsCollector(source, server, loop_cpu_seconds, sampler))
     http = waitress.create_server(
-        make_wsgi_app(REGISTRY),
+        triton_exposition(REGISTRY, counter_names),
         host=host,
         port=port,
         threads=SCRAPE_THREADS,

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,14 +40,24 @@ _DURATIONS = (
 
 class _Counter(Metric):
     """A cumulative count under Triton's bare name (``nv_*`` without ``_total``). prometheus_client
-    would append ``_total`` to a ``counter`` family, so the family is exposed untyped."""
+    would append ``_total`` to a ``counter`` family, so the family is made untyped here, and the
+    page is typed ``counter`` as it is written (exposition.py)."""
+
+    names: ClassVar[set[str]] = set()  # every family made so far (a few fixed names)
 
     def __init__(self, name: str, documentation: str) -> None:
         super().__init__(name, documentation, "unknown")
         self.name = name
+        _Counter.names.add(name)
 
     def add(self, labels: dict[str, str], value: float) -> None:
         self.add_sample(self.name, labels, value)
+
+
+def counter_names() -> frozenset[str]:
+    """Triton's counters (``nv_*``), for exposition.py to type them ``counter`` as Triton does. Ours
+    (tensorgate_internal_errors) stays untyped: a counter of ours would be named ``_total``."""
+    return frozenset(name for name in _Counter.names if name.startswith("nv_"))
 
 
 def thread_cpu_seconds(thread_id: int) -> Callable[[], float] | None:
