@@ -406,6 +406,10 @@ def test_add_sub_config_fields(web: Http) -> None:
         ("INPUT1", "TYPE_FP32", [16]),
     ]
     assert [(g["kind"], int(g["count"])) for g in config["instance_group"]] == [("KIND_CPU", 1)]
+    # as Triton's JSON: an unset message field is left out (clients test "reshape" in an input), scalars
+    # and lists are written even when empty
+    assert all("reshape" not in t for t in config["input"]) and config["input"][0]["is_shape_tensor"] is False
+    assert "sequence_batching" not in config and "dynamic_batching" not in config  # add_sub sets none
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -956,6 +960,7 @@ def test_repository_index_matches_grpc(server: Server, web: Http) -> None:
     assert ("add_sub", "1", "READY") in rows and ("id_bf16", "1", "READY") in rows
     answer = web.post_json("/v2/repository/index", {"ready": True})
     assert answer.status == 200 and {(m["name"], m["state"]) for m in answer.json()} == {(n, s) for n, _, s in rows}
+    assert all("reason" not in m for m in answer.json())  # as Triton's index: a reason only where there is one
 
 
 def _add_const_input(mod: Any) -> list[Any]:

@@ -257,6 +257,9 @@ def test_version_policy(versions_server: Server, name: str) -> None:
     # no version: the highest ready one answers
     assert client.is_model_ready(name)
     assert infer(client, name) == (float(max(served)), str(max(served)))
+    # metadata: with no version every ready one, with one only it (as Triton)
+    assert list(client.get_model_metadata(name).versions) == [str(v) for v in served]
+    assert list(client.get_model_metadata(name, str(served[0])).versions) == [str(served[0])]
     assert client.get_model_metadata(name).versions == [str(v) for v in served]
     for bad in ("4", "0", "-1", "latest", "1.0"):
         assert not client.is_model_ready(name, bad)

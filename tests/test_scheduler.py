@@ -206,10 +206,22 @@ async def test_priorities_go_first() -> None:
     assert [b[0] for b in backend.batches[1:]] == [10, 11, 0, 1, 2]
 
 
-async def test_bad_priority_is_refused() -> None:
-    s = make(FakeBackend(), policy())
-    with pytest.raises(ServerError, match="priority 3 is out of range"):
-        await s.infer(request(1, priority=3))
+async def test_a_priority_above_the_levels_goes_to_the_default_level() -> None:
+    """As Triton's InferenceRequest::SetPriority: a priority beyond the model's levels is the default
+    level (here the lowest of two), not an error: it waits behind priority 1."""
+    backend = FakeBackend()
+    s = make(
+        backend,
+        policy(max_batch_size=1, priority_levels=2, default_priority=2, queue_policies=(QueuePolicy(), QueuePolicy())),
+    )
+    first = await hold(backend, s)
+    beyond = asyncio.create_task(s.infer(request(7, priority=9)))
+    high = asyncio.create_task(s.infer(request(1, priority=1)))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, beyond, high)
+    assert [b[0] for b in backend.batches[1:]] == [1, 7]
+    assert s.stats.success.count == 3
 
 
 async def test_full_queue_rejects_at_once() -> None:

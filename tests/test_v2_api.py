@@ -59,6 +59,9 @@ def test_model_metadata_and_config(server: Server) -> None:
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT0", "FP32", [-1, 16])]
     derived = c.get_model_config("identity").config
     assert derived.max_batch_size == 4 and derived.backend == "onnxruntime"
+    # filled as Triton fills them (AutoCompleteBackendFields, NormalizeInstanceGroup)
+    assert derived.platform == "onnxruntime_onnx" and derived.default_model_filename == "model.onnx"
+    assert [g.name for g in derived.instance_group] == ["identity_0"]
     assert [g.kind for g in derived.instance_group] == [2]  # KIND_CPU: the engine chosen on this machine
     assert [(t.name, list(t.dims)) for t in derived.output] == [("OUTPUT0", [16])]
     given = c.get_model_config("add_sub", "1").config

@@ -325,17 +325,21 @@ def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tup
 
 
 def message_json(message: Message) -> dict[str, Any]:
-    """A protobuf message as Triton writes it in JSON: field names as in the .proto, every field
-    (zeros and empty lists too), 64-bit integers as numbers, enums by name."""
+    """A protobuf message as Triton writes it in JSON (protobuf's printer with every field without
+    presence): field names as in the .proto, scalars and lists even when zero or empty, a message
+    field only when set (clients test ``"reshape" in input``), 64-bit integers as numbers, enums by name."""
     out: dict[str, Any] = {}
     for f in message.DESCRIPTOR.fields:
         if f.containing_oneof is not None and message.WhichOneof(f.containing_oneof.name) != f.name:
+            continue
+        repeated = f.label == FieldDescriptor.LABEL_REPEATED
+        if f.message_type is not None and not repeated and not message.HasField(f.name):
             continue
         value = getattr(message, f.name)
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             value_field = f.message_type.fields_by_name["value"]
             out[f.name] = {k: _json_scalar(value_field, v) for k, v in value.items()}
-        elif f.label == FieldDescriptor.LABEL_REPEATED:
+        elif repeated:
             out[f.name] = [_json_scalar(f, v) for v in value]
         else:
             out[f.name] = _json_scalar(f, value)

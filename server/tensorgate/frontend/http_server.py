@@ -168,7 +168,11 @@ class HttpFrontend:
             parsed = await _off_loop(len(body) > http_codec.JSON_ON_LOOP, lambda: http_codec.parse_json(body))
             ready = isinstance(parsed, dict) and parsed.get("ready") is True
         response = await self.service.repository_index(pb.RepositoryIndexRequest(ready=ready), None)
-        return _json([http_codec.message_json(m) for m in response.models])
+        rows = [http_codec.message_json(m) for m in response.models]
+        for row in rows:  # as Triton's index: a reason only where there is one
+            if not row.get("reason"):
+                row.pop("reason", None)
+        return _json(rows)
 
     async def load(self, request: web.Request) -> web.Response:
         query = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])

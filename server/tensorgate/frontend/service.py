@@ -104,7 +104,10 @@ class InferenceService:
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         served = self.repository.get(request.name, request.version)
         spec = served.spec
-        ready = sorted(v.version for v in self.repository.ready_versions() if v.name == request.name)
+        if request.version:  # as Triton: the version asked for; with none, every ready version
+            ready = [served.version]
+        else:
+            ready = sorted(v.version for v in self.repository.ready_versions() if v.name == request.name)
         response = pb.ModelMetadataResponse(
             name=spec.name, versions=[str(v) for v in ready], platform="onnxruntime_onnx"
         )

@@ -12,6 +12,7 @@ from tensorgate.errors import ModelConfigError, clip
 from tensorgate.model_config.batching import batching_policy
 from tensorgate.model_config.instances import instance_settings
 from tensorgate.model_config.limits import limits
+from tensorgate.model_config.parse import DEFAULT_MODEL_FILE
 from tensorgate.model_config.spec import ModelSpec, RawConfig, TensorSpec
 from tensorgate.proto import model_config_pb2 as mc
 
@@ -51,8 +52,17 @@ def complete(
     if done.name and done.name != name:
         raise ModelConfigError(f"config.pbtxt names the model {clip(done.name)!r} but its directory is {name!r}")
     done.name = name
+    # As Triton's AutoCompleteBackendFields and NormalizeInstanceGroup, so ModelConfig reads as
+    # Triton's does (tools such as model_analyzer read its platform): both the platform and the
+    # backend, the model file name, and a name for each instance group.
     if not done.platform and not done.backend:
         done.backend = "onnxruntime"
+    if done.backend == "onnxruntime" and not done.platform:
+        done.platform = "onnxruntime_onnx"
+    if done.platform == "onnxruntime_onnx" and not done.backend:
+        done.backend = "onnxruntime"
+    if not done.default_model_filename:
+        done.default_model_filename = DEFAULT_MODEL_FILE
     # Triton's ONNX Runtime backend (src/onnxruntime.cc, ModelState::AutoCompleteConfig and
     # AutoCompleteMaxBatch): nothing is completed when config.pbtxt gives inputs (batch_input
     # counting as inputs) AND outputs. Otherwise, when every input and output of the ONNX file has a
@@ -83,9 +93,11 @@ def complete(
         group = done.instance_group.add()
         group.count = 1
         group.kind = mc.ModelInstanceGroup.KIND_AUTO  # resolved once the engine is chosen
-    for group in done.instance_group:
+    for index, group in enumerate(done.instance_group):
         if group.count < 1:
             group.count = 1
+        if not group.name:
+            group.name = f"{name}_{index}"
     if not done.HasField("version_policy"):
         done.version_policy.latest.num_versions = 1
     return done

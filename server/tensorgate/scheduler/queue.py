@@ -23,7 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable
+from tensorgate.errors import Code, ServerError, Unavailable
 from tensorgate.model_config import BatchingPolicy, TimeoutAction
 from tensorgate.request import InferRequest, Outputs
 
@@ -79,14 +79,12 @@ class PriorityQueue:
         self._delay_timer: asyncio.TimerHandle | None = None
 
     def level(self, request: InferRequest) -> int:
-        """The queue (0 = highest priority) a request goes to; InvalidArgument if out of range."""
+        """The queue (0 = highest priority) a request goes to. As Triton (InferenceRequest::SetPriority),
+        a priority of 0 or above the model's levels means the model's default level."""
         policy = self.policy
-        priority = request.priority or policy.default_priority
+        priority = request.priority
         if priority < 1 or priority > policy.priority_levels:
-            raise InvalidArgument(
-                f"priority {request.priority} is out of range for model '{self.model}': it has "
-                f"{policy.priority_levels} priority level(s), 1 (highest) to {policy.priority_levels}, 0 = default"
-            )
+            priority = policy.default_priority
         return priority - 1
 
     def push(self, request: InferRequest) -> Pending:

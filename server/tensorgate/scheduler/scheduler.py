@@ -87,8 +87,6 @@ class Scheduler:
                 # Nothing queued, no queue delay to wait out, and a free instance whose batches run on
                 # the loop: run it now, without the queue's bookkeeping (a future, a queue entry, a
                 # shape key). The batch the queue would form is this request alone.
-                if request.priority:  # the priority check a queued request gets (0, the default, is valid)
-                    self._queue.level(request)
                 self._idle.pop()
                 (answer,) = self._run_inline(instance, (request,), request.outputs, nbytes)
                 if isinstance(answer, ServerError):
