@@ -13,12 +13,12 @@
 # target, builds nothing of the GPU image for --target cpu.
 #
 # Both images: user tensorgate (uid 1000), models read from /models, built engines and accepted FP16
-# models cached in /cache (a volume: mount a persistent one to keep them across restarts), gRPC on
-# 8001 and Prometheus /metrics on 8002, `tensorgate serve` as PID 1 (SIGTERM: drains, exits 0).
-# Flags after the image name go to `tensorgate serve`. No HEALTHCHECK: Kubernetes probes the
-# standard grpc.health.v1 service.
-#   podman run -p 8001:8001 -p 8002:8002 -v "$PWD/model_repo:/models:ro" tensorgate:cpu
-#   docker run --gpus all -p 8001:8001 -p 8002:8002 -v "$PWD/model_repo:/models:ro" tensorgate:gpu
+# models cached in /cache (a volume: mount a persistent one to keep them across restarts), HTTP/REST
+# on 8000, gRPC on 8001 and Prometheus /metrics on 8002, `tensorgate serve` as PID 1 (SIGTERM:
+# drains, exits 0). Flags after the image name go to `tensorgate serve`. No HEALTHCHECK: Kubernetes
+# probes the HTTP health endpoints (/v2/health/live, /v2/health/ready on 8000; deploy/kubernetes).
+#   podman run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repo:/models:ro" tensorgate:cpu
+#   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repo:/models:ro" tensorgate:gpu
 #
 # Each target builds a virtual environment in a build stage and copies only it into a fresh stage of
 # the same base (the venv's interpreter is the base's), with no pip cache. Package index settings

@@ -6,15 +6,20 @@
   against its CRD's openAPIV3Schema (tests/data/crds, with their sources), tightened so that an
   unknown field fails as `kubectl apply`'s strict field validation makes it fail.
 - The container args and env name only flags that exist, with values the server accepts.
-- The probes' ports and services, read from the manifests, get SERVING from a real ready server, and
-  the shutdown timing in the manifests holds against a real server.
+- The probes' ports and paths (HTTP) or services (KServe's gRPC), read from the manifests, pass on a
+  real ready server; the HTTP probes keep passing while a flooded server's gRPC cancels calls; the
+  shutdown timing in the manifests holds against a real server.
 - The prometheus-adapter rules, filled in as prometheus-adapter fills them, return values from a real
-  Prometheus scraping a real server under traffic.
+  Prometheus scraping a real server under traffic; they merge into kube-prometheus's adapter
+  configuration without touching its resourceRules; the autoscaling folder registers the custom
+  metrics API and nothing that would replace a shared object.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import contextlib
 import copy
 import functools
@@ -28,6 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,10 +48,11 @@ import tritonclient.grpc as grpcclient
 import yaml
 from conftest import ROOT, Server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from models import identity, write_config
+from models import identity, slow, write_config
 from prom import PROMETHEUS, query, running_prometheus
 from referencing import Registry, Resource
 from tensorgate import settings
+from tritonclient.grpc import service_pb2
 
 Doc = dict[str, Any]
 
@@ -66,6 +74,7 @@ CRD_GROUPS = ("monitoring.coreos.com", "serving.kserve.io")
 K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 DEFAULT_GRACE_SECS = 30  # a pod's terminationGracePeriodSeconds when its spec sets none
+ADAPTER_RULES = DEPLOY / "kubernetes" / "autoscaling" / "adapter-rules.yaml"
 
 
 # ---- rendering ----
@@ -289,8 +298,10 @@ def _drop(path: str) -> Callable[[Doc], None]:
 
 POD = "spec.template.spec"
 MISTAKES = [
-    ("cpu", "Deployment", _set(f"{POD}.containers.0.livenessProbe.grpc.servce", "liveness")),
-    ("cpu", "Deployment", _set(f"{POD}.containers.0.readinessProbe.grpc.port", "grpc")),
+    ("cpu", "Deployment", _set(f"{POD}.containers.0.livenessProbe.httpGet.pth", "/v2/health/live")),
+    ("cpu", "Deployment", _set(f"{POD}.containers.0.readinessProbe.httpGet.path", 8000)),
+    ("autoscaling", "APIService", _set("spec.service.prot", 443)),
+    ("autoscaling", "APIService", _drop("spec.groupPriorityMinimum")),
     ("gpu", "Deployment", _set(f"{POD}.initContainers.1.securityContext.readOnlyRootFilesystm", True)),
     ("cpu", "HorizontalPodAutoscaler", _set("spec.metrics.0.pods.target.averageValu", "1")),
     ("cpu", "Service", _set("spec.ports.0.appProtcol", "grpc")),
@@ -329,26 +340,67 @@ def _probes(container: Doc) -> dict[str, Doc]:
     }
 
 
-@pytest.mark.parametrize("tree", SERVERS)
-def test_probes_are_grpc_health_checks_on_the_grpc_port(tree: str) -> None:
+HEALTH_PATHS = {"startup": "/v2/health/ready", "liveness": "/v2/health/live", "readiness": "/v2/health/ready"}
+
+
+def _port_number(container: Doc, port: int | str) -> int:
+    """A probe's port as a number: a container port's name resolved as the kubelet resolves it."""
+    if isinstance(port, int):
+        return port
+    found = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    assert len(found) == 1, f"no container port named {port!r}"
+    return int(found[0])
+
+
+def _only_handler(kind: str, probe: Doc) -> str:
+    handlers = {"exec", "httpGet", "tcpSocket", "grpc"} & set(probe)
+    assert len(handlers) == 1, f"{kind}: one handler, not {handlers}"  # (kubernetes-validate cannot see two)
+    return handlers.pop()
+
+
+@pytest.mark.parametrize("tree", OVERLAYS)
+def test_probes_are_http_health_checks_on_the_http_port(tree: str) -> None:
+    """The Deployment probes GET /v2/health/live and /v2/health/ready on the HTTP port, not gRPC health:
+    gRPC health checks wait behind --grpc-max-pending-calls with every other call and are cancelled
+    when an overloaded server sheds calls (test_http_probes_pass_while_grpc_sheds_calls)."""
     docs = rendered(tree)
     container = server_container(tree, docs)
-    grpc_port = serve_settings(docs, container).grpc_port
+    served = serve_settings(docs, container)
+    assert served.http_port > 0, "the probes need the HTTP/REST port"
+    assert served.grpc_restricted_protocol is None or "health" not in served.grpc_restricted_protocol.protocols
     port_names = {p["containerPort"]: p.get("name") for p in container["ports"]}
-    assert port_names.get(grpc_port) == ("h2c" if tree == "kserve" else "grpc"), port_names
+    assert port_names.get(served.grpc_port) == "grpc" and port_names.get(served.http_port) == "http", port_names
     probes = _probes(container)
-    assert {"liveness", "readiness"} <= set(probes)
+    assert set(probes) == {"startup", "liveness", "readiness"}
     for kind, probe in probes.items():
-        handlers = {"exec", "httpGet", "tcpSocket", "grpc"} & set(probe)
-        assert handlers == {"grpc"}, f"{kind}: one gRPC handler, not {handlers}"  # (kubernetes-validate cannot see two)
+        assert _only_handler(kind, probe) == "httpGet", f"{kind}: an HTTP GET, not {probe}"
+        get = probe["httpGet"]
+        assert _port_number(container, get["port"]) == served.http_port, f"{kind} probes {get['port']}"
+        assert get.get("scheme", "HTTP") == "HTTP" and "host" not in get, get
+        # startup on readiness: on liveness it would pass as soon as the port listens; on readiness it
+        # bounds the load time
+        assert get["path"] == HEALTH_PATHS[kind], f"{kind} probes {get['path']}"
+    budget = probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"]
+    assert budget >= (1200 if tree == "gpu" else 600), f"{tree}: {budget} s to load the models"
+    live = probes["liveness"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30, "a busy server must not be restarted at once"
+
+
+def test_kserve_probes_are_grpc_health_checks_on_the_grpc_port() -> None:
+    """The ServingRuntime keeps gRPC probes on its one container port: in Serverless mode Knative moves
+    a liveness httpGet to the container port (the gRPC one), see deploy/kserve/servingruntime.yaml."""
+    docs = rendered("kserve")
+    container = server_container("kserve", docs)
+    grpc_port = serve_settings(docs, container).grpc_port
+    assert [p["containerPort"] for p in container["ports"]] == [grpc_port]
+    assert container["ports"][0]["name"] == "h2c"
+    probes = _probes(container)
+    assert set(probes) == {"liveness", "readiness"}
+    for kind, probe in probes.items():
+        assert _only_handler(kind, probe) == "grpc"
         assert probe["grpc"]["port"] == grpc_port, f"{kind} probes port {probe['grpc']['port']}, gRPC is on {grpc_port}"
     assert probes["liveness"]["grpc"]["service"] == "liveness"
     assert probes["readiness"]["grpc"]["service"] == "readiness"
-    if "startup" in probes:
-        # on "liveness" it would pass as soon as the port listens; on readiness it bounds the load time
-        assert probes["startup"]["grpc"]["service"] == "readiness"
-        budget = probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"]
-        assert budget >= (1200 if tree == "gpu" else 600), f"{tree}: {budget} s to load the models"
     live = probes["liveness"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 30, "a busy server must not be restarted at once"
 
@@ -543,9 +595,12 @@ def test_network_policy(tree: str) -> None:
     client = {"tensorgate.io/client": "true"}
     cases = [  # (namespace, pod labels, port, admitted)
         (ns, {}, "grpc", True),
+        (ns, {}, "http", True),
         (ns, {}, "metrics", False),
         ("apps", {}, "grpc", False),
+        ("apps", {}, "http", False),
         ("apps", client, "grpc", True),
+        ("apps", client, "http", True),
         ("apps", client, "metrics", False),
         ("monitoring", {"app.kubernetes.io/name": "prometheus"}, "metrics", True),
         ("monitoring", {"app.kubernetes.io/name": "prometheus"}, "grpc", False),
@@ -651,19 +706,164 @@ def _health(url: str, service: str, timeout: float = 5.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
 
+def _http_port(server: Server) -> int:
+    """The HTTP/REST port a test server (started with --http-port 0 unless told otherwise) listens on."""
+    found = re.findall(r"event=http_listening address=\S+:(\d+)", server.log)
+    assert found, f"the server logged no HTTP port:\n{server.log}"
+    return int(found[-1])
+
+
+def _get(port: int, path: str, timeout: float) -> int | str:
+    """An HTTP GET on a new connection, as the kubelet probes: the status, or the error."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _probe(container: Doc, probe: Doc, grpc_url: str, http_port: int) -> str:
+    """One probe's call as the kubelet makes it, on the test server's port for the manifest's port
+    (checked to be the server's gRPC or HTTP port by the tests above): 'pass' or what it got."""
+    timeout = probe.get("timeoutSeconds", 1)
+    if "httpGet" in probe:
+        status = _get(http_port, probe["httpGet"]["path"], timeout)
+        return "pass" if isinstance(status, int) and 200 <= status < 400 else f"HTTP {status}"
+    answer = _health(grpc_url, probe["grpc"].get("service", ""), timeout)
+    return "pass" if answer == "SERVING" else answer
+
+
 @pytest.mark.parametrize("tree", SERVERS)
 def test_probes_pass_on_a_ready_server(tree: str, server: Server) -> None:
-    """Each probe's call (the manifest's service name, on the port the manifest configures, which is
-    the test server's port here) as the kubelet makes it: only SERVING passes."""
+    """Each probe's call (the manifest's path or service, on the port the manifest configures, which is
+    the test server's port here) as the kubelet makes it: HTTP 200-399, or gRPC SERVING."""
     docs = rendered(tree)
     container = server_container(tree, docs)
-    grpc_port = serve_settings(docs, container).grpc_port
-    answers = {}
-    for kind, probe in _probes(container).items():
-        assert probe["grpc"]["port"] == grpc_port
-        service = probe["grpc"].get("service", "")
-        answers[f"{kind} {service!r}"] = _health(server.url, service, probe.get("timeoutSeconds", 1))
-    assert set(answers.values()) == {"SERVING"}, answers
+    answers = {
+        kind: _probe(container, probe, server.url, _http_port(server)) for kind, probe in _probes(container).items()
+    }
+    assert set(answers.values()) == {"pass"}, answers
+
+
+def test_http_probes_answer_400_when_not_ready(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    """/v2/health/ready fails (400) while the models load and passes once they are loaded; liveness
+    passes throughout: the 200/400 the probes rely on, from a real server."""
+    docs = rendered("cpu")
+    container = server_container("cpu", docs)
+    probes = _probes(container)
+    slow_repo = tmp_path / "slow-repo"
+    slow(slow_repo / "slow" / "1" / "model.onnx")
+    # warmup runs (a second or two here) keep the server loading (listening, not ready) long enough to look
+    sample = (
+        'batch_size: 2 count: 1000 inputs { key: "INPUT0" value { data_type: TYPE_FP32 dims: [512] zero_data: true } }'
+    )
+    write_config(
+        slow_repo / "slow", f'max_batch_size: 8\nmodel_warmup [{{ name: "a" {sample} }}, {{ name: "b" {sample} }}]\n'
+    )
+    server = start_server(slow_repo, wait_ready=False)
+    deadline = time.monotonic() + 30
+    seen: list[tuple[str, str]] = []
+    while time.monotonic() < deadline and "event=server_ready" not in server.log:
+        if "event=http_listening" in server.log:
+            port = _http_port(server)
+            seen.append(
+                (
+                    _probe(container, probes["liveness"], server.url, port),
+                    _probe(container, probes["readiness"], server.url, port),
+                )
+            )
+        time.sleep(0.05)
+    server.wait_ready()
+    port = _http_port(server)
+    assert "event=model_ready model=slow" in server.log, server.log
+    assert ("pass", "HTTP 400") in seen, f"(liveness, readiness) while loading: {seen}"
+    assert all(live == "pass" for live, _ in seen), seen
+    ready = {kind: _probe(container, probe, server.url, port) for kind, probe in probes.items()}
+    assert ready == dict.fromkeys(probes, "pass"), ready
+
+
+class _Flood:
+    """ModelInfer calls on `identity` from ``width`` concurrent callers (asyncio, in a thread) until
+    stopped, each sending its next call when the last one ends; counts the status codes."""
+
+    def __init__(self, url: str, width: int) -> None:
+        self.url, self.width = url, width
+        self.codes: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        tensor = np.ones((1, 16), np.float32)
+        self._request = service_pb2.ModelInferRequest(
+            model_name="identity",
+            inputs=[service_pb2.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=[1, 16])],
+            raw_input_contents=[tensor.tobytes()],
+        ).SerializeToString()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
+
+    def __enter__(self) -> _Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        # several connections, as several clients would open (one connection's streams are capped too)
+        channels = [
+            grpc.aio.insecure_channel(self.url, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)
+        ]
+        calls = [ch.unary_unary("/inference.GRPCInferenceService/ModelInfer") for ch in channels]
+
+        async def caller(i: int) -> None:
+            call = calls[i % len(calls)]
+            while not self._stop.is_set():
+                try:
+                    await call(self._request, timeout=20)
+                    self.codes["OK"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    self.codes[exc.code().name] += 1
+
+        await asyncio.gather(*(caller(i) for i in range(self.width)))
+        for channel in channels:
+            await channel.close()
+
+
+def test_http_probes_pass_while_grpc_sheds_calls(repo: Path, start_server: Callable[..., Server]) -> None:
+    """The reason the Deployment's probes are HTTP: a server flooded past --grpc-max-pending-calls has
+    gRPC cancel new calls at random, grpc.health.v1 checks among them (a failed gRPC probe; about half
+    of them here, which the report shows), while the manifest's HTTP probe paths keep answering 200
+    within the probes' timeouts. A cap of 8 here stands for the default 1000 under thousands of calls."""
+    docs = rendered("cpu")
+    container = server_container("cpu", docs)
+    probes = _probes(container)
+    http_port = serve_settings(docs, container).http_port
+    assert all(_port_number(container, probe["httpGet"]["port"]) == http_port for probe in probes.values()), probes
+    server = start_server(repo, "--grpc-max-pending-calls", "8")
+    port = _http_port(server)
+    grpc_health: collections.Counter[str] = collections.Counter()
+    http: dict[str, collections.Counter[str]] = {kind: collections.Counter() for kind in probes}
+    slowest = 0.0
+    with _Flood(server.url, 400) as flood:
+        deadline = time.monotonic() + 15
+        while flood.codes["CANCELLED"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flood.codes["CANCELLED"] > 0, f"gRPC never shed a call: {flood.codes}\n{server.log[-2000:]}"
+        cancelled_before = flood.codes["CANCELLED"]
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            for kind, probe in probes.items():
+                started = time.monotonic()
+                http[kind][_probe(container, probe, server.url, port)] += 1
+                slowest = max(slowest, time.monotonic() - started)
+            grpc_health[_health(server.url, "liveness", timeout=probes["liveness"]["timeoutSeconds"])] += 1
+            time.sleep(0.1)
+        cancelled_during = flood.codes["CANCELLED"] - cancelled_before
+    report = f"HTTP probes {http}, slowest {slowest:.2f} s; gRPC health checks {dict(grpc_health)}"
+    report += f"; calls {dict(flood.codes)}"
+    assert cancelled_during > 0, f"gRPC stopped shedding while the probes ran: {report}"
+    assert all(set(counts) == {"pass"} and counts["pass"] >= 5 for counts in http.values()), report
+    assert server.client.is_server_live()
 
 
 def test_shutdown_against_a_real_server(repo: Path, start_server: Callable[..., Server], tmp_path: Path) -> None:
@@ -676,19 +876,24 @@ def test_shutdown_against_a_real_server(repo: Path, start_server: Callable[..., 
     drain = float(env["TENSORGATE_DRAIN_DELAY_SECS"])
     grace = pod_spec(docs)["terminationGracePeriodSeconds"]
     probes = _probes(container)
-    readiness, liveness = probes["readiness"]["grpc"]["service"], probes["liveness"]["grpc"]["service"]
     # the overlay's environment; this machine's paths (the flags the test server gets win over the ports)
     env |= {"TENSORGATE_ENGINE_CACHE_DIR": str(tmp_path / "cache"), "TENSORGATE_MODEL_REPOSITORY": str(repo)}
     server = start_server(repo, env=env)
-    assert _health(server.url, readiness) == "SERVING" and _health(server.url, liveness) == "SERVING"
+    port = _http_port(server)
+
+    def probe(kind: str) -> str:
+        return _probe(container, {**probes[kind], "timeoutSeconds": 1}, server.url, port)
+
+    assert probe("readiness") == "pass" and probe("liveness") == "pass"
     signalled = time.monotonic()
     server.send_signal(signal.SIGTERM)
     answers = []  # the signal is handled asynchronously: within a second, not necessarily before the next call
-    while time.monotonic() - signalled < 1.0 and "NOT_SERVING" not in answers:
-        answers.append(_health(server.url, readiness, timeout=1))
-    assert answers[-1] == "NOT_SERVING", f"readiness after SIGTERM: {answers}"
-    assert _health(server.url, liveness, timeout=1) == "SERVING"
+    while time.monotonic() - signalled < 1.0 and "HTTP 400" not in answers:
+        answers.append(probe("readiness"))
+    assert answers[-1] == "HTTP 400", f"readiness after SIGTERM: {answers}"
+    assert probe("liveness") == "pass"
     time.sleep(drain / 2)
+    assert probe("liveness") == "pass"
     tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 16), np.float32))
     client = grpcclient.InferenceServerClient(server.url)
@@ -709,8 +914,8 @@ ADAPTER_RULE_KEYS = {"seriesQuery", "seriesFilters", "resources", "name", "metri
 
 
 def adapter_rules() -> list[Doc]:
-    config = the(rendered("autoscaling"), "ConfigMap", "adapter-config")
-    parsed = yaml.safe_load(config["data"]["config.yaml"])
+    """The rules of autoscaling/adapter-rules.yaml, a fragment of prometheus-adapter's configuration file."""
+    parsed = yaml.safe_load(ADAPTER_RULES.read_text())
     assert set(parsed) == {"rules"}
     rules: list[Doc] = parsed["rules"]
     for rule in rules:
@@ -752,6 +957,107 @@ def metrics_query(rule: Doc, namespace: str, pods: list[str]) -> str:
         return values[key]
 
     return re.sub(r"<<(.*?)>>", fill, rule["metricsQuery"])
+
+
+# kube-prometheus's prometheus-adapter configuration (its ConfigMap adapter-config, key config.yaml, as
+# prometheus-operator/kube-prometheus manifests/prometheusAdapter-configMap.yaml renders it at commit
+# 0591fefa27bb136877dc212d4fd85bf3b53d26ed: jsonnet's manifestYamlDoc, quoted keys, no final newline):
+# the resource metrics behind `kubectl top` and CPU/memory HPAs, which tensorgate's rules must not replace.
+KUBE_PROMETHEUS_ADAPTER_CONFIG = '''\
+"resourceRules":
+  "cpu":
+    "containerLabel": "container"
+    "containerQuery": |
+      sum by (<<.GroupBy>>) (
+        irate (
+            container_cpu_usage_seconds_total{<<.LabelMatchers>>,container!="",pod!=""}[120s]
+        )
+      )
+    "nodeQuery": |
+      sum by (<<.GroupBy>>) (
+        1 - irate(
+          node_cpu_seconds_total{mode="idle"}[60s]
+        )
+        * on(namespace, pod) group_left(node) (
+          node_namespace_pod:kube_pod_info:{<<.LabelMatchers>>}
+        )
+      )
+      or sum by (<<.GroupBy>>) (
+        1 - irate(
+          windows_cpu_time_total{mode="idle", job="windows-exporter",<<.LabelMatchers>>}[4m]
+        )
+      )
+    "resources":
+      "overrides":
+        "namespace":
+          "resource": "namespace"
+        "node":
+          "resource": "node"
+        "pod":
+          "resource": "pod"
+  "memory":
+    "containerLabel": "container"
+    "containerQuery": |
+      sum by (<<.GroupBy>>) (
+        container_memory_working_set_bytes{<<.LabelMatchers>>,container!="",pod!=""}
+      )
+    "nodeQuery": |
+      sum by (<<.GroupBy>>) (
+        node_memory_MemTotal_bytes{job="node-exporter",<<.LabelMatchers>>}
+        -
+        node_memory_MemAvailable_bytes{job="node-exporter",<<.LabelMatchers>>}
+      )
+      or sum by (<<.GroupBy>>) (
+        windows_cs_physical_memory_bytes{job="windows-exporter",<<.LabelMatchers>>}
+        -
+        windows_memory_available_bytes{job="windows-exporter",<<.LabelMatchers>>}
+      )
+    "resources":
+      "overrides":
+        "instance":
+          "resource": "node"
+        "namespace":
+          "resource": "namespace"
+        "pod":
+          "resource": "pod"
+  "window": "5m"'''
+
+
+def test_adapter_rules_merge_into_kube_prometheus_config() -> None:
+    """deploy/kubernetes/README.md's merge, as its shell does it (no `rules:` key yet, so append a newline
+    and the fragment to the ConfigMap's config.yaml): the result keeps kube-prometheus's resourceRules as
+    they were and adds tensorgate's rules as they are."""
+    readme = (DEPLOY / "kubernetes" / "README.md").read_text()
+    assert (
+        "grep -Eq '^\"?rules\"?:'" in readme and "cat deploy/kubernetes/autoscaling/adapter-rules.yaml; } >>" in readme
+    )
+    assert not re.search(r'^"?rules"?:', KUBE_PROMETHEUS_ADAPTER_CONFIG, re.MULTILINE)  # the README's check
+    merged = yaml.safe_load(KUBE_PROMETHEUS_ADAPTER_CONFIG + "\n" + ADAPTER_RULES.read_text())
+    before = yaml.safe_load(KUBE_PROMETHEUS_ADAPTER_CONFIG)
+    assert merged["resourceRules"] == before["resourceRules"]
+    assert merged["rules"] == adapter_rules()
+    assert set(merged) == {"resourceRules", "rules"}
+
+
+def test_autoscaling_registers_the_custom_metrics_api_and_replaces_nothing() -> None:
+    """The autoscaling folder holds only the APIService for custom.metrics.k8s.io (kube-prometheus
+    registers only metrics.k8s.io), pointing at kube-prometheus's adapter Service; no ConfigMap, which
+    would replace the adapter's whole configuration; and the docs create it, never apply it."""
+    docs = rendered("autoscaling")
+    assert [d["kind"] for d in docs] == ["APIService"], [name_of(d) for d in docs]
+    (service,) = docs
+    assert service["metadata"]["name"] == "v1beta1.custom.metrics.k8s.io"
+    spec = service["spec"]
+    assert (spec["group"], spec["version"]) == ("custom.metrics.k8s.io", "v1beta1")
+    assert spec["service"] == {"name": "prometheus-adapter", "namespace": "monitoring", "port": 443}
+    served = {rule_metric_name(r) for r in adapter_rules()}
+    for tree in OVERLAYS:
+        for metric in the(rendered(tree), "HorizontalPodAutoscaler")["spec"]["metrics"]:
+            assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] in served  # custom.metrics.k8s.io
+    for doc in (ROOT / "README.md", DEPLOY / "kubernetes" / "README.md"):
+        text = doc.read_text()
+        assert "kubectl apply -k deploy/kubernetes/autoscaling" not in text, doc
+        assert "kubectl create -k deploy/kubernetes/autoscaling" in text, doc
 
 
 @contextlib.contextmanager
