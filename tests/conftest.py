@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -77,6 +78,13 @@ class Server:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log}")
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP/REST port it listens on (started with --http-port 0 unless told otherwise), from its log."""
+        found = re.findall(r"event=http_listening address=\S+:(\d+)", self.log)
+        assert found, f"the server logged no HTTP port:\n{self.log}"
+        return int(found[-1])
 
     def exposition(self, timeout: float = 10) -> str:
         """The server's /metrics page (Prometheus text format)."""

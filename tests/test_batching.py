@@ -110,7 +110,7 @@ def _slow_repo(tmp_path: Path, config: str) -> Path:
     return repo
 
 
-def test_full_queue_answers_resource_exhausted(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+def test_full_queue_answers_unavailable(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     repo = _slow_repo(
         tmp_path, "dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 1 } }"
     )

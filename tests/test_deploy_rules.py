@@ -61,3 +61,8 @@ def test_unit_tests_cover_both_files_and_the_startup_of_a_pod() -> None:
     assert len(startup) == 1, "the startup case (series of pod tensorgate-new)"
     quiet = {(c["alertname"], c["eval_time"]) for c in startup[0]["alert_rule_test"] if not c["exp_alerts"]}
     assert {("TensorgateScrapeDown", "2m30s"), ("TensorgateServerNotReady", "5m30s")} <= quiet, quiet
+    # and a new pod that reuses a deleted pod's IP (the same instance label) starts up quietly too
+    reuse = [c for c in tests["tests"] if any("tensorgate-reusing" in s["series"] for s in c["input_series"])]
+    assert len(reuse) == 1, "the IP-reuse case (series of pod tensorgate-reusing)"
+    quiet = {c["alertname"] for c in reuse[0]["alert_rule_test"] if not c["exp_alerts"]}
+    assert {"TensorgateServerNotReady", "TensorgateScrapeDown", "TensorgateModelNotReady"} <= quiet, quiet

@@ -30,6 +30,18 @@ class Call:
     error: str | None  # None: answered with the right outputs
 
 
+@pytest.fixture
+def cleanup() -> Iterator[list[Server]]:
+    """Servers a test starts itself (it checks their exit): stopped at the end whatever happened, so a
+    failed test leaves no server running into the next ones."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+        server.stop()
+
+
 def _repo(root: Path) -> Path:
     repo = root / "repo"
     add_sub(repo / "add_sub" / "1" / "model.onnx")
@@ -255,7 +267,9 @@ def test_an_open_stream_ends_with_unavailable_once_its_messages_are_answered(tmp
     server.stop()
 
 
-def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(tmp_path: Path) -> None:
+def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(
+    tmp_path: Path, cleanup: list[Server]
+) -> None:
     """A client that keeps sending on its ModelStreamInfer stream through SIGTERM: the server stops
     reading the stream, answers every message it had read (done or refused), and ends the stream
     with UNAVAILABLE saying how many it read: exactly as many answers reach the client."""
@@ -264,6 +278,7 @@ def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(t
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     server = Server(_repo(tmp_path))
+    cleanup.append(server)
     a = np.ones((1, 16), np.float32).tobytes()
     stop = threading.Event()
 
@@ -296,11 +311,12 @@ def test_a_stream_still_sending_at_shutdown_has_every_message_it_read_answered(t
     server.stop()
 
 
-def test_an_open_health_watch_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+def test_an_open_health_watch_does_not_hold_the_shutdown(tmp_path: Path, cleanup: list[Server]) -> None:
     """A client watching health (grpc.health.v1 Watch, as client-side health checking and meshes do)
     at SIGTERM: it hears NOT_SERVING, its stream ends, and the process exits at once, not at the exit
     timeout that gRPC's stop would otherwise wait out for the open stream."""
     server = Server(_repo(tmp_path), "--exit-timeout-secs", "20")
+    cleanup.append(server)
     seen: list[int] = []
     ended: list[str] = []
     with grpc.insecure_channel(server.url) as channel:
@@ -327,7 +343,9 @@ def test_an_open_health_watch_does_not_hold_the_shutdown(tmp_path: Path) -> None
     server.stop()
 
 
-def test_a_model_load_running_at_sigterm_does_not_outlive_the_exit_timeout(tmp_path: Path) -> None:
+def test_a_model_load_running_at_sigterm_does_not_outlive_the_exit_timeout(
+    tmp_path: Path, cleanup: list[Server]
+) -> None:
     """SIGTERM while a RepositoryModelLoad warms a model up for longer than --exit-timeout-secs: the
     load runs on a thread nothing can interrupt, so the process leaves at the exit timeout, with
     status 1 (work was abandoned), rather than when the warmup ends."""
@@ -339,6 +357,7 @@ def test_a_model_load_running_at_sigterm_does_not_outlive_the_exit_timeout(tmp_p
         "value: { data_type: TYPE_FP32 dims: [ 512 ] zero_data: true } } } ]",
     )
     server = Server(repo, "--model-control-mode", "explicit", "--load-model", "add_sub", "--exit-timeout-secs", "3")
+    cleanup.append(server)
     outcome: list[str] = []
 
     def load() -> None:
@@ -355,7 +374,47 @@ def test_a_model_load_running_at_sigterm_does_not_outlive_the_exit_timeout(tmp_p
     server.send_signal(signal.SIGTERM)
     status = server.proc.wait(60)
     exited = time.monotonic() - signalled
-    assert status == 1 and exited < 6, (status, f"{exited:.1f} s", server.log[-2000:])
+    assert status == 1 and exited < 3 + 5, (status, f"{exited:.1f} s", server.log[-2000:])
     assert "event=shutdown_timeout" in server.log
     assert outcome != ["loaded"]
+    server.stop()
+
+
+def test_a_half_closed_stream_has_every_answer_at_shutdown(tmp_path: Path, cleanup: list[Server]) -> None:
+    """A client that sent all its messages and half-closed the stream (tritonclient's stop_stream
+    does), its answers still being computed at SIGTERM: every one of them reaches it (the shutdown
+    stops reading the stream, and must not stop the answers pending), then the stream ends."""
+    repo = tmp_path / "repo"
+    slow(repo / "slow" / "1" / "model.onnx", layers=256)
+    write_config(repo / "slow", "max_batch_size: 64")
+    server = Server(repo, "--exit-timeout-secs", "30")
+    cleanup.append(server)
+    x = np.ones((64, 512), np.float32).tobytes()
+    count = 20
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def messages() -> Iterator[service_pb2.ModelInferRequest]:
+        for i in range(count):
+            request = service_pb2.ModelInferRequest(model_name="slow", id=str(i))
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[64, 512])
+            request.raw_input_contents.append(x)
+            yield request  # then the iterator ends: the client half-closes
+
+    ids: list[str] = []
+    options = [("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(server.url, options=options) as channel:
+        answers = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(messages())
+        ids.append(next(answers).infer_response.id)
+        wait_for(lambda: server.holds_all("slow", count), 30, 0.01)  # every message read, most not answered
+        server.send_signal(signal.SIGTERM)
+        ended = "OK"
+        try:
+            for answer in answers:  # one at a time: the stream's end raises after the last
+                ids.append(answer.error_message or answer.infer_response.id)
+        except grpc.RpcError as exc:
+            ended = f"{exc.code().name}: {exc.details()}"
+    assert sorted(ids, key=int) == [str(i) for i in range(count)], (ids, ended)
+    assert server.proc.wait(30) == 0
+    pending = int(server.log.split("event=closing in_flight=")[1].split()[0])
+    assert pending >= 2, f"only {pending} answers were pending at the shutdown: the case was not exercised"
     server.stop()

@@ -98,6 +98,8 @@ def test_bad_environment_value_is_refused() -> None:
         ("--grpc-port", "70000", "must be from 0 to 65535"),
         ("--exit-timeout-secs", "-1", "must be at least 0.1"),
         ("--max-queue-wait-ms", "-5", "must be at least 0"),
+        ("--exit-timeout-secs", "nan", "must be a finite number"),  # NaN compares false with every bound
+        ("--repository-poll-secs", "inf", "must be a finite number"),
     ],
 )
 def test_a_setting_out_of_its_bounds_is_refused_at_start(flag: str, value: str, reason: str) -> None:

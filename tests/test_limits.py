@@ -321,7 +321,7 @@ def test_a_response_above_the_grpc_message_limit_is_refused_naming_it(tmp_path: 
     small = grpcclient.InferInput("INPUT0", [1, 256], "FP32")
     small.set_data_from_numpy(data[:1])
     assert server.client.infer("grow", [small]).as_numpy("OUTPUT0").shape == (1, 4096)
-    port = int(server.log.split("event=http_listening address=")[1].split()[0].rsplit(":", 1)[1])
+    port = server.http_port
     body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4, 256], "data": data.ravel().tolist()}]}
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/grow/infer", json.dumps(body).encode())
     with urllib.request.urlopen(request, timeout=30) as answer:

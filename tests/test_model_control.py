@@ -417,7 +417,7 @@ def test_a_request_decoded_off_the_loop_keeps_its_version_through_a_reload_and_a
     from tensorgate.frontend import codec
     from tensorgate.frontend.service import InferenceService, ServerState
     from tensorgate.proto import inference_pb2 as pb
-    from tensorgate.repository import Repository
+    from tensorgate.repository import ModelState, Repository
     from tensorgate.settings import ControlMode, Settings
 
     repo = tmp_path / "repo"
@@ -449,8 +449,14 @@ def test_a_request_decoded_off_the_loop_keeps_its_version_through_a_reload_and_a
                 go_on.clear()
                 call = asyncio.create_task(service.model_infer(request))
                 assert await asyncio.to_thread(decoding.wait, 10)
+                chosen = repository.get("s")  # the version the request holds
                 change = asyncio.create_task(repository.load("s") if action == "reload" else repository.unload("s"))
-                await asyncio.sleep(0.2)
+                for _ in range(1000):  # until the change retires that version (its scheduler is closing)
+                    if chosen.state is ModelState.UNLOADING:
+                        break
+                    await asyncio.sleep(0.01)
+                assert chosen.state is ModelState.UNLOADING, action
+                await asyncio.sleep(0.05)
                 if action == "unload":
                     assert not change.done(), "the unload did not wait for the request that holds its version"
                 go_on.set()

@@ -42,6 +42,7 @@ class Server:
         self._lag = LoopLag()
         self._watchdog: threading.Timer | None = None
         self._signalled_at = 0.0  # time.monotonic() of the first signal
+        self._shutdown_status: int | None = None  # shutdown() has returned this exit status
 
     async def serve(self) -> int:
         """The process's exit status: 0 after a clean shutdown, 1 if it could not start."""
@@ -71,11 +72,18 @@ class Server:
         self._watchdog.start()
 
     def _exit_timed_out(self) -> None:
-        log.error(
-            "event=shutdown_timeout exit_timeout_secs=%.1f reason=%r",
-            self.settings.exit_timeout_secs,
-            "work still running at the exit timeout was abandoned (requests in flight failed)",
-        )
+        status = self._shutdown_status
+        if status is None:
+            reason = "work still running at the exit timeout was abandoned (requests in flight failed)"
+        else:
+            # Shutdown is done; what holds the exit is a thread it cannot stop (a model load or its
+            # warmup), or nothing but a slow teardown, which keeps the status shutdown gave.
+            busy = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+            if not busy:
+                logging.shutdown()
+                os._exit(status)
+            reason = f"threads still running after the shutdown were abandoned (a model load or warmup): {busy}"
+        log.error("event=shutdown_timeout exit_timeout_secs=%.1f reason=%r", self.settings.exit_timeout_secs, reason)
         logging.shutdown()
         os._exit(1)
 
@@ -192,8 +200,10 @@ class Server:
                 abandoned,
                 "requests still running at the exit timeout were cancelled",
             )
+            self._shutdown_status = 1
             return 1
         log.info("event=shutdown_complete")
+        self._shutdown_status = 0
         return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -360,6 +361,8 @@ def _parser_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
         """The value, within the setting's bounds (a poll interval of 0 would spin a core, a stream
         bound of 0 would never read a message...): refused at start with the reason, not obeyed."""
         value = convert(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
         if (low is not None and value < low) or (high is not None and value > high):
             limits = f"at least {low}" if high is None else f"from {low} to {high}"
             raise argparse.ArgumentTypeError(f"{text!r}: must be {limits}")

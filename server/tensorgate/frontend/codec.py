@@ -154,7 +154,7 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
 # so the event loop keeps serving other calls meanwhile.
 BYTES_ELEMENTS_ON_LOOP = 4096
 # A response's fields besides its tensors' bytes (names, shapes, ids) stay well under this; past it the
-# message is measured exactly. A ModelStreamInferResponse wraps it in a few more bytes.
+# message is measured exactly. A ModelStreamInferResponse wraps it in at most this many bytes more.
 RESPONSE_FIELDS_BYTES = 64 * 1024
 STREAM_WRAPPER_BYTES = 16
 
@@ -316,12 +316,13 @@ def encode_response(
         tensor.datatype = spec.datatype.v2
         tensor.shape.extend(array.shape)
         if spec.datatype.is_bytes:
-            raw.append(datatypes.serialize_bytes(array))
+            data = datatypes.serialize_bytes(array)
         else:
-            raw.append(np.ascontiguousarray(array, dtype=spec.datatype.numpy).tobytes())
-        size += len(raw[-1])
+            data = np.ascontiguousarray(array, dtype=spec.datatype.numpy).tobytes()
+        raw.append(data)
+        size += len(data)  # (not len(raw[-1]): reading a repeated bytes field back copies it)
     if max_bytes and size + RESPONSE_FIELDS_BYTES > max_bytes:
-        total = response.ByteSize() + STREAM_WRAPPER_BYTES  # counted once the tensors come near the limit
+        total = response.ByteSize()  # measured only once the tensors come near the limit
         if total > max_bytes:
             raise ServerError(
                 f"the response of model '{model.name}' would be a {total}-byte message, above the largest gRPC "

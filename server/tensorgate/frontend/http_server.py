@@ -197,7 +197,7 @@ class HttpFrontend:
         length = request.headers.get(http_codec.HEADER_LENGTH)
         heavy = http_codec.heavy_request(body, length)
         query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
-        response = await self.service.model_infer(query, over_grpc=False)
+        response = await self.service.model_infer(query, response_limit=0)
         heavy = http_codec.heavy_response(response, choice)
         payload, header_length = await _off_loop(heavy, lambda: http_codec.infer_response(response, choice))
         if header_length is None:

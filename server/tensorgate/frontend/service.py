@@ -183,9 +183,10 @@ class InferenceService:
     # ---- inference ----
 
     async def model_infer(
-        self, request: pb.ModelInferRequest, context: Any = None, *, over_grpc: bool = True
+        self, request: pb.ModelInferRequest, context: Any = None, *, response_limit: int | None = None
     ) -> pb.ModelInferResponse:
-        """One inference; ``over_grpc``: its response must fit a gRPC message (--grpc-max-message-bytes)."""
+        """One inference. Its response must fit ``response_limit`` bytes: by default a unary gRPC
+        message (--grpc-max-message-bytes); 0: no limit (HTTP/REST)."""
         state = self.state
         state.inference_calls += 1
         if state.closing.is_set():
@@ -203,7 +204,7 @@ class InferenceService:
                     outputs = await served.scheduler.infer(decoded, held=True)
             else:
                 outputs = await served.scheduler.infer(codec.decode_request(request, spec))
-            limit = self.max_response_bytes if over_grpc else 0
+            limit = self.max_response_bytes if response_limit is None else response_limit
             if spec.bytes_outputs and codec.heavy_response(spec, outputs):
                 return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs, limit)
             return codec.encode_response(spec, served.version, request.id, outputs, limit)
@@ -230,7 +231,11 @@ class InferenceService:
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = pb.ModelStreamInferResponse(infer_response=await self.model_infer(request))
+                # the stream's message wraps the response in a few bytes more
+                limit = self.max_response_bytes - codec.STREAM_WRAPPER_BYTES
+                response = pb.ModelStreamInferResponse(
+                    infer_response=await self.model_infer(request, response_limit=limit)
+                )
             except ServerError as exc:
                 response = pb.ModelStreamInferResponse(error_message=exc.message)
                 response.infer_response.id = request.id
@@ -328,9 +333,11 @@ GROUPS: dict[str, str] = {
 
 
 async def _settled(tasks: set[asyncio.Task[None]]) -> None:
-    """Until every task of a set that may still grow has ended."""
+    """Until every task of a set that may still grow has ended. Cancelling the wait leaves the tasks
+    running (asyncio.wait, not gather, which would cancel them): shutdown cancels a stream's reader
+    while it waits here for the answers of a half-closed stream, and those answers must still go."""
     while tasks:
-        await asyncio.gather(*list(tasks), return_exceptions=True)
+        await asyncio.wait(list(tasks))
 
 
 def restriction_of(settings: Settings, rpc: str) -> Restriction | None:

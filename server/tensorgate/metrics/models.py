@@ -57,7 +57,8 @@ class _Counter(Metric):
 def counter_names() -> frozenset[str]:
     """Triton's counters (``nv_*``), for exposition.py to type them ``counter`` as Triton does. Ours
     (tensorgate_internal_errors) stays untyped: a counter of ours would be named ``_total``."""
-    return frozenset(name for name in _Counter.names if name.startswith("nv_"))
+    names = frozenset(_Counter.names)  # a copy first: another scrape thread may be adding to the set
+    return frozenset(name for name in names if name.startswith("nv_"))
 
 
 def thread_cpu_seconds(thread_id: int) -> Callable[[], float] | None:

@@ -94,8 +94,10 @@ class Scheduler:
                 assert answer is not None  # None only for batches run with their queue entries
                 return answer
         entry = self._queue.push(request)
-        self._in_flight += 1
-        self._drained.clear()
+        counted = not held  # a held request is counted once, by held()
+        if counted:
+            self._in_flight += 1
+            self._drained.clear()
         self._schedule()
         try:
             return await entry.future
@@ -109,9 +111,10 @@ class Scheduler:
                 self._stop_if_abandoned(entry)
             raise
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._drained.set()
+            if counted:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._drained.set()
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
