@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -176,6 +178,37 @@ def start_server(tmp_path: Path) -> Iterator[type[Server]]:
     for server in started:
         code = server.stop()
         assert code == 0, f"server exited with {code}:\n{server.log}"
+
+
+T = TypeVar("T")
+
+
+def live_waits_during(url: str, call: Callable[[], T]) -> tuple[T, float, list[float]]:
+    """``call()``'s result and how long it took, and how long each gRPC ServerLive to the server at
+    ``url`` took, called every 5 ms meanwhile (from 0.2 s before): how long the event loop was held."""
+    waits: list[float] = []
+    done = threading.Event()
+    with grpc.insecure_channel(url) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+
+        def probe() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                live(b"", timeout=30)
+                waits.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            result = call()
+            latency = time.monotonic() - started
+        finally:
+            done.set()
+            prober.join()
+    return result, latency, waits
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]

@@ -27,14 +27,12 @@ import shlex
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import ml_dtypes
 import numpy as np
 import pytest
@@ -42,7 +40,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from conftest import ROOT, Server, free_port, running
+from conftest import ROOT, Server, free_port, live_waits_during, running
 from models import identity, write_config
 from onnx import TensorProto
 from repository_helpers import add_const, error_of, model_with_versions
@@ -818,26 +816,9 @@ def test_large_json_does_not_stall_other_calls(server: Server, web: Http, count:
         header = json.dumps({"inputs": [{"name": "INPUT0", "shape": [count], "datatype": "FP32", "parameters": sizes}]})
         body = header.encode() + bytes(4 * count)
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    waits: list[float] = []
-    done = threading.Event()
-    with grpc.insecure_channel(server.url) as channel:
-        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
-
-        def probe() -> None:
-            while not done.is_set():
-                started = time.monotonic()
-                live(b"", timeout=30)
-                waits.append(time.monotonic() - started)
-                time.sleep(0.005)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        time.sleep(0.2)
-        started = time.monotonic()
-        answer = web.call("POST", "/v2/models/big/infer", body, headers)
-        latency = time.monotonic() - started
-        done.set()
-        prober.join()
+    answer, latency, waits = live_waits_during(
+        server.url, lambda: web.call("POST", "/v2/models/big/infer", body, headers)
+    )
     out = answer.infer_outputs()["OUTPUT0"]
     if json_in:
         assert out == bytes(4 * count)

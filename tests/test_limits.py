@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import ROOT, wait_for
+from conftest import ROOT, live_waits_during, wait_for
 from models import identity, slow, write_config
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
@@ -258,7 +258,6 @@ def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_
     stalls it is ONNX Runtime turning the million Python strings into its own and back, which holds
     the GIL for up to ~50 ms at a time here: 15-20% of the latency alone, a third once in a full run
     on a loaded machine (2026-12-07)."""
-    import threading
 
     from onnx import TensorProto
 
@@ -270,27 +269,10 @@ def test_a_large_bytes_request_does_not_stall_other_calls(tmp_path: Path, start_
     request = service_pb2.ModelInferRequest(model_name="text")
     request.inputs.add(name="TEXT", datatype="BYTES", shape=[count])
     request.raw_input_contents.append(b"\0\0\0\0" * count)
-    waits: list[float] = []
-    done = threading.Event()
     with grpc.insecure_channel(server.url) as channel:
-        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-
-        def probe() -> None:
-            while not done.is_set():
-                started = time.monotonic()
-                live(b"", timeout=30)
-                waits.append(time.monotonic() - started)
-                time.sleep(0.005)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        time.sleep(0.2)
-        started = time.monotonic()
-        answer = service_pb2.ModelInferResponse.FromString(infer(request.SerializeToString(), timeout=60))
-        latency = time.monotonic() - started
-        done.set()
-        prober.join()
+        raw, latency, waits = live_waits_during(server.url, lambda: infer(request.SerializeToString(), timeout=60))
+    answer = service_pb2.ModelInferResponse.FromString(raw)
     assert list(answer.outputs[0].shape) == [count]
     assert answer.raw_output_contents[0] == b"\0\0\0\0" * count
     assert max(waits) < latency / 2, (max(waits), latency)

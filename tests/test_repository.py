@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import Server, free_port, index_of
+from conftest import Server, index_of
 from models import write_config
 from prometheus_client.parser import text_string_to_metric_families
 from repository_helpers import (
@@ -366,18 +366,13 @@ SKIPPED = {".hidden": "hidden", "tab\tname": "control character", os.fsdecode(b"
 
 
 @pytest.fixture(scope="module")
-def http_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def names_server(tmp_path_factory: pytest.TempPathFactory, module_servers: list[Server], http_port: int) -> Server:
+def names_server(tmp_path_factory: pytest.TempPathFactory, module_servers: list[Server]) -> Server:
     repo = tmp_path_factory.mktemp("names") / "repo"
     for name, value in ODD_NAMES.items():
         add_const(repo / name / "1" / "model.onnx", value)
     for name in SKIPPED:
         add_const(repo / name / "1" / "model.onnx", 1.0)
-    server = Server(repo, "--http-port", str(http_port))
+    server = Server(repo)  # HTTP on a free port (Server.http_port)
     module_servers.append(server)
     return server
 
@@ -404,7 +399,8 @@ def test_odd_model_names_are_served(names_server: Server) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ODD_NAMES))
-def test_odd_model_names_over_http(names_server: Server, http_port: int, name: str) -> None:
+def test_odd_model_names_over_http(names_server: Server, name: str) -> None:
+    http_port = names_server.http_port
     quoted = urllib.parse.quote(name, safe="")
     paths = {quoted} | ({name} if name.isascii() and " " not in name and "%" not in name else set())
     for path in paths:
