@@ -29,6 +29,13 @@ an A/B of an idea costs no change to the server and the measured code is the ser
 --pin-loop            the event loop's thread runs on the first CPU only and every other thread of the server (gRPC's,
                       the instance workers, ONNX Runtime's pool) on the others, so the loop keeps its core's caches
                       to itself (threads are re-pinned as they appear, every 0.5 s).
+--registered-infer    ModelInfer is also registered with gRPC as a registered method
+                      (``add_registered_method_handlers``): gRPC's core matches its path and the server asks for
+                      its calls apart (one more pending future in grpc.aio's accept loop), instead of every call
+                      going through the generic handlers' lookup.
+--ort-direct          the ONNX Runtime CPU backend's plain path calls the session's native ``run`` (``_sess.run``)
+                      without ``InferenceSession.run``'s Python checks (missing inputs, OrtValue ownership, WebGPU
+                      graph capture): what those checks cost a request.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from tensorgate import instance
@@ -66,7 +73,7 @@ def gather_on_loop() -> None:
         gathered[id(requests)] = own_gather(requests, batched)  # on the event loop
         own_submit(self, requests, outputs, batched, done)
 
-    instance.gather_inputs = gather  # type: ignore[assignment]
+    instance.gather_inputs = gather
     instance.Instance.submit = submit  # type: ignore[method-assign]
 
 
@@ -211,6 +218,45 @@ def pin_loop() -> None:
     threading.Thread(target=repin, name="pin-loop", daemon=True).start()
 
 
+def registered_infer() -> None:
+    from tensorgate.frontend import grpc_server
+    from tensorgate.frontend.service import SERVICE_NAME, generic_handler
+
+    own_init = grpc_server.GrpcFrontend.__init__
+
+    class Details:
+        method = f"/{SERVICE_NAME}/ModelInfer"
+        invocation_metadata = ()
+
+    def init(self: grpc_server.GrpcFrontend, settings: object, service: object) -> None:
+        own_init(self, settings, service)  # type: ignore[arg-type]
+        handler = generic_handler(service).service(Details())  # type: ignore[arg-type]
+        self.server.add_registered_method_handlers(SERVICE_NAME, {"ModelInfer": handler})
+
+    grpc_server.GrpcFrontend.__init__ = init  # type: ignore[method-assign]
+
+
+def ort_direct() -> None:
+    from tensorgate.backends import onnxruntime_cpu
+    from tensorgate.backends.base import BackendExecuteError
+
+    own_execute = onnxruntime_cpu.OnnxRuntimeCpuBackend.execute
+
+    def execute(
+        self: onnxruntime_cpu.OnnxRuntimeCpuBackend, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        if not self._plain:
+            return own_execute(self, inputs, output_names)
+        names = list(output_names)
+        try:
+            results = self._session._sess.run(names, inputs, self._run_options)
+        except Exception as exc:
+            raise BackendExecuteError(f"ONNX Runtime failed: {exc}") from exc
+        return dict(zip(names, results, strict=True))
+
+    onnxruntime_cpu.OnnxRuntimeCpuBackend.execute = execute  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,6 +266,8 @@ if __name__ == "__main__":
     parser.add_argument("--coalesce-on-loop", action="store_true")
     parser.add_argument("--pin-loop", action="store_true")
     parser.add_argument("--inline-sized-batches", action="store_true")
+    parser.add_argument("--registered-infer", action="store_true")
+    parser.add_argument("--ort-direct", action="store_true")
     args = parser.parse_args(sys.argv[1:split])
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -233,4 +281,8 @@ if __name__ == "__main__":
         pin_loop()
     if args.inline_sized_batches:
         inline_sized_batches()
+    if args.registered_infer:
+        registered_infer()
+    if args.ort_direct:
+        ort_direct()
     sys.exit(tensorgate_main(sys.argv[split + 1 :]))
