@@ -283,8 +283,8 @@ model_warmup [
         'dims: [ 3, 8 ] input_data_file: "missing.bin" } } } ]',
     )
     server = start_server(repo)
-    assert "event=model_warmup model=seq version=1 sample='zeros' runs=3 instances=2" in server.log
-    assert "sample='file'" in server.log
+    assert "event=model_warmup model=seq version=1 sample=zeros runs=3 instances=2" in server.log
+    assert "sample=file " in server.log
     assert server.client.is_model_ready("seq") and not server.client.is_model_ready("broken")
     reasons = {m.name: m.reason for m in server.client.get_model_repository_index().models}
     assert "missing.bin" in reasons["broken"]

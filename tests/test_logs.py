@@ -1,18 +1,140 @@
-"""The server's one-line key=value logs: the time is one token (RFC 3339, UTC), and a value with a
-space, '=' or a quote (a model directory may be named so) is written quoted, so the line still
-splits into its keys and values."""
+"""The server's one-line logfmt logs: the time is one token (RFC 3339, UTC), every message is key=value
+pairs, and every value reads back exactly with a logfmt parser, whatever it holds (a model directory named
+'my model', a reason that is a sentence, a file name that is not UTF-8)."""
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pytest
 from conftest import Server
 from models import identity
+from tensorgate.logs import QuoteValues, logfmt_value
 
-VALUE = r'("(?:[^"\\]|\\.)*"|[^\s"]*)'
+SERVER_SOURCE = Path(__file__).resolve().parent.parent / "server" / "tensorgate"
+# logfmt as Go's kr/logfmt, Loki's `| logfmt` and Vector's parse_logfmt read it: key=value pairs split by spaces,
+# a value bare (no space, '=' or '"') or double-quoted with backslash escapes (written with JSON's here).
+PAIR = re.compile(r'([^\s="]+)=("(?:[^"\\]|\\.)*"|[^\s="]*)(?: |$)')
+
+
+def parse(line: str) -> dict[str, str]:
+    """A logfmt line's pairs; fails unless the whole line is pairs."""
+    pairs: dict[str, str] = {}
+    at = 0
+    while at < len(line):
+        m = PAIR.match(line, at)
+        assert m is not None, f"not logfmt from column {at}: {line[at : at + 80]!r} in {line!r}"
+        key, value = m[1], m[2]
+        pairs[key] = json.loads(value) if value.startswith('"') else value
+        at = m.end()
+    return pairs
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def _log_calls() -> list[tuple[str, int, ast.expr | None]]:
+    calls = []
+    for path in sorted(SERVER_SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_METHODS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+            ):
+                calls.append(
+                    (
+                        f"{path.relative_to(SERVER_SOURCE)}:{node.lineno}",
+                        node.lineno,
+                        node.args[0] if node.args else None,
+                    )
+                )
+    return calls
+
+
+def test_every_log_call_of_the_server_writes_key_value_pairs() -> None:
+    calls = _log_calls()
+    assert len(calls) > 50, "the scan found too few log calls: has the logger's name changed?"
+    bad = []
+    for where, _, message in calls:
+        if not (isinstance(message, ast.Constant) and isinstance(message.value, str)):
+            bad.append(f"{where}: the message is not a literal")
+            continue
+        tokens = message.value.split(" ")
+        if tokens[0] != tokens[0].lstrip() or not tokens[0].startswith("event="):
+            bad.append(f"{where}: starts with {tokens[0]!r}, not event=")
+        bad += [f"{where}: {t!r} is not key=value" for t in tokens if not re.fullmatch(r"[a-z_][\w.]*=\S+", t, re.I)]
+    assert not bad, "\n".join(bad)
+
+
+ODD_VALUES = [
+    "plain",
+    "my model",
+    'a"b=c',
+    "",
+    "tab\tname",
+    os.fsdecode(b"latin\xe9"),  # a file name that is not UTF-8 (a lone surrogate in Python)
+    "mod\u00e8le",
+    "back\\slash",
+    "line\nbreak",
+    "model.onnx: shape [1,16] of FP32 needs 64 bytes, it has 12",
+]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_a_value_reads_back_exactly(value: str) -> None:
+    written = logfmt_value(value)
+    assert written.isprintable() and written.encode("utf-8")  # one printable line, always encodable
+    assert parse(f"key={written}") == {"key": value}
+    assert (written == value) == bool(re.fullmatch(r'[^\s="\\]+', value) and value.isprintable())
+
+
+def _formatted(message: str, *args: object) -> str:
+    record = logging.LogRecord("tensorgate.test", logging.INFO, __file__, 1, message, args, None)
+    assert QuoteValues().filter(record)
+    return logging.Formatter("level=%(levelname)s %(message)s").format(record)
+
+
+def test_arguments_of_every_kind_are_written_as_values() -> None:
+    reason = ValueError("the file 'x y' is not a model")
+    line = _formatted(
+        "event=e path=%s error=%s reason=%r count=%d rows=%d seconds=%.2f ratio=%s none=%s",
+        Path("/models/my model"),
+        reason,
+        "a sentence, with 'quotes'",
+        3,
+        np.int64(7),
+        1.5,
+        0.25,
+        None,
+    )
+    assert parse(line) == {
+        "level": "INFO",
+        "event": "e",
+        "path": "/models/my model",
+        "error": "the file 'x y' is not a model",
+        "reason": "a sentence, with 'quotes'",
+        "count": "3",
+        "rows": "7",
+        "seconds": "1.50",
+        "ratio": "0.25",
+        "none": "None",
+    }
+
+
+def test_other_libraries_records_are_left_alone() -> None:
+    record = logging.LogRecord("grpc._server", logging.INFO, __file__, 1, "x %s", ("a b",), None)
+    assert QuoteValues().filter(record)
+    assert record.getMessage() == "x a b"
 
 
 def test_odd_model_names_are_quoted_and_the_time_is_one_token(
@@ -22,13 +144,18 @@ def test_odd_model_names_are_quoted_and_the_time_is_one_token(
     names = ("my model", 'a"b=c', "plain")
     for name in names:
         identity(repo / name / "1" / "model.onnx")
+    skipped = ("tab\tname", os.fsdecode(b"latin\xe9"), ".hidden dir")
+    for name in skipped:
+        identity(repo / name / "1" / "model.onnx")
     server = start_server(repo)
     assert server.client.is_model_ready("my model")
     assert server.stop() == 0
     lines = [line for line in server.log.splitlines() if line.startswith("ts=")]
     stamp = r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level="
     assert lines and all(re.match(stamp, line) for line in lines), lines[0]
-    ready = [line for line in lines if "event=model_ready " in line]
-    models = {m[1] for line in ready if (m := re.search(rf" model={VALUE} version=", line))}
-    assert models == {json.dumps("my model"), json.dumps('a"b=c'), "plain"}, ready
-    assert {json.loads(m) if m.startswith('"') else m for m in models} == set(names)
+    records = [parse(line) for line in lines]  # every line of the server's own, all pairs
+    ready = {r["model"] for r in records if r.get("event") == "model_ready"}
+    assert ready == set(names), records
+    passed_over = {r["name"]: r["reason"] for r in records if r.get("event") == "model_dir_skipped"}
+    assert set(passed_over) == set(skipped), records
+    assert passed_over["tab\tname"] == "the name has a control character"

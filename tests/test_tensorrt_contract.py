@@ -30,6 +30,7 @@ from tensorgate.backends.tensorrt import engine as trt_engine
 from tensorgate.backends.tensorrt import loader as trt_loader
 from tensorgate.build import build
 from tensorgate.instance import Instance
+from tensorgate.logs import QuoteValues
 from tensorgate.repository import Repository
 from tensorgate.repository.engine_plan import Capabilities
 from tensorgate.request import InferRequest
@@ -390,6 +391,7 @@ def test_without_tensorrt_the_cpu_path_is_unchanged_and_says_why(tmp_path: Path,
         assert repo.get("m").engine is Engine.ORT_CPU
         await repo.stop()
 
+    caplog.handler.addFilter(QuoteValues())  # the server's log handler's filter: values as logfmt writes them
     with caplog.at_level(logging.INFO):
         asyncio.run(run())
     assert 'engine=tensorrt reason="tensorrt is not installed' in caplog.text

@@ -27,7 +27,7 @@ async def build(settings: Settings, out: TextIO, repository: Callable[[Settings]
     try:
         await repo.start()
     except RepositoryMissing as exc:
-        log.error("event=build_failed reason=%r", str(exc))
+        log.error("event=build_failed reason=%s", str(exc))
         print(f"tensorgate build: {exc}", file=out)
         return 1
     await repo.upgrades.wait()

@@ -59,7 +59,7 @@ class Server:
         if self._stop.is_set():
             # The second signal: a batch that never ends (or a load that hangs) must not keep the
             # process alive. In-flight requests are lost, and the log says so.
-            log.warning("event=shutdown_forced signal=%s reason=%r", signal.Signals(sig).name, "second signal")
+            log.warning("event=shutdown_forced signal=%s reason=%s", signal.Signals(sig).name, "second signal")
             logging.shutdown()
             os._exit(128 + sig)
         log.info("event=signal_received signal=%s", signal.Signals(sig).name)
@@ -83,7 +83,7 @@ class Server:
                 logging.shutdown()
                 os._exit(status)
             reason = f"threads still running after the shutdown were abandoned (a model load or warmup): {busy}"
-        log.error("event=shutdown_timeout exit_timeout_secs=%.1f reason=%r", self.settings.exit_timeout_secs, reason)
+        log.error("event=shutdown_timeout exit_timeout_secs=%.1f reason=%s", self.settings.exit_timeout_secs, reason)
         logging.shutdown()
         os._exit(1)
 
@@ -95,13 +95,13 @@ class Server:
                 f"--drain-delay-secs ({settings.drain_delay_secs:.1f}) must be shorter than --exit-timeout-secs "
                 f"({settings.exit_timeout_secs:.1f}), which counts from the signal and must leave time to finish"
             )
-            log.error("event=startup_failed reason=%r", reason)
+            log.error("event=startup_failed reason=%s", reason)
             return None
         try:
             frontend_service = InferenceService(repository, state, self._lag)
             frontend = GrpcFrontend(settings, frontend_service)
         except (PortInUse, TlsError) as exc:
-            log.error("event=startup_failed reason=%r", str(exc))
+            log.error("event=startup_failed reason=%s", str(exc))
             return None
         if settings.metrics_port >= 0:
             try:
@@ -117,7 +117,7 @@ class Server:
                 )
             except OSError as exc:
                 reason = f"cannot serve metrics on port {settings.metrics_port}: {exc}"
-                log.error("event=startup_failed reason=%r", reason)
+                log.error("event=startup_failed reason=%s", reason)
                 return None
         await frontend.start()
         if settings.http_port >= 0:
@@ -126,7 +126,7 @@ class Server:
                 await self._http.start()
             except OSError as exc:
                 reason = f"cannot serve HTTP on {self._http.host}:{settings.http_port}: {exc}"
-                log.error("event=startup_failed reason=%r", reason)
+                log.error("event=startup_failed reason=%s", reason)
                 await frontend.stop(0)
                 return None
             log.info("event=http_listening address=%s:%d", self._http.host, self._http.port)
@@ -136,7 +136,7 @@ class Server:
         try:
             await repository.start()
         except RepositoryMissing as exc:
-            log.error("event=startup_failed reason=%r", str(exc))
+            log.error("event=startup_failed reason=%s", str(exc))
             if self._http is not None:
                 await self._http.stop()
             await frontend.stop(0)
@@ -168,7 +168,7 @@ class Server:
         await frontend.set_serving(False)
         if settings.drain_delay_secs > 0:
             log.info(
-                "event=draining drain_delay_secs=%.1f reason=%r",
+                "event=draining drain_delay_secs=%.1f reason=%s",
                 settings.drain_delay_secs,
                 "not ready, still answering: requests on their way while endpoints update are not lost",
             )
@@ -195,7 +195,7 @@ class Server:
         # interpreter's exit (asyncio.run and Python wait for their threads) past the exit timeout.
         if abandoned:
             log.error(
-                "event=shutdown_timeout exit_timeout_secs=%.1f requests_abandoned=%d reason=%r",
+                "event=shutdown_timeout exit_timeout_secs=%.1f requests_abandoned=%d reason=%s",
                 timeout,
                 abandoned,
                 "requests still running at the exit timeout were cancelled",

@@ -352,7 +352,7 @@ def _cuda_memory(device_id: int) -> CudaMemory | None:
     try:
         cudart = libs.cudart()
     except BackendLoadError as exc:
-        log.warning("event=ort_cuda_without_stream reason=%r (ONNX Runtime copies on its own stream)", str(exc))
+        log.warning("event=ort_cuda_without_stream reason=%s copies=%s", str(exc), "on ONNX Runtime's own stream")
         return None
     return CudaMemory(cudart, device_id)
 

@@ -168,7 +168,7 @@ class TlsFiles:
             configuration = self.read()
         except TlsError as exc:
             self._refused = stamp
-            log.warning("event=tls_reload_failed reason=%r keeping=%r", str(exc), "the certificate in use")
+            log.warning("event=tls_reload_failed reason=%s keeping=%s", str(exc), "the certificate in use")
             return None
         self._stamp = stamp
         log.info("event=tls_reloaded cert=%s", self.paths[0])

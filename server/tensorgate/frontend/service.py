@@ -242,7 +242,7 @@ class InferenceService:
                 response.infer_response.model_name = request.model_name
             except Exception as exc:
                 state.internal_errors += 1
-                log.exception("event=internal_error rpc=ModelStreamInfer request_id=%r", request.id)
+                log.exception("event=internal_error rpc=ModelStreamInfer request_id=%s", request.id)
                 response = pb.ModelStreamInferResponse(error_message=bounded(f"internal error: {exc}"))
             answers.put_nowait(response)
 
@@ -384,7 +384,7 @@ def _unary(
             raise
         except Exception as exc:
             state.internal_errors += 1
-            log.exception("event=internal_error rpc=%s request_id=%r", handler.__name__, getattr(request, "id", ""))
+            log.exception("event=internal_error rpc=%s request_id=%s", handler.__name__, getattr(request, "id", ""))
             context.set_code(grpc.StatusCode.INTERNAL)
             context.set_details(bounded(f"internal error: {exc}"))
         empty: Resp = response_type()

@@ -67,7 +67,7 @@ def serve_metrics(
     sampler = None
     if cpu or gpu:
         if not gpu:
-            log.info("event=gpu_metrics_off reason=%r", "--allow-gpu-metrics=false")
+            log.info("event=gpu_metrics_off reason=%s", "--allow-gpu-metrics=false")
         gpu_reader = GpuReader.open() if gpu else None
         sampler = Sampler(interval_ms / 1000, CpuReader() if cpu else None, gpu_reader)
         sampler.start()

@@ -43,16 +43,16 @@ class GpuReader:
             try:
                 nvml = importlib.import_module("pynvml")
             except ImportError:
-                log.info("event=gpu_metrics_off reason=%r", "nvidia-ml-py is not installed (the [gpu] extra)")
+                log.info("event=gpu_metrics_off reason=%s", "nvidia-ml-py is not installed (the [gpu] extra)")
                 return None
         try:
             nvml.nvmlInit()
             handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         except nvml.NVMLError as exc:
-            log.info("event=gpu_metrics_off reason=%r", f"NVML cannot start ({exc}): no NVIDIA driver or GPU")
+            log.info("event=gpu_metrics_off reason=%s", f"NVML cannot start ({exc}): no NVIDIA driver or GPU")
             return None
         if not handles:
-            log.info("event=gpu_metrics_off reason=%r", "NVML found no GPU")
+            log.info("event=gpu_metrics_off reason=%s", "NVML found no GPU")
             nvml.nvmlShutdown()
             return None
         log.info("event=gpu_metrics_on gpus=%d", len(handles))
@@ -66,7 +66,7 @@ class GpuReader:
             except self._nvml.NVMLError as exc:
                 if index not in self._stale:
                     self._stale.add(index)
-                    log.warning("event=gpu_metrics_stale gpu=%d reason=%r", index, str(exc))
+                    log.warning("event=gpu_metrics_stale gpu=%d reason=%s", index, str(exc))
                 continue
             if index in self._stale:
                 self._stale.discard(index)

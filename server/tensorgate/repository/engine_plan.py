@@ -125,7 +125,7 @@ def _probe_gpus() -> tuple[list[NvmlGpu], str]:
     order = os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     if order != "PCI_BUS_ID":
         log.warning(
-            "event=gpu_order_unknown CUDA_DEVICE_ORDER=%s reason=%r",
+            "event=gpu_order_unknown CUDA_DEVICE_ORDER=%s reason=%s",
             order,
             "CUDA numbers GPUs fastest first; tensorgate assumes PCI bus order, so names in logs may not match",
         )

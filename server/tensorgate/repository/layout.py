@@ -78,7 +78,7 @@ def _report_skipped(root: Path, name: str, reason: str) -> None:
         if key in _reported:
             return
         _reported.add(key)
-    log.warning("event=model_dir_skipped path=%s name=%r reason=%r", root, name, reason)
+    log.warning("event=model_dir_skipped path=%s name=%s reason=%s", root, name, reason)
 
 
 def model_dir(root: Path, name: str) -> Path | None:

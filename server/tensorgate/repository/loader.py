@@ -132,11 +132,11 @@ class Loader:
         """Every version the version policy serves, each loaded on its own (one failing spares the rest)."""
         raw = override if override is not None else model_config.read_config(directory)
         for hint in model_config.check_supported(raw.config):
-            log.warning("event=config_field_ignored model=%s detail=%r", name, hint)
+            log.warning("event=config_field_ignored model=%s detail=%s", name, hint)
         filename = model_config.model_filename(raw.config)
         found = layout.version_dirs(directory)
         for ignored, why in sorted(found.ignored.items()):
-            log.warning("event=version_dir_ignored model=%s dir=%r reason=%r", name, ignored, why)
+            log.warning("event=version_dir_ignored model=%s dir=%s reason=%s", name, ignored, why)
         on_disk = found.versions
         if not on_disk:
             raise ModelConfigError(f"no version directory (e.g. {name}/1/{filename}) in the model directory")
@@ -146,7 +146,7 @@ class Loader:
         if missing:
             # As Triton (which logs an error for each): the versions that have a directory still load.
             log.warning(
-                "event=model_versions_missing model=%s versions=%s reason=%r",
+                "event=model_versions_missing model=%s versions=%s reason=%s",
                 name,
                 ",".join(map(str, missing)),
                 f"version_policy specific names versions without a directory; serving {selected}",
@@ -161,7 +161,7 @@ class Loader:
                 )
             except Exception as exc:
                 log.error(
-                    "event=model_version_failed model=%s version=%d reason=%r",
+                    "event=model_version_failed model=%s version=%d reason=%s",
                     name,
                     number,
                     failure_reason(exc),
@@ -271,7 +271,7 @@ class Loader:
         )
         for engine, reason in chosen.passed_over:
             log.info(
-                "event=engine_passed_over model=%s version=%d engine=%s reason=%r", name, number, engine.value, reason
+                "event=engine_passed_over model=%s version=%d engine=%s reason=%s", name, number, engine.value, reason
             )
         if instances.tensorrt and not any(c.engine is Engine.TENSORRT for c in chosen.candidates):
             log.warning("event=engine_request_unmet model=%s wanted=tensorrt", name)
@@ -284,7 +284,7 @@ class Loader:
             elif candidate.background:
                 later.append(candidate)
                 log.info(
-                    "event=engine_deferred model=%s version=%d engine=%s reason=%r",
+                    "event=engine_deferred model=%s version=%d engine=%s reason=%s",
                     name,
                     number,
                     candidate.engine.value,
@@ -301,7 +301,7 @@ class Loader:
                         raise
             failures.append(f"{candidate.engine.value}: {reason}")
             log.warning(
-                "event=engine_fallback model=%s version=%d engine=%s reason=%r",
+                "event=engine_fallback model=%s version=%d engine=%s reason=%s",
                 name,
                 number,
                 candidate.engine.value,
@@ -322,7 +322,7 @@ def _warm_up(name: str, number: int, spec: ModelSpec, model_dir: Path, backends:
             except BackendExecuteError as exc:
                 raise ModelConfigError(f"model_warmup {sample.name!r} failed on instance {index}: {exc}") from None
         log.info(
-            "event=model_warmup model=%s version=%d sample=%r runs=%d instances=%d seconds=%.2f",
+            "event=model_warmup model=%s version=%d sample=%s runs=%d instances=%d seconds=%.2f",
             name,
             number,
             sample.name,

@@ -70,7 +70,7 @@ def prepare(
         out.write(result.model)
     os.replace(tmp, target)
     FP16_GATE.labels(name, str(version), "accepted").inc()
-    log.info("event=fp16_accepted model=%s version=%d detail=%r", name, version, result.reason)
+    log.info("event=fp16_accepted model=%s version=%d detail=%s", name, version, result.reason)
     return BuildInput(target, candidate)
 
 
@@ -78,7 +78,7 @@ def _refused(name: str, version: int, model_file: Path, candidate: Candidate, re
     """FP16 refused: counted, logged with why, and the engine built in FP32 from the file itself."""
     FP16_GATE.labels(name, str(version), "refused").inc()
     log.warning(
-        "event=fp16_refused model=%s version=%d engine=%s reason=%r keeps=fp32",
+        "event=fp16_refused model=%s version=%d engine=%s reason=%s keeps=fp32",
         name,
         version,
         candidate.engine.value,

@@ -152,10 +152,10 @@ class Repository:
         results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, NotFound):  # other load failures are logged where they happen
-                log.error("event=model_load_failed model=%s reason=%r", name, result.message)
+                log.error("event=model_load_failed model=%s reason=%s", name, result.message)
             elif isinstance(result, Exception) and not isinstance(result, ServerError):
                 log.error(
-                    "event=model_load_failed model=%s reason=%r", name, f"internal error: {result!r}", exc_info=result
+                    "event=model_load_failed model=%s reason=%s", name, f"internal error: {result!r}", exc_info=result
                 )
         if mode is ControlMode.POLL:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
@@ -283,7 +283,7 @@ def _load_failed(entry: ModelEntry, fingerprint: Fingerprint, reason: str, exc_i
     index says why their reload failed; with none, the model is UNAVAILABLE with the reason."""
     kept = ",".join(str(v) for v in sorted(entry.versions)) or "-"
     log.error(
-        "event=model_load_failed model=%s reason=%r kept_versions=%s", entry.name, reason, kept, exc_info=exc_info
+        "event=model_load_failed model=%s reason=%s kept_versions=%s", entry.name, reason, kept, exc_info=exc_info
     )
     entry.fingerprint = fingerprint
     if entry.versions:

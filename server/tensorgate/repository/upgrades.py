@@ -117,7 +117,7 @@ class Upgrades:
                         await better.scheduler.close()
                         FP16_GATE.labels(serving.name, str(serving.version), "refused").inc()
                         log.warning(
-                            "event=fp16_refused model=%s version=%d engine=%s stage=built_engine reason=%r keeps=%s",
+                            "event=fp16_refused model=%s version=%d engine=%s stage=built_engine reason=%s keeps=%s",
                             serving.name,
                             serving.version,
                             candidate.engine.value,
@@ -128,7 +128,7 @@ class Upgrades:
                         continue
             except Exception as exc:
                 log.warning(
-                    "event=engine_fallback model=%s version=%d engine=%s reason=%r keeps=%s",
+                    "event=engine_fallback model=%s version=%d engine=%s reason=%s keeps=%s",
                     serving.name,
                     serving.version,
                     candidate.engine.value,
@@ -203,7 +203,7 @@ class Upgrades:
         )
         if report.passed:
             log.info(
-                "event=fp16_engine_accepted model=%s version=%d detail=%r", serving.name, serving.version, report.reason
+                "event=fp16_engine_accepted model=%s version=%d detail=%s", serving.name, serving.version, report.reason
             )
             return None
         return report.reason

@@ -330,7 +330,7 @@ class Scheduler:
         if isinstance(error, BackendInputError):
             return InvalidArgument(str(error))
         log.error(
-            "event=execute_failed model=%s version=%d request_id=%r error=%r",
+            "event=execute_failed model=%s version=%d request_id=%s error=%s",
             self.model,
             self.version,
             request.id,

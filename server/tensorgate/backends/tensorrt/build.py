@@ -71,7 +71,7 @@ class _Progress:
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
         self.started[phase_name] = time.monotonic()
         if parent_phase is None:
-            log.info("event=engine_build_phase model=%s phase=%r steps=%d", self.model, phase_name, num_steps)
+            log.info("event=engine_build_phase model=%s phase=%s steps=%d", self.model, phase_name, num_steps)
 
     def step_complete(self, phase_name: str, step: int) -> bool:
         return True  # False would cancel the build
@@ -80,7 +80,7 @@ class _Progress:
         began = self.started.pop(phase_name, None)
         if began is not None and time.monotonic() - began > 5:
             log.info(
-                "event=engine_build_phase_done model=%s phase=%r seconds=%.1f",
+                "event=engine_build_phase_done model=%s phase=%s seconds=%.1f",
                 self.model,
                 phase_name,
                 time.monotonic() - began,
@@ -167,7 +167,7 @@ def gpu_build_slot(device: int, model: str) -> Iterator[None]:
     with _BUILD_SLOTS_GUARD:
         slot = _BUILD_SLOTS.setdefault(device, threading.Lock())
     if not slot.acquire(blocking=False):
-        log.info("event=engine_build_queued model=%s gpu=%d reason=%r", model, device, "another build runs on this GPU")
+        log.info("event=engine_build_queued model=%s gpu=%d reason=%s", model, device, "another build runs on this GPU")
         slot.acquire()
     try:
         yield
@@ -241,7 +241,7 @@ def _use_timing_cache(config: Any, path: Path | None) -> None:
     cache = config.create_timing_cache(data)
     if not config.set_timing_cache(cache, False) and data:
         why = "TensorRT refused it (another GPU or version)"
-        log.warning("event=timing_cache_ignored path=%s reason=%r", path, why)
+        log.warning("event=timing_cache_ignored path=%s reason=%s", path, why)
         config.set_timing_cache(config.create_timing_cache(b""), False)
 
 

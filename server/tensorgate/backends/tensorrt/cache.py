@@ -113,7 +113,7 @@ class EngineCache:
         return plan_path
 
     def _discard(self, key: CacheKey, why: str) -> None:
-        log.warning("event=engine_cache_discarded digest=%s reason=%r (it will be rebuilt)", key.digest, why)
+        log.warning("event=engine_cache_discarded digest=%s reason=%s next=rebuild", key.digest, why)
         for path in self._paths(key):
             path.unlink(missing_ok=True)
 
