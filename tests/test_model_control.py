@@ -300,6 +300,33 @@ def test_explicit_reload_failure_keeps_serving(explicit_repo: Path, start_server
     assert infer(client, "b") == (6.0, "1")
 
 
+def test_counters_continue_across_a_reload_and_start_over_after_an_unload(
+    explicit_repo: Path, start_server: Callable[..., Server]
+) -> None:
+    """As Triton's: a reloaded version keeps its metric reporter (the old one is alive while the new one
+    loads), so its counters go on; an unloaded model's series go, and a later load starts from zero."""
+    server = start_server(explicit_repo, *EXPLICIT, "--load-model", "c")
+    client = server.client
+
+    def answered(version: str) -> tuple[float, int]:
+        counter = server.sample(f'nv_inference_request_success{{model="c",version="{version}"}}')
+        stats = client.get_inference_statistics("c", version).model_stats[0].inference_stats.success.count
+        return counter, int(stats)
+
+    for _ in range(3):
+        assert infer(client, "c") == (2.0, "2")
+    assert answered("2") == (3, 3)
+    client.load_model("c", config='{"version_policy": {"all": {}}}')  # a reload: version 2 again, and 1
+    assert answered("2") == (3, 3) and answered("1") == (0, 0)
+    assert infer(client, "c") == (2.0, "2") and infer(client, "c", "1") == (1.0, "1")
+    assert answered("2") == (4, 4) and answered("1") == (1, 1)
+    client.unload_model("c")
+    assert 'model="c"' not in server.exposition()
+    client.load_model("c")
+    assert answered("2") == (0, 0)
+    assert infer(client, "c") == (2.0, "2") and answered("2") == (1, 1)
+
+
 def test_explicit_load_all_at_start(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
     server = start_server(explicit_repo, *EXPLICIT, "--load-model", "*")
     client = server.client

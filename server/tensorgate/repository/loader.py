@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -128,8 +129,16 @@ class Loader:
             )
         return self._capabilities
 
-    def load_model(self, name: str, directory: Path, override: RawConfig | None) -> LoadResult:
-        """Every version the version policy serves, each loaded on its own (one failing spares the rest)."""
+    def load_model(
+        self,
+        name: str,
+        directory: Path,
+        override: RawConfig | None,
+        serving: Mapping[int, ModelStats] | None = None,
+    ) -> LoadResult:
+        """Every version the version policy serves, each loaded on its own (one failing spares the rest).
+        A version in ``serving`` (a reload: the statistics of the versions serving now) keeps counting in
+        its statistics, so its Prometheus counters continue across the reload as Triton's do."""
         raw = override if override is not None else model_config.read_config(directory)
         for hint in model_config.check_supported(raw.config):
             log.warning("event=config_field_ignored model=%s detail=%s", name, hint)
@@ -156,7 +165,10 @@ class Loader:
             try:
                 result.loaded.append(
                     self.load_version(
-                        name, number, ModelSource(layout.model_file(on_disk[number], filename), raw, directory)
+                        name,
+                        number,
+                        ModelSource(layout.model_file(on_disk[number], filename), raw, directory),
+                        stats=(serving or {}).get(number),
                     )
                 )
             except Exception as exc:
@@ -181,8 +193,9 @@ class Loader:
         spec: ModelSpec | None = None,
     ) -> ModelVersion:
         """Load one version on the best engine that loads now, or on ``engine`` from ``model_file``
-        (a background build: the statistics ``stats`` and the spec ``spec`` of the version it
-        replaces continue; the spec bounds the engine's profile)."""
+        (a background build: the spec ``spec`` of the version it replaces continues, and bounds the
+        engine's profile). ``stats``: the statistics of the version it replaces (a build, a reload),
+        which continue."""
         started = time.perf_counter()
         model_file = model_file or source.model_file
         if not model_file.is_file():

@@ -183,7 +183,8 @@ class Repository:
             fingerprint = layout.fingerprint(directory)
             log.info("event=model_loading model=%s path=%s", name, directory)
             try:
-                result = await asyncio.to_thread(self.loader.load_model, name, directory, override)
+                serving = {number: v.stats for number, v in entry.versions.items()}
+                result = await asyncio.to_thread(self.loader.load_model, name, directory, override, serving)
             except Exception as exc:
                 reason = failure_reason(exc)
                 _load_failed(entry, fingerprint, reason, exc_info=not expected(exc))
