@@ -762,11 +762,11 @@ def test_refused_requests_say_what_is_wrong(
     server: Server, web: Http, send: Callable[[Http], Answer], names: str
 ) -> None:
     """A client's mistake is a 400 naming it, never a 500: no internal error is counted."""
-    before = server.sample("tensorgate_internal_errors ")
+    before = server.sample("tensorgate_internal_errors_total ")
     answer = send(web)
     assert answer.status == 400, (answer.status, answer.body[:300])
     assert names in answer.error(), answer.error()
-    assert server.sample("tensorgate_internal_errors ") == before
+    assert server.sample("tensorgate_internal_errors_total ") == before
     good = web.post_json(INFER, _one_input())
     assert good.status == 200, good.body
 
@@ -786,7 +786,7 @@ def test_data_nested_hundreds_deep(web: Http) -> None:
 def test_a_client_that_hangs_up_mid_body_is_no_server_error(server: Server, web: Http) -> None:
     """A client that sends part of its body and closes: nobody to answer, and not a server bug (neither
     counted as an internal error nor logged as one); the server goes on serving."""
-    before = server.sample("tensorgate_internal_errors ")
+    before = server.sample("tensorgate_internal_errors_total ")
     errors = server.log.count("level=ERROR")
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", web.port)) as raw:
@@ -794,7 +794,7 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(server: Server, web:
             raw.sendall(head + b"{" * 1000)
             time.sleep(0.2)  # the server reads the part sent and waits for the rest
     time.sleep(0.5)  # the server sees the hang-ups
-    assert server.sample("tensorgate_internal_errors ") == before
+    assert server.sample("tensorgate_internal_errors_total ") == before
     assert server.log.count("level=ERROR") == errors, server.log[-3000:]
     assert web.post_json(INFER, _one_input()).status == 200
 

@@ -14,6 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import Server, wait_for
 from models import lookup, slow, write_config
+from prometheus_client import REGISTRY, generate_latest
+from tensorgate.metrics import events
 from test_prometheus import PROMETHEUS, eventually, prometheus  # noqa: F401  (the fixture, for this module's server)
 from tritonclient.utils import InferenceServerException
 
@@ -178,3 +180,13 @@ def test_tritons_counters_are_typed_counter_in_the_text_format_whatever_the_scra
         assert re.search(rf"^{name}{{", text, re.M), name  # the samples under the bare name, no _total
     assert types["nv_inference_pending_request_count"] == "gauge"
     assert "untyped" not in {types[n] for n in types if n.startswith("nv_")}
+
+
+def test_no_created_series_beside_our_counters() -> None:
+    """prometheus_client's `_created` gauges (OpenMetrics' idea, one more series per child in the text format)
+    are off for the server's own counters and histograms."""
+    events.ENGINE_BUILDS.labels(model="m", version="1", engine="tensorrt", outcome="built").inc()
+    events.ENGINE_BUILD_SECONDS.labels(engine="tensorrt", outcome="built").observe(1.0)
+    page = generate_latest(REGISTRY).decode()
+    assert "tensorgate_engine_builds_total{" in page and "tensorgate_engine_build_duration_seconds_count{" in page
+    assert "_created" not in page, [line for line in page.splitlines() if "_created" in line]

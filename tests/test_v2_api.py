@@ -243,4 +243,4 @@ def test_metrics_endpoint(server: Server) -> None:
 
     text = server.exposition()
     assert 'nv_inference_request_success{model="identity",version="1"}' in text
-    assert "tensorgate_internal_errors 0.0" in text and "tensorgate_server_ready 1.0" in text
+    assert "tensorgate_internal_errors_total 0.0" in text and "tensorgate_server_ready 1.0" in text

@@ -101,7 +101,7 @@ def requests() -> list[Panel]:
             "Failed requests per second by Triton's reason (REJECTED: queue full or queue timeout; CANCELED: "
             "the client gave up; BACKEND: the engine failed; OTHER), and requests failed by a server bug.",
             query(by_model(rate("nv_inference_request_failure"), by=f"{BY}, reason"), f"{MV} {{{{reason}}}}"),
-            query(f"sum({rate('tensorgate_internal_errors', HOST)})", "internal errors"),
+            query(f"sum({rate('tensorgate_internal_errors_total', HOST)})", "internal errors"),
         ),
     ]
 

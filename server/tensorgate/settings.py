@@ -88,7 +88,7 @@ class Settings:
         default=Path("./model_repo"),
         metadata={"help": "directory of models: <repo>/<model>/[config.pbtxt] and <version>/model.onnx", "type": Path},
     )
-    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC and metrics servers bind"})
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC, HTTP/REST and metrics servers bind"})
     grpc_address: str = field(default="", metadata={"help": "address the gRPC server binds (empty: --host)"})
     http_address: str = field(default="", metadata={"help": "address the HTTP/REST server binds (empty: --host)"})
     metrics_address: str = field(default="", metadata={"help": "address the metrics server binds (empty: --host)"})
@@ -167,6 +167,7 @@ class Settings:
         default=64 * 2**20,
         metadata={
             "min": 1,
+            "max": 2**31 - 1,  # gRPC's limit (a C int)
             "help": "largest gRPC message accepted or sent, in bytes, after decompression (a request "
             "holds its tensors: raise it for bigger ones; each message in flight can cost the server "
             "this much memory)",

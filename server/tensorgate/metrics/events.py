@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import prometheus_client
 from prometheus_client import Counter, Histogram
+
+# A `_created` gauge beside each counter and histogram is OpenMetrics' idea; in the text format it is one
+# more series per child that no Triton dashboard reads (prometheus_client checks this at each scrape).
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ENGINE_BUILDS = Counter(
     "tensorgate_engine_builds",

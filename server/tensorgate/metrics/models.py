@@ -55,8 +55,8 @@ class _Counter(Metric):
 
 
 def counter_names() -> frozenset[str]:
-    """Triton's counters (``nv_*``), for exposition.py to type them ``counter`` as Triton does. Ours
-    (tensorgate_internal_errors) stays untyped: a counter of ours would be named ``_total``."""
+    """Triton's counters (``nv_*``), for exposition.py to type them ``counter`` as Triton does (ours are
+    prometheus_client's counters, named ``_total``)."""
     names = frozenset(_Counter.names)  # a copy first: another scrape thread may be adding to the set
     return frozenset(name for name in names if name.startswith("nv_"))
 
@@ -114,10 +114,11 @@ class ModelStatsCollector(Collector):
         yield from self._models(list(self._source()))
         ready = GaugeMetricFamily("tensorgate_server_ready", "1 when the server reports ready")
         ready.add_metric([], 1.0 if self._server.ready else 0.0)
-        errors = _Counter(
-            "tensorgate_internal_errors", "Requests that failed on a server bug (logged with a traceback)"
+        errors = CounterMetricFamily(
+            "tensorgate_internal_errors",
+            "Requests that failed on a server bug (logged with a traceback)",
+            value=self._server.internal_errors,
         )
-        errors.add({}, self._server.internal_errors)
         malformed = CounterMetricFamily(
             "tensorgate_malformed_messages",
             "gRPC messages that did not parse as their RPC's request (answered INVALID_ARGUMENT)",
