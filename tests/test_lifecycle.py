@@ -97,6 +97,7 @@ def test_bad_environment_value_is_refused() -> None:
         ("--grpc-stream-max-outstanding", "0", "must be at least 1"),  # no stream message would ever be read
         ("--grpc-port", "70000", "must be from 0 to 65535"),
         ("--grpc-max-message-bytes", "3000000000", "must be from 1 to 2147483647"),  # gRPC's C int: a traceback
+        ("--host", "", "an empty address"),  # the metrics server died at start on it, with a traceback
         ("--exit-timeout-secs", "-1", "must be at least 0.1"),
         ("--max-queue-wait-ms", "-5", "must be at least 0"),
         ("--exit-timeout-secs", "nan", "must be a finite number"),  # NaN compares false with every bound

@@ -17,6 +17,7 @@ import pytest
 from conftest import Server
 from models import identity
 from tensorgate.logs import QuoteValues, logfmt_value
+from tensorgate.settings import host_port
 
 SERVER_SOURCE = Path(__file__).resolve().parent.parent / "server" / "tensorgate"
 # logfmt as Go's kr/logfmt, Loki's `| logfmt` and Vector's parse_logfmt read it: key=value pairs split by spaces,
@@ -131,10 +132,55 @@ def test_arguments_of_every_kind_are_written_as_values() -> None:
     }
 
 
-def test_other_libraries_records_are_left_alone() -> None:
-    record = logging.LogRecord("grpc._server", logging.INFO, __file__, 1, "x %s", ("a b",), None)
+def test_another_librarys_record_is_one_msg_value() -> None:
+    record = logging.LogRecord("grpc._cython.cygrpc", logging.INFO, __file__, 1, "Task queue depth is %d", (3,), None)
     assert QuoteValues().filter(record)
-    assert record.getMessage() == "x a b"
+    assert parse(logging.Formatter("logger=%(name)s %(message)s").format(record)) == {
+        "logger": "grpc._cython.cygrpc",
+        "msg": "Task queue depth is 3",
+    }
+
+
+def test_a_record_is_rewritten_once_whatever_handlers_it_passes() -> None:
+    record = logging.LogRecord("tensorgate.x", logging.INFO, __file__, 1, "event=e model=%s", ("my model",), None)
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task was destroyed", (), None)
+    for _ in range(2):
+        assert QuoteValues().filter(record) and QuoteValues().filter(other)
+    assert parse(record.getMessage()) == {"event": "e", "model": "my model"}
+    assert parse(other.getMessage()) == {"msg": "Task was destroyed"}
+
+
+def test_numbers_of_any_kind_keep_their_conversions() -> None:
+    line = _formatted("event=e a=%d b=%.1f c=%d d=%s", np.bool_(True), np.array(3.0), np.array(3), np.float32(0.5))
+    assert parse(line) == {"level": "INFO", "event": "e", "a": "1", "b": "3.0", "c": "3", "d": "0.5"}
+
+
+def test_a_value_that_cannot_be_written_never_makes_the_log_call_raise(capsys: pytest.CaptureFixture[str]) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    log = logging.getLogger("tensorgate.test_unprintable")
+    handler = logging.StreamHandler()
+    handler.addFilter(QuoteValues())
+    log.addHandler(handler)
+    log.propagate = False  # this handler alone: pytest's own capture handler re-raises formatting errors
+    try:
+        log.error("event=e value=%s", Unprintable())  # logging reports it, as for any formatting error
+        log.error("event=after value=%s", "fine")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err and "event=after value=fine" in err
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "written"), [("0.0.0.0", 8001, "0.0.0.0:8001"), ("::1", 8000, "[::1]:8000"), ("[::]", 1, "[::]:1")]
+)
+def test_an_address_is_one_value(host: str, port: int, written: str) -> None:
+    assert host_port(host, port) == written
+    assert parse(_formatted("event=e address=%s", host_port(host, port)))["address"] == written
 
 
 def test_odd_model_names_are_quoted_and_the_time_is_one_token(

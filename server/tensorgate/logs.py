@@ -1,16 +1,16 @@
 """One-line logfmt logs: ``ts=... level=... logger=... event=... key=value ...``.
 
-The time is one RFC 3339 UTC token. Every message is ``key=value`` pairs (tests/test_logs.py checks each
-log call of the server), and every value is written as logfmt reads it back: as it is when it is one plain
-token, else in double quotes with JSON's escapes, whether the call wrote it with ``%s`` or ``%r`` (a model
-directory may be named ``my model``, and a reason is a sentence). So Loki's ``| logfmt``, Vector's
-``parse_logfmt`` or Go's logfmt readers give back each key and its exact value."""
+The time is one RFC 3339 UTC token. Every message of the server is ``key=value`` pairs (tests/test_logs.py
+checks each log call), and every value is written as logfmt reads it back: as it is when it is one plain
+token, else in double quotes with JSON's escapes (a model directory may be named ``my model``, and a reason
+is a sentence); another library's message (gRPC's, asyncio's) is one quoted ``msg=``. So Loki's ``| logfmt``,
+Vector's ``parse_logfmt`` or Go's logfmt readers give back each key and its exact value. A traceback
+(``exc_info``) follows its line on lines of its own, as Python writes it."""
 
 from __future__ import annotations
 
 import json
 import logging
-import numbers
 import re
 import sys
 import time
@@ -36,14 +36,39 @@ class _Value(str):
     __repr__ = __str__
 
 
+# A printf conversion of a log message: its flags, width and precision, then its kind (group 1).
+_CONVERSION = re.compile(r"%[#0 +-]*(?:\d+)?(?:\.\d+)?[hlL]?([diouxXeEfFgGcrsa%])")
+
+
+def _value(arg: object) -> object:
+    """``arg`` as a logfmt value, or as it is if it cannot be made text (the formatter then reports it,
+    as logging does: a log call never raises)."""
+    try:
+        return _Value(arg)
+    except Exception:
+        return arg
+
+
 class QuoteValues(logging.Filter):
-    """Writes the arguments of tensorgate's log records as logfmt values; numbers are left to their
-    ``%d``/``%.1f``."""
+    """Makes every record a logfmt line: the arguments a tensorgate message writes as text (``%s``, ``%r``)
+    become logfmt values (``%d`` and ``%f`` keep their numbers); another library's record, free text,
+    becomes ``msg="..."``. A record is rewritten once, however many handlers pass it here."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "logfmt", False):
+            return True
+        record.logfmt = True
         args = record.args
-        if record.name.startswith("tensorgate") and isinstance(args, tuple):
-            record.args = tuple(a if isinstance(a, numbers.Number) else _Value(a) for a in args)
+        if not record.name.startswith("tensorgate."):
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True  # the formatter reports the mismatch, as for any record
+            record.msg, record.args = "msg=%s", (_value(message),)
+        elif isinstance(args, tuple) and args:
+            kinds = [k for k in _CONVERSION.findall(str(record.msg)) if k != "%"]
+            if len(kinds) == len(args):
+                record.args = tuple(_value(a) if k in "sra" else a for k, a in zip(kinds, args, strict=True))
         return True
 
 

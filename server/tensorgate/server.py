@@ -26,7 +26,7 @@ from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.frontend.service import InferenceService, ServerState
 from tensorgate.metrics import MetricsEndpoint, VersionMetrics, serve_metrics, thread_cpu_seconds
 from tensorgate.repository import ModelVersion, Repository, RepositoryMissing
-from tensorgate.settings import Settings
+from tensorgate.settings import Settings, host_port
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,10 @@ class Server:
                 log.error("event=startup_failed reason=%s", reason)
                 await frontend.stop(0)
                 return None
-            log.info("event=http_listening address=%s:%d", self._http.host, self._http.port)
+            log.info("event=http_listening address=%s", host_port(self._http.host, self._http.port))
         tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
-        address = frontend.address.rsplit(":", 1)[0]
-        log.info("event=grpc_listening version=%s address=%s:%d tls=%s", __version__, address, frontend.port, tls)
+        address = frontend.address.rsplit(":", 1)[0] + f":{frontend.port}"  # the port bound (0 picks one)
+        log.info("event=grpc_listening version=%s address=%s tls=%s", __version__, address, tls)
         try:
             await repository.start()
         except RepositoryMissing as exc:

@@ -76,6 +76,13 @@ def _restriction(text: str) -> Restriction | None:
     return Restriction(protocols, key.strip().lower(), value)
 
 
+def _address(text: str) -> str:
+    """A host to bind: not empty (each server would read "" its own way, the metrics server not at all)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address: give 0.0.0.0 (every IPv4 interface), :: or a host")
+    return text
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -88,7 +95,10 @@ class Settings:
         default=Path("./model_repo"),
         metadata={"help": "directory of models: <repo>/<model>/[config.pbtxt] and <version>/model.onnx", "type": Path},
     )
-    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC, HTTP/REST and metrics servers bind"})
+    host: str = field(
+        default="0.0.0.0",
+        metadata={"help": "address the gRPC, HTTP/REST and metrics servers bind", "type": _address},
+    )
     grpc_address: str = field(default="", metadata={"help": "address the gRPC server binds (empty: --host)"})
     http_address: str = field(default="", metadata={"help": "address the HTTP/REST server binds (empty: --host)"})
     metrics_address: str = field(default="", metadata={"help": "address the metrics server binds (empty: --host)"})
@@ -374,6 +384,13 @@ def _parser_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
 
 def _flag(f: dataclasses.Field[Any]) -> str:
     return "--" + f.name.replace("_", "-")
+
+
+def host_port(host: str, port: int | str) -> str:
+    """``host:port`` as gRPC parses it and as logs show it: an IPv6 literal in brackets (``[::1]:8001``)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 def env_name(name: str) -> str:

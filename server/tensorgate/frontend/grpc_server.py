@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2
 
 from tensorgate.frontend.service import InferenceService, ServerState, generic_handler
-from tensorgate.settings import Settings
+from tensorgate.settings import Settings, host_port
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,7 @@ class GrpcFrontend:
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = Health()
         self.server.add_generic_rpc_handlers((health_handler(self.health, service.state),))
-        host = settings.grpc_address or settings.host
-        # gRPC parses "host:port": an IPv6 literal needs its brackets ("[::1]:8001").
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        self.address = f"{host}:{settings.grpc_port}"
+        self.address = host_port(settings.grpc_address or settings.host, settings.grpc_port)
         address = self.address
         credentials = server_credentials(settings)
         try:

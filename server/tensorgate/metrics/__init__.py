@@ -23,6 +23,7 @@ from tensorgate.metrics.models import (
     thread_cpu_seconds,
 )
 from tensorgate.metrics.sampler import Sampler
+from tensorgate.settings import host_port
 
 __all__ = ["MetricsEndpoint", "Sampler", "VersionMetrics", "serve_metrics", "thread_cpu_seconds"]
 
@@ -86,9 +87,8 @@ def serve_metrics(
     )
     endpoint = MetricsEndpoint(http, sampler)
     log.info(
-        "event=metrics_listening address=%s:%d path=/metrics interval_ms=%d cpu=%s gpu=%s",
-        host,
-        int(http.effective_port),  # the port bound (port 0 picks one)
+        "event=metrics_listening address=%s path=/metrics interval_ms=%d cpu=%s gpu=%s",
+        host_port(host, int(http.effective_port)),  # the port bound (port 0 picks one)
         interval_ms,
         str(cpu).lower(),
         str(gpu).lower(),
