@@ -3,6 +3,7 @@ completed from the ONNX file's tensors, checked against them, and unsupported fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -353,7 +354,7 @@ def test_onnxruntime_parameters_are_read_not_ignored() -> None:
     assert C.ort_parameters(parse("")) == C.OrtParameters()
 
 
-@pytest.mark.parametrize("value", ["-1", "two", "", "2000"])
+@pytest.mark.parametrize("value", ["-1", "two", "", "2000", "\u00b2"])  # "²".isdigit() is True
 def test_bad_onnxruntime_parameter_fails_the_load(value: str) -> None:
     with pytest.raises(ModelConfigError, match="'intra_op_thread_count' must be an integer from 0 to 1024"):
         C.check_supported(parse(f"parameters {{ key: 'intra_op_thread_count' value {{ string_value: '{value}' }} }}"))
@@ -383,6 +384,8 @@ def test_supported_config_has_no_hints() -> None:
         ("platform: 'tensorrt_plan'", "platform 'tensorrt_plan' is not served"),
         ("runtime: 'model.py'", "runtime 'model.py'"),
         ("instance_group [{ kind: KIND_MODEL }]", "KIND_MODEL"),
+        ("instance_group [{ name: 'g' kind: KIND_CPU gpus: [0] }]", "'g' has kind KIND_CPU but lists gpus \\[0\\]"),
+        ("instance_group [{ kind: KIND_GPU gpus: [-1] }]", "a GPU id is >= 0"),
         ("input [{ name: 'x' allow_ragged_batch: true }]", "allow_ragged_batch"),
         ("input [{ name: 'x' is_shape_tensor: true }]", "is_shape_tensor"),
         ("batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: 'n' }]", "batch_input"),
@@ -458,3 +461,57 @@ def test_version_policy_specific_empty() -> None:
     """An empty list would serve nothing and say nothing: it is an error that says so."""
     with pytest.raises(ModelConfigError, match="names no versions"):
         C.select_versions(policy("specific {}"), [1, 2])
+
+
+# ---- dynamic_batching, checked on the completed config ----
+
+DYNAMIC = [t("x", None, 4)], [t("y", None, 4)]  # a file whose first dimension is dynamic: batched at the default 4
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # max_batch_size left out: completed from the file (4), then checked as if written (they were skipped)
+        (
+            "dynamic_batching { preferred_batch_size: [64] }",
+            "preferred_batch_size [64] must be within 1..max_batch_size (4)",
+        ),
+        ("dynamic_batching { priority_levels: 3000000 }", "priority_levels 3000000 is above 1024"),
+        ("dynamic_batching { max_queue_delay_microseconds: 3600000000 }", "above 60000000 (one minute)"),
+        (
+            "dynamic_batching { priority_levels: 2 default_priority_level: 9 }",
+            "default_priority_level 9 must be within",
+        ),
+        (
+            "dynamic_batching { priority_levels: 2 default_priority_level: 1\n"
+            "priority_queue_policy { key: 3 value {} } }",
+            "priority_queue_policy levels [3] are outside 1..priority_levels (2)",
+        ),
+        # a model that cannot batch has no preferred batch size (Triton refuses it too)
+        ("max_batch_size: 0\ndynamic_batching { preferred_batch_size: [4] }", "must be within 1..max_batch_size (0)"),
+        ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [0, 4] }", "preferred_batch_size [0]"),
+    ],
+)
+def test_dynamic_batching_values_are_checked_whoever_set_max_batch_size(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        build(text, *DYNAMIC, tmp_path=tmp_path)
+
+
+def test_priority_queue_policies_need_priority_levels(tmp_path: Path) -> None:
+    """Without priority_levels there is one queue under the default policy (as Triton's PriorityQueue): a
+    priority_queue_policy is not applied, and the load says so."""
+    text = "dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 3 } } }"
+    spec = build(text, *DYNAMIC, tmp_path=tmp_path)
+    assert spec.batching.queue_policies == (C.QueuePolicy(),)
+    assert C.batching_hints(spec.config) == [
+        "dynamic_batching priority_queue_policy ignored: priority_levels is not set (one queue)"
+    ]
+
+
+def test_dynamic_batching_of_a_model_that_cannot_batch_is_named(tmp_path: Path) -> None:
+    text = "max_batch_size: 0\ndynamic_batching { priority_levels: 2 default_priority_level: 1 }"
+    spec = build(text, *DYNAMIC, tmp_path=tmp_path)
+    assert spec.max_batch_size == 0 and not spec.batching.dynamic
+    (hint,) = C.batching_hints(spec.config)
+    assert "max_batch_size 0" in hint and "not applied" in hint
+    assert C.batching_hints(build("max_batch_size: 4\ndynamic_batching {}", *DYNAMIC, tmp_path=tmp_path).config) == []

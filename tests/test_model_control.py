@@ -229,6 +229,13 @@ def test_explicit_load_with_config_override(explicit_repo: Path, start_server: C
     assert client.is_model_ready("c", "1") and client.is_model_ready("c", "2")
     assert infer(client, "c", "1") == (1.0, "1") and infer(client, "c") == (2.0, "2")
 
+    # an override that leaves max_batch_size out has it completed from the file, as config.pbtxt would
+    two_cpu_instances = '{"version_policy": {"all": {}}, "instance_group": [{"count": 2, "kind": "KIND_CPU"}]}'
+    client.load_model("c", config=two_cpu_instances)
+    completed = client.get_model_config("c").config
+    assert completed.max_batch_size == 4 and list(completed.input[0].dims) == [4], completed
+    assert client.get_model_config("c").config.instance_group[0].count == 2
+
     # an override that contradicts the file fails with the reason; what was serving keeps serving
     bad = '{"max_batch_size": 8, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [4]}]}'
     err = error_of(client.load_model, "c", config=bad)

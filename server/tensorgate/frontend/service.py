@@ -159,13 +159,16 @@ class InferenceService:
         override: RawConfig | None = None
         for key, value in request.parameters.items():
             if key == "config":
-                override = RawConfig(mc.ModelConfig(), max_batch_size_given=True)
+                config = mc.ModelConfig()
                 try:
-                    json_format.Parse(value.string_param, override.config)
+                    json_format.Parse(value.string_param, config)
                 except (json_format.ParseError, json.JSONDecodeError) as exc:
                     raise InvalidArgument(
                         f"load parameter 'config' is not a valid model config in JSON: {exc}"
                     ) from None
+                # As in config.pbtxt, a max_batch_size left out is completed from the file (an explicit 0 is kept).
+                given = {"max_batch_size", "maxBatchSize"} & set(json.loads(value.string_param))
+                override = RawConfig(config, max_batch_size_given=bool(given))
             elif key.startswith("file:"):
                 raise Unimplemented("loading model files sent in the request (file: parameters) is not supported")
             else:

@@ -10,7 +10,13 @@ time). Below the repository nothing sees the protobuf config: the scheduler gets
 :class:`BatchingPolicy`, the request path a :class:`ModelSpec`.
 """
 
-from tensorgate.model_config.batching import BatchingPolicy, QueuePolicy, TimeoutAction, batching_policy
+from tensorgate.model_config.batching import (
+    BatchingPolicy,
+    QueuePolicy,
+    TimeoutAction,
+    batching_hints,
+    batching_policy,
+)
 from tensorgate.model_config.completion import complete, model_spec, validate
 from tensorgate.model_config.instances import (
     InstanceGroup,
@@ -40,6 +46,7 @@ __all__ = [
     "TensorSpec",
     "TimeoutAction",
     "WarmupSample",
+    "batching_hints",
     "batching_policy",
     "check_supported",
     "complete",

@@ -47,9 +47,11 @@ def batching_policy(config: mc.ModelConfig) -> BatchingPolicy:
     levels = max(1, db.priority_levels)
     default_level = (db.default_priority_level or (levels + 1) // 2) if db.priority_levels else 1
     default = _queue_policy(db.default_queue_policy) if db.HasField("default_queue_policy") else QueuePolicy()
+    # Without priority levels there is one queue, under the default policy (Triton's PriorityQueue reads
+    # priority_queue_policy only when priority_levels is set).
+    per_level = db.priority_queue_policy if db.priority_levels else {}
     policies = tuple(
-        _queue_policy(db.priority_queue_policy[level]) if level in db.priority_queue_policy else default
-        for level in range(1, levels + 1)
+        _queue_policy(per_level[level]) if level in per_level else default for level in range(1, levels + 1)
     )
     preferred = tuple(sorted({p for p in db.preferred_batch_size if 0 < p <= config.max_batch_size}))
     return BatchingPolicy(
@@ -69,11 +71,12 @@ def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
 
 
 def batching_problems(config: mc.ModelConfig) -> list[str]:
-    """What in the dynamic_batching block cannot be served, one message each."""
+    """What in the dynamic_batching block of a completed config (its max_batch_size known, from the file
+    where config.pbtxt leaves it out) cannot be served, one message each, as Triton's validation says."""
+    if not config.HasField("dynamic_batching"):
+        return []
     db = config.dynamic_batching
     problems: list[str] = []
-    if config.max_batch_size == 0:
-        return problems  # Triton ignores the dynamic batcher of a model that cannot batch
     too_big = [p for p in db.preferred_batch_size if p < 1 or p > config.max_batch_size]
     if too_big:
         problems.append(
@@ -96,10 +99,28 @@ def batching_problems(config: mc.ModelConfig) -> list[str]:
             f"dynamic_batching default_priority_level {db.default_priority_level} must be within "
             f"1..priority_levels ({db.priority_levels})"
         )
-    outside = sorted(k for k in db.priority_queue_policy if not 1 <= k <= max(1, db.priority_levels))
-    if outside:
+    outside = sorted(k for k in db.priority_queue_policy if not 1 <= k <= db.priority_levels)
+    if db.priority_levels and outside:
         problems.append(
             f"dynamic_batching priority_queue_policy levels {outside} are outside 1..priority_levels "
             f"({db.priority_levels})"
         )
     return problems
+
+
+def batching_hints(config: mc.ModelConfig) -> list[str]:
+    """What in the dynamic_batching block of a completed config is not applied, one message each."""
+    if not config.HasField("dynamic_batching"):
+        return []
+    db = config.dynamic_batching
+    hints: list[str] = []
+    if config.max_batch_size == 0 and (
+        db.priority_levels or db.HasField("default_queue_policy") or db.priority_queue_policy
+    ):
+        hints.append(
+            "dynamic_batching on a model with max_batch_size 0: its requests run one at a time as they come; "
+            "its priority levels and queue policies are not applied"
+        )
+    if db.priority_queue_policy and not db.priority_levels:
+        hints.append("dynamic_batching priority_queue_policy ignored: priority_levels is not set (one queue)")
+    return hints

@@ -9,7 +9,7 @@ from tensorgate import datatypes
 from tensorgate.backends.base import TensorInfo
 from tensorgate.datatypes import DataType
 from tensorgate.errors import ModelConfigError, clip
-from tensorgate.model_config.batching import batching_policy
+from tensorgate.model_config.batching import batching_policy, batching_problems
 from tensorgate.model_config.instances import instance_settings
 from tensorgate.model_config.limits import limits
 from tensorgate.model_config.parse import DEFAULT_MODEL_FILE
@@ -170,6 +170,9 @@ def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequ
     """Check a completed config against the ONNX file and build the request-path view."""
     if config.max_batch_size < 0:
         raise ModelConfigError(f"max_batch_size must be >= 0, not {config.max_batch_size}")
+    problems = batching_problems(config)
+    if problems:
+        raise ModelConfigError("; ".join(problems))
     batched = config.max_batch_size > 0
     spec_inputs = _declared("input", config.input, inputs, batched)
     missing = sorted({t.name for t in inputs} - set(spec_inputs))

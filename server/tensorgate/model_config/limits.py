@@ -39,7 +39,7 @@ def integer_parameter_problems(config: mc.ModelConfig, allowed: dict[str, tuple[
         if key not in config.parameters:
             continue
         text = config.parameters[key].string_value.strip()
-        if not text.isdigit() or not low <= int(text) <= high:
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:  # ("²".isdigit() is True)
             problems.append(f"parameters {key!r} must be an integer from {low} to {high} in string_value, not {text!r}")
     return problems
 

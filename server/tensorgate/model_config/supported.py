@@ -4,7 +4,6 @@ ignored: one that changes results or scheduling fails the load, a performance hi
 from __future__ import annotations
 
 from tensorgate.errors import ModelConfigError
-from tensorgate.model_config.batching import batching_problems
 from tensorgate.model_config.instances import ORT_CUDA_PARAMETERS, ORT_PARAMETERS, ort_parameter_problems
 from tensorgate.model_config.limits import LIMIT_PARAMETERS, limit_problems
 from tensorgate.proto import model_config_pb2 as mc
@@ -50,6 +49,14 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     for group in config.instance_group:
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")
+        if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
+            fatal.append(
+                f"instance_group {group.name or '(unnamed)'!r} has kind KIND_CPU but lists gpus {list(group.gpus)}"
+            )
+        if any(g < 0 for g in group.gpus):
+            fatal.append(
+                f"instance_group {group.name or '(unnamed)'!r} lists gpus {list(group.gpus)}: a GPU id is >= 0"
+            )
         if group.HasField("rate_limiter") or group.passive or group.host_policy or group.profile:
             hints.append("instance_group rate_limiter/passive/host_policy/profile ignored")
     group_kinds = {g.kind for g in config.instance_group}
@@ -77,10 +84,9 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     optimization.ClearField("execution_accelerators")
     if optimization.ListFields():
         hints.append(f"optimization {', '.join(f.name for f, _ in optimization.ListFields())} ignored")
-    if config.HasField("dynamic_batching"):
-        fatal.extend(batching_problems(config))
-        if config.dynamic_batching.preserve_ordering:
-            hints.append("dynamic_batching.preserve_ordering ignored (each request has its own RPC)")
+    # (dynamic_batching's values are checked on the completed config: max_batch_size may come from the file)
+    if config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering:
+        hints.append("dynamic_batching.preserve_ordering ignored (each request has its own RPC)")
     for warmup in config.model_warmup:
         for input_name, spec in warmup.inputs.items():
             if spec.WhichOneof("input_data_type") is None:

@@ -221,6 +221,8 @@ class Loader:
                 default_max_batch_size=self.settings.default_max_batch_size,
                 gpu=first.engine is not Engine.ORT_CPU,
             )
+            for hint in model_config.batching_hints(spec.config):
+                log.warning("event=config_field_ignored model=%s version=%d detail=%s", name, number, hint)
             options = chosen.options
             # On a GPU, instance_group's count is per listed GPU (Triton's placement); the first
             # instance is already on devices[0].
