@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tensorgate import model_config as C
@@ -288,9 +289,9 @@ def test_duplicate_input(tmp_path: Path) -> None:
 
 
 def test_invalid_datatype_and_dims(tmp_path: Path) -> None:
-    with pytest.raises(ModelConfigError, match="TYPE_INVALID"):
+    with pytest.raises(ModelConfigError, match="has no data_type"):
         build('input [{ name: "x" dims: [4] }]', [t("x", 4)], [t("y", 4)], tmp_path=tmp_path)
-    with pytest.raises(ModelConfigError, match="invalid dim -3"):
+    with pytest.raises(ModelConfigError, match="has dim -3"):
         build(full(dims="-3"), [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
 
 
@@ -515,3 +516,67 @@ def test_dynamic_batching_of_a_model_that_cannot_batch_is_named(tmp_path: Path) 
     (hint,) = C.batching_hints(spec.config)
     assert "max_batch_size 0" in hint and "not applied" in hint
     assert C.batching_hints(build("max_batch_size: 4\ndynamic_batching {}", *DYNAMIC, tmp_path=tmp_path).config) == []
+
+
+# ---- model_warmup samples ----
+
+WARM = [t("x", None, 3)], [t("y", None, 3)]
+ONE_SAMPLE = np.array([1.0, 2.0, 3.0], np.float32)
+
+
+def _warm(tmp_path: Path, sample: str, files: dict[str, bytes]) -> list[C.WarmupSample]:
+    for file, data in files.items():
+        path = tmp_path / "m" / "warmup" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    spec = build(f"max_batch_size: 8\nmodel_warmup [ {{ name: 'w' {sample} }} ]", *WARM, tmp_path=tmp_path)
+    return C.warmup_samples(spec, tmp_path / "m")
+
+
+def _from_file(file: str, batch_size: int = 3) -> str:
+    tensor = f"data_type: TYPE_FP32 dims: [3] input_data_file: '{file}'"
+    return f"batch_size: {batch_size} inputs {{ key: 'x' value {{ {tensor} }} }}"
+
+
+def test_a_warmup_file_holds_one_sample_repeated_over_the_batch(tmp_path: Path) -> None:
+    """Triton's layout: the file is one sample, sent batch_size times; a longer file gives its start."""
+    (sample,) = _warm(tmp_path, _from_file("x.bin"), {"x.bin": ONE_SAMPLE.tobytes() + b"\0" * 20})
+    assert sample.inputs["x"].shape == (3, 3)
+    assert (sample.inputs["x"] == ONE_SAMPLE).all()
+    (nested,) = _warm(tmp_path, _from_file("in/x.bin", 1), {"in/x.bin": ONE_SAMPLE.tobytes()})
+    assert nested.inputs["x"].tolist() == [ONE_SAMPLE.tolist()]
+
+
+@pytest.mark.parametrize(
+    ("file", "data", "named"),
+    [
+        ("short.bin", b"\0" * 5, "a sample of dims [3] (FP32) needs 12 bytes, warmup/short.bin has 5"),
+        ("../escape.bin", b"\0" * 12, "no file warmup/../escape.bin"),
+    ],
+)
+def test_a_warmup_file_that_cannot_serve_is_named(tmp_path: Path, file: str, data: bytes, named: str) -> None:
+    (tmp_path / "m").mkdir(exist_ok=True)
+    (tmp_path / "m" / "warmup").mkdir(exist_ok=True)
+    (tmp_path / "m" / "warmup" / file).write_bytes(data)
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        _warm(tmp_path, _from_file(file), {})
+
+
+def test_a_warmup_sample_of_batch_size_0_is_skipped(tmp_path: Path) -> None:
+    zeros = "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [3] zero_data: true } }"
+    assert _warm(tmp_path, f"batch_size: 0 {zeros}", {}) == []
+    (sample,) = _warm(tmp_path, f"batch_size: 2 {zeros}", {})
+    assert sample.inputs["x"].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "named"),
+    [
+        ("name: 'x' data_type: TYPE_FP32 dims: [0]", "dim 0 in [0]: a dimension is -1 (any) or 1 or more"),
+        ("name: 'x' data_type: TYPE_FP32 dims: [-2]", "dim -2"),
+        ("name: 'x' dims: [3]", "tensor 'x' has no data_type"),
+    ],
+)
+def test_a_declared_tensor_needs_a_datatype_and_real_dims(tmp_path: Path, tensor: str, named: str) -> None:
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        build(f"max_batch_size: 8\ninput [{{ {tensor} }}]", *WARM, tmp_path=tmp_path)

@@ -136,11 +136,15 @@ def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) 
 
 def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
     type_name = mc.DataType.Name(tensor.data_type)
+    if tensor.data_type == mc.TYPE_INVALID:
+        raise ModelConfigError(f"tensor {tensor.name!r} has no data_type (e.g. data_type: TYPE_FP32)")
     if type_name not in datatypes.BY_CONFIG:
         raise ModelConfigError(f"tensor {tensor.name!r} has data_type {type_name}, which is not supported")
     for d in tensor.dims:
-        if d < -1:
-            raise ModelConfigError(f"tensor {tensor.name!r} has invalid dim {d}")
+        if d < -1 or d == 0:
+            raise ModelConfigError(
+                f"tensor {tensor.name!r} has dim {d} in {list(tensor.dims)}: a dimension is -1 (any) or 1 or more"
+            )
     return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], tuple(tensor.dims), optional)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from tensorgate.model_config.spec import ModelSpec
 MAX_WARMUP_BYTES = 2**30  # all samples' inputs together
 MAX_WARMUP_COUNT = 1000  # runs of one sample on each instance
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class WarmupSample:
@@ -27,12 +30,17 @@ class WarmupSample:
 
 def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
     """The model_warmup samples of a spec, ready to execute. Data files are read from
-    ``<model>/warmup/``; random data is seeded, so every instance warms up on the same values."""
+    ``<model>/warmup/`` and hold one sample, repeated over ``batch_size`` rows (Triton's layout); random
+    data is seeded, so every instance warms up on the same values. A sample of batch_size 0 is skipped,
+    as Triton skips it."""
     rng = np.random.default_rng(0)
     samples: list[WarmupSample] = []
     total_bytes = 0
     for warmup in spec.config.model_warmup:
-        rows = max(1, warmup.batch_size)
+        if warmup.batch_size == 0:
+            log.info("event=warmup_sample_skipped model=%s sample=%s reason=%s", spec.name, warmup.name, "batch_size 0")
+            continue
+        rows = warmup.batch_size
         if spec.batched and rows > spec.max_batch_size:
             raise ModelConfigError(f"model_warmup {warmup.name!r}: batch_size {rows} exceeds max_batch_size")
         if warmup.count > MAX_WARMUP_COUNT:
@@ -58,14 +66,8 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
                     f"above {MAX_WARMUP_BYTES} bytes; warm up with smaller samples"
                 )
             if which == "input_data_file":
-                path = model_dir / "warmup" / sample.input_data_file
-                if "/" in sample.input_data_file or not path.is_file():
-                    raise ModelConfigError(f"model_warmup {warmup.name!r}: no file warmup/{sample.input_data_file}")
-                raw = path.read_bytes()
-                if dtype.is_bytes:
-                    arrays[name] = datatypes.deserialize_bytes(raw, count).reshape(shape)
-                else:
-                    arrays[name] = np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
+                one = _sample_from_file(warmup.name, name, model_dir, sample.input_data_file, dtype, tuple(sample.dims))
+                arrays[name] = np.repeat(one[np.newaxis], rows, axis=0) if spec.batched else one
             elif which == "random_data" and not dtype.is_bytes and dtype.v2 != "BOOL":
                 arrays[name] = rng.integers(0, 8, size=shape).astype(dtype.numpy)
             elif dtype.is_bytes:
@@ -74,3 +76,29 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
                 arrays[name] = np.zeros(shape, dtype=dtype.numpy)
         samples.append(WarmupSample(warmup.name, arrays, max(1, warmup.count)))
     return samples
+
+
+def _sample_from_file(
+    warmup: str, name: str, model_dir: Path, file: str, dtype: datatypes.DataType, dims: tuple[int, ...]
+) -> np.ndarray:
+    """One sample of ``dims`` from ``<model>/warmup/<file>`` (a file longer than the sample: its start)."""
+    folder = (model_dir / "warmup").resolve()
+    path = (folder / file).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise ModelConfigError(f"model_warmup {warmup!r} input {name!r}: no file warmup/{file} in the model directory")
+    raw = path.read_bytes()
+    count = math.prod(dims)
+    if dtype.is_bytes:
+        try:
+            return datatypes.deserialize_bytes(raw, count).reshape(dims)
+        except ValueError as exc:
+            raise ModelConfigError(
+                f"model_warmup {warmup!r} input {name!r}: warmup/{file} does not hold {count} BYTES elements ({exc})"
+            ) from None
+    needed = count * dtype.itemsize
+    if len(raw) < needed:
+        raise ModelConfigError(
+            f"model_warmup {warmup!r} input {name!r}: a sample of dims {list(dims)} ({dtype.v2}) needs {needed} "
+            f"bytes, warmup/{file} has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(dims)
