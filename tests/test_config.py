@@ -84,8 +84,10 @@ def test_no_config_one_fixed_tensor_disables_batching(tmp_path: Path) -> None:
 
 
 def test_no_config_scalar_is_not_batched(tmp_path: Path) -> None:
+    """Triton's auto-complete writes a scalar as dims [1] (its ONNX Runtime backend feeds it as a scalar)."""
     spec = build(None, [t("x")], [t("y")], tmp_path=tmp_path)
-    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == ()
+    assert spec.max_batch_size == 0 and spec.inputs["x"].dims == (1,) and spec.inputs["x"].model_dims == ()
+    assert list(spec.config.input[0].dims) == [1] and not spec.config.input[0].HasField("reshape")
 
 
 def test_default_max_batch_size_zero_disables_batching(tmp_path: Path) -> None:
@@ -379,8 +381,6 @@ def test_supported_config_has_no_hints() -> None:
             "ensemble_scheduling is not supported",
         ),
         ("model_transaction_policy { decoupled: true }", "decoupled"),
-        ("input [{ name: 'x' reshape { shape: [4] } }]", "tensor 'x': reshape is not supported"),
-        ("output [{ name: 'y' reshape { shape: [] } }]", "tensor 'y': reshape is not supported"),
         ("backend: 'pytorch'", "backend 'pytorch' is not served"),
         ("platform: 'tensorrt_plan'", "platform 'tensorrt_plan' is not served"),
         ("runtime: 'model.py'", "runtime 'model.py'"),
@@ -580,3 +580,87 @@ def test_a_warmup_sample_of_batch_size_0_is_skipped(tmp_path: Path) -> None:
 def test_a_declared_tensor_needs_a_datatype_and_real_dims(tmp_path: Path, tensor: str, named: str) -> None:
     with pytest.raises(ModelConfigError, match=re.escape(named)):
         build(f"max_batch_size: 8\ninput [{{ {tensor} }}]", *WARM, tmp_path=tmp_path)
+
+
+# ---- reshape: the shape clients send and the shape the model file has ----
+
+VECTOR = [t("x", None)], [t("y", None)]  # x[N] -> y[N]: nothing after the batch dimension
+
+
+def test_a_batched_vector_is_completed_as_triton_does(tmp_path: Path) -> None:
+    """Triton's AutoCompleteIO: no dims after the batch one is dims [1] with reshape { shape: [] }."""
+    spec = build(None, *VECTOR, tmp_path=tmp_path)
+    assert spec.max_batch_size == 4
+    for tensor in (spec.inputs["x"], spec.outputs["y"]):
+        assert tensor.dims == (1,) and tensor.model_dims == ()
+    assert list(spec.config.input[0].dims) == [1] and spec.config.input[0].HasField("reshape")
+    assert list(spec.config.input[0].reshape.shape) == []
+
+
+def test_a_triton_written_reshape_loads(tmp_path: Path) -> None:
+    text = (
+        "max_batch_size: 8\n"
+        "input [{ name: 'x' data_type: TYPE_FP32 dims: [1] reshape: { shape: [] } }]\n"
+        "output [{ name: 'y' data_type: TYPE_FP32 dims: [1] reshape: { shape: [] } }]"
+    )
+    spec = build(text, *VECTOR, tmp_path=tmp_path)
+    assert spec.inputs["x"].dims == (1,) and spec.inputs["x"].model_dims == ()
+    square = build(
+        "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]\n"
+        "output [{ name: 'y' data_type: TYPE_FP32 dims: [-1] reshape: { shape: [2, -1] } }]",
+        [t("x", None, 2, 2)],
+        [t("y", None, 2, None)],
+        tmp_path=tmp_path,
+    )
+    assert square.inputs["x"].model_dims == (2, 2) and square.outputs["y"].model_dims == (2, -1)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "named"),
+    [
+        ("dims: [4] reshape: { shape: [3] }", "reshape [3] holds 3 elements but dims [4] hold 4"),
+        ("dims: [-1, -1] reshape: { shape: [-1] }", "may each have one -1 at most"),
+        ("dims: [4] reshape: { shape: [0, 4] }", "reshape dim 0"),
+        ("dims: [4] reshape: { shape: [4, 1] }", "has reshape [4, 1] in config.pbtxt but the ONNX file's shape [4]"),
+    ],
+)
+def test_a_reshape_that_cannot_hold_is_refused(tmp_path: Path, tensor: str, named: str) -> None:
+    text = f"max_batch_size: 8\ninput [{{ name: 'x' data_type: TYPE_FP32 {tensor} }}]"
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        build(text, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+
+
+def test_a_batched_vector_without_reshape_says_what_to_write(tmp_path: Path) -> None:
+    text = "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [1] }]"
+    with pytest.raises(ModelConfigError, match=re.escape("dims: [ 1 ] with reshape: { shape: [ ] }")):
+        build(text, *VECTOR, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "dynamic"),
+    [
+        ("max_batch_size: 8", True),  # Triton's AutoCompleteMaxBatch: its own max_batch_size above 1 too
+        ("max_batch_size: 1", False),
+        ("max_batch_size: 8\nsequence_batching {}", False),  # a scheduler given: kept (and refused later)
+        (None, True),  # the default, 4
+    ],
+)
+def test_auto_complete_turns_dynamic_batching_on_as_triton(tmp_path: Path, text: str | None, dynamic: bool) -> None:
+    done = C.complete(
+        parse(text or ""),
+        name="m",
+        inputs=[t("x", None, 4)],
+        outputs=[t("y", None, 4)],
+        max_batch_size_given=text is not None,
+        default_max_batch_size=4,
+    )
+    assert done.HasField("dynamic_batching") == dynamic
+
+
+def test_a_config_with_inputs_and_outputs_is_not_completed(tmp_path: Path) -> None:
+    text = (
+        "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] }]\n"
+        "output [{ name: 'y' data_type: TYPE_FP32 dims: [4] }]"
+    )
+    spec = build(text, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    assert not spec.config.HasField("dynamic_batching") and not spec.batching.dynamic

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tritonclient.grpc as grpcclient
 from conftest import Server, index_of
-from models import write_config
+from models import identity, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from repository_helpers import (
     BAD_NAMES,
@@ -29,6 +30,7 @@ from repository_helpers import (
 )
 from tensorgate.logs import logfmt_value
 from tensorgate.repository import layout
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +97,8 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "pytorch": (_with_config('backend: "pytorch"'), "backend 'pytorch' is not served"),
     "decoupled": (_with_config("model_transaction_policy { decoupled: true }"), "decoupled models"),
     "reshaped": (
-        _with_config('input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 4 ] } } ]'),
-        "reshape is not supported",
+        _with_config('input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 3 ] } } ]'),
+        "reshape [3] holds 3 elements but dims [4] hold 4",
     ),
     "unparsable": (_with_config("max_batch_size: [ {"), "config.pbtxt does not parse"),
     "misnamed": (_with_config('name: "other"'), "names the model 'other' but its directory is 'misnamed'"),
@@ -493,3 +495,50 @@ def test_fingerprint_sees_every_change(tmp_path: Path) -> None:
         assert now not in seen
         seen.add(now)
     assert layout.fingerprint(model) == layout.fingerprint(model)
+
+
+# ---- reshape: Triton's form for tensors with no dims after the batch one, and scalars ----
+
+
+def test_reshaped_tensors_are_served_in_tritons_shapes(tmp_path: Path, start_server: Callable[..., Server]) -> None:
+    """A model taking x[N] is served, as by Triton, with dims [1] reshaped to []: clients send [N, 1] and get
+    [N, 1] back (auto-completed, or from a config Triton wrote); a reshape of [4] to [2, 2] and a scalar of a
+    model that does not batch (dims [1]) go through the model in its own shapes."""
+    repo = tmp_path / "repo"
+    identity(repo / "vec" / "1" / "model.onnx", shape=["batch"])
+    identity(repo / "vec_triton" / "1" / "model.onnx", shape=["batch"])
+    write_config(
+        repo / "vec_triton",
+        'max_batch_size: 8\ninput [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]',
+    )
+    identity(repo / "square" / "1" / "model.onnx", shape=["batch", 2, 2])
+    write_config(
+        repo / "square",
+        "max_batch_size: 8\n"
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]',
+    )
+    identity(repo / "scalar" / "1" / "model.onnx", shape=[])
+    client = start_server(repo).client
+
+    def call(model: str, data: np.ndarray) -> np.ndarray:
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        out = client.infer(model, [tensor]).as_numpy("OUTPUT0")
+        assert out is not None
+        return out
+
+    column = np.array([[1.0], [2.0], [3.0]], np.float32)
+    for model in ("vec", "vec_triton"):
+        assert call(model, column).tolist() == column.tolist()
+        meta = client.get_model_metadata(model)
+        assert [list(t.shape) for t in (*meta.inputs, *meta.outputs)] == [[-1, 1], [-1, 1]], meta
+    config = client.get_model_config("vec").config
+    assert list(config.input[0].dims) == [1] and config.input[0].HasField("reshape")
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert call("square", rows).tolist() == rows.tolist()
+    assert call("scalar", np.array([5.0], np.float32)).tolist() == [5.0]
+    with pytest.raises(InferenceServerException) as refused:
+        call("vec", np.array([1.0, 2.0], np.float32))
+    assert "INVALID_ARGUMENT" in str(refused.value.status()) and "expects [batch<=4,1]" in refused.value.message()

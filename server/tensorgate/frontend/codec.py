@@ -133,6 +133,16 @@ def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, co
     return np.ndarray(shape, dtype.numpy, raw)  # one call, half the cost of frombuffer and then reshape
 
 
+def _reshaped(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InvalidArgument(
+            f"input '{name}' has shape {_shape_text(array.shape)}, which the model's reshape to "
+            f"{_shape_text(shape)} (config.pbtxt) cannot take: {array.size} elements"
+        ) from None
+
+
 def _check_utf8(name: str, flat: np.ndarray) -> None:
     """BYTES inputs of an ONNX model are string tensors, which hold UTF-8 text. Checked here, per
     request: found by the engine, one bad request would fail every request batched with it. ASCII
@@ -234,6 +244,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             array = _from_contents(name, tensor, dtype, count).reshape(shape)
         if dtype.is_bytes:
             _check_utf8(name, array.reshape(-1))
+        if spec.model_dims is not None:  # config.pbtxt's reshape: the model's own shape
+            array = _reshaped(name, array, ((rows,) if model.batched else ()) + spec.model_dims)
         arrays[name] = array
         nbytes += array.nbytes
     if len(arrays) != len(specs):  # every input given (names are checked above): nothing is missing
@@ -311,6 +323,8 @@ def encode_response(
     size = 0
     for name, array in outputs.items():
         spec = model.outputs[name]
+        if spec.model_dims is not None:  # config.pbtxt's reshape: back to the dims clients see
+            array = _output_reshaped(model, name, array, spec.dims)
         tensor = response.outputs.add()
         tensor.name = name
         tensor.datatype = spec.datatype.v2
@@ -331,3 +345,15 @@ def encode_response(
                 Code.RESOURCE_EXHAUSTED,
             )
     return response
+
+
+def _output_reshaped(model: ModelSpec, name: str, array: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    shape = ((array.shape[0],) if model.batched and array.ndim else ()) + dims
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise ServerError(
+            f"output '{name}' of model '{model.name}' has shape {_shape_text(array.shape)}, which does not fit its "
+            f"dims {list(dims)} in config.pbtxt (reshape)",
+            Code.INTERNAL,
+        ) from None

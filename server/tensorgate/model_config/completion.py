@@ -3,6 +3,7 @@ does), then checked against it and turned into the typed :class:`ModelSpec`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tensorgate import datatypes
@@ -35,6 +36,10 @@ def _fill(target: object, infos: Sequence[TensorInfo], strip_batch: bool) -> Non
         tensor.data_type = mc.DataType.Value(_onnx_datatype(info).config)
         shape = info.shape[1:] if strip_batch else info.shape
         tensor.dims.extend(-1 if d is None else d for d in shape)
+        if not shape:  # Triton's AutoCompleteIO: no dims is dims [1], reshaped to [] when batched
+            tensor.dims.append(1)
+            if strip_batch:
+                tensor.reshape.SetInParent()
 
 
 def complete(
@@ -70,20 +75,17 @@ def complete(
     # (--default-max-batch-size, 4), and a default above 1 turns dynamic batching on unless the
     # config has a scheduler; then the inputs, if none are given, and the outputs, if none are
     # given, are filled from the file (without the batch dimension when max_batch_size > 0).
+    # A tensor with no dims gets dims [1], reshaped to [] when batched (AutoCompleteIO).
     # Where tensorgate differs: Triton cannot tell "max_batch_size: 0" from no max_batch_size
-    # (proto3), and fills both; tensorgate keeps an explicit 0. Triton also turns dynamic batching
-    # on for a max_batch_size > 1 the config gives; tensorgate only with the default it fills.
+    # (proto3), and fills both; tensorgate keeps an explicit 0.
     auto_complete = not ((done.input or done.batch_input) and done.output)
-    if (
-        auto_complete
-        and not max_batch_size_given
-        and _supports_batching((*inputs, *outputs))
-        and default_max_batch_size > 0
-    ):
+    batches = auto_complete and _supports_batching((*inputs, *outputs))
+    if batches and not max_batch_size_given and default_max_batch_size > 0:
         done.max_batch_size = default_max_batch_size
-        if done.WhichOneof("scheduling_choice") is None and default_max_batch_size > 1:
-            # As Triton's auto-complete: a model that batches by default also batches dynamically.
-            done.dynamic_batching.SetInParent()
+    if batches and done.max_batch_size > 1 and done.WhichOneof("scheduling_choice") is None:
+        # As Triton's AutoCompleteMaxBatch: a model that batches (the default or its own
+        # max_batch_size) also batches dynamically.
+        done.dynamic_batching.SetInParent()
     strip = done.max_batch_size > 0
     if not done.input:
         _fill(done.input, inputs, strip)
@@ -117,21 +119,31 @@ def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) 
                 "set max_batch_size: 0 or export the model with a dynamic batch axis"
             )
         shape = shape[1:]
-    if len(shape) != len(spec.dims):
+    model_dims = spec.model_dims
+    if model_dims is None and not batched and not shape and spec.dims == (1,):
+        model_dims = ()  # Triton's form for a scalar of a model that does not batch: dims [1], no reshape
+    engine = spec.dims if model_dims is None else model_dims
+    named = f"dims {list(engine)}" if model_dims is None else f"reshape {list(engine)}"
+    file_shape = ["?" if d is None else d for d in shape]
+    if len(shape) != len(engine):
+        hint = ""
+        if batched and not shape and model_dims is None:
+            hint = "; a tensor with no dims after the batch one takes dims: [ 1 ] with reshape: { shape: [ ] }"
         raise ModelConfigError(
-            f"{what} has dims {list(spec.dims)} in config.pbtxt but the ONNX file's shape "
-            f"{['?' if d is None else d for d in shape]} has rank {len(shape)}"
+            f"{what} has {named} in config.pbtxt but the ONNX file's shape {file_shape} has rank {len(shape)}"
             + (" (after the batch dimension)" if batched else "")
+            + hint
         )
     dims: list[int] = []
-    for want, have in zip(spec.dims, shape, strict=True):
+    for want, have in zip(engine, shape, strict=True):
         if want != -1 and have is not None and want != have:
             raise ModelConfigError(
-                f"{what} has dims {list(spec.dims)} in config.pbtxt, which contradicts the ONNX file's "
-                f"{['?' if d is None else d for d in shape]}"
+                f"{what} has {named} in config.pbtxt, which contradicts the ONNX file's {file_shape}"
             )
         dims.append(have if want == -1 and have is not None else want)
-    return TensorSpec(spec.name, spec.datatype, tuple(dims), spec.optional)
+    if model_dims is None:
+        return TensorSpec(spec.name, spec.datatype, tuple(dims), spec.optional)
+    return TensorSpec(spec.name, spec.datatype, spec.dims, spec.optional, model_dims=tuple(dims))
 
 
 def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
@@ -140,12 +152,26 @@ def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSp
         raise ModelConfigError(f"tensor {tensor.name!r} has no data_type (e.g. data_type: TYPE_FP32)")
     if type_name not in datatypes.BY_CONFIG:
         raise ModelConfigError(f"tensor {tensor.name!r} has data_type {type_name}, which is not supported")
-    for d in tensor.dims:
-        if d < -1 or d == 0:
+    dims = tuple(tensor.dims)
+    model_dims = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+    for what, values in (("dim", dims), ("reshape dim", model_dims or ())):
+        for d in values:
+            if d < -1 or d == 0:
+                raise ModelConfigError(
+                    f"tensor {tensor.name!r} has {what} {d} in {list(values)}: a dimension is -1 (any) or 1 or more"
+                )
+    if model_dims is not None:
+        if dims.count(-1) > 1 or model_dims.count(-1) > 1:
             raise ModelConfigError(
-                f"tensor {tensor.name!r} has dim {d} in {list(tensor.dims)}: a dimension is -1 (any) or 1 or more"
+                f"tensor {tensor.name!r}: dims {list(dims)} and reshape {list(model_dims)} may each have "
+                "one -1 at most (the other sizes fix it)"
             )
-    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], tuple(tensor.dims), optional)
+        if -1 not in dims and -1 not in model_dims and math.prod(dims) != math.prod(model_dims):
+            raise ModelConfigError(
+                f"tensor {tensor.name!r}: reshape {list(model_dims)} holds {math.prod(model_dims)} elements but dims "
+                f"{list(dims)} hold {math.prod(dims)}"
+            )
+    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], dims, optional, model_dims=model_dims)
 
 
 def _declared(

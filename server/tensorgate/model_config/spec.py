@@ -14,12 +14,20 @@ from tensorgate.proto import model_config_pb2 as mc
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output as requests see it; ``dims`` exclude the batch dim, -1 is any size."""
+    """One input or output as requests see it; ``dims`` exclude the batch dim, -1 is any size.
+    ``model_dims``: the shape the model file has instead (config.pbtxt's ``reshape``, or Triton's ``dims:
+    [1]`` for a scalar), which requests are reshaped to and outputs from; None: ``dims``."""
 
     name: str
     datatype: DataType
     dims: tuple[int, ...]
     optional: bool = False
+    model_dims: tuple[int, ...] | None = None
+
+    @property
+    def engine_dims(self) -> tuple[int, ...]:
+        """The dims the engine sees (after the batch dim)."""
+        return self.dims if self.model_dims is None else self.model_dims
 
     @cached_property
     def fixed_dims(self) -> tuple[int, ...] | None:

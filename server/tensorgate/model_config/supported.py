@@ -32,8 +32,6 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
     if config.HasField("model_repository_agents") and config.model_repository_agents.agents:
         fatal.append("model_repository_agents are not supported")
     for tensor in (*config.input, *config.output):
-        if tensor.HasField("reshape"):
-            fatal.append(f"tensor {tensor.name!r}: reshape is not supported")
         if tensor.is_shape_tensor:
             fatal.append(f"tensor {tensor.name!r}: is_shape_tensor is not supported")
         if getattr(tensor, "is_non_linear_format_io", False):

@@ -74,6 +74,10 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
                 arrays[name] = np.full(shape, b"", dtype=np.object_)
             else:
                 arrays[name] = np.zeros(shape, dtype=dtype.numpy)
+        for name, array in arrays.items():
+            model_dims = spec.inputs[name].model_dims
+            if model_dims is not None:  # config.pbtxt's reshape: what the model takes
+                arrays[name] = array.reshape(((rows,) if spec.batched else ()) + model_dims)
         samples.append(WarmupSample(warmup.name, arrays, max(1, warmup.count)))
     return samples
 

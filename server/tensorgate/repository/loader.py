@@ -95,7 +95,7 @@ def instance_options(
         options,
         max_batch_size=spec.max_batch_size,
         opt_batch_size=max(preferred) if preferred else spec.max_batch_size,
-        dims=tuple((n, t.dims) for n, t in spec.inputs.items()),
+        dims=tuple((n, t.engine_dims) for n, t in spec.inputs.items()),
     )
 
 
