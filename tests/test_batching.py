@@ -229,9 +229,18 @@ def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) 
     client.close()
 
 
+# Inputs and outputs given: Triton's auto-complete does not run, so no dynamic batching is added (with them
+# left to the file, a max_batch_size above 1 turns it on, as Triton's AutoCompleteMaxBatch does).
+SLOW_IO = (
+    'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 512 ] } ]\n'
+    'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 512 ] } ]\n'
+)
+
+
 def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
-    one = _slow_repo(tmp_path / "one", "instance_group [ { count: 1 kind: KIND_CPU } ]")
-    two = _slow_repo(tmp_path / "two", "instance_group [ { count: 2 kind: KIND_CPU } ]")
+    """The default scheduler: each request its own batch, spread over the instances."""
+    one = _slow_repo(tmp_path / "one", SLOW_IO + "instance_group [ { count: 1 kind: KIND_CPU } ]")
+    two = _slow_repo(tmp_path / "two", SLOW_IO + "instance_group [ { count: 2 kind: KIND_CPU } ]")
     servers = {"one": start_server(one), "two": start_server(two)}
     for name, server in servers.items():
         run_threads(4, lambda _, url=server.url: slow_infer(grpcclient.InferenceServerClient(url)))
