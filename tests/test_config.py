@@ -562,6 +562,17 @@ def test_a_warmup_file_that_cannot_serve_is_named(tmp_path: Path, file: str, dat
         _warm(tmp_path, _from_file(file), {})
 
 
+def test_a_warmup_sample_must_fit_the_inputs_dims(tmp_path: Path) -> None:
+    text = (
+        "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [3] reshape: { shape: [3] } }]\n"
+        "model_warmup [{ name: 'w' batch_size: 1\n"
+        "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [2] zero_data: true } } }]"
+    )
+    spec = build(text, *WARM, tmp_path=tmp_path)
+    with pytest.raises(ModelConfigError, match=re.escape("'x': dims [2] do not fit the input's dims [3]")):
+        C.warmup_samples(spec, tmp_path / "m")
+
+
 def test_a_warmup_sample_of_batch_size_0_is_skipped(tmp_path: Path) -> None:
     zeros = "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [3] zero_data: true } }"
     assert _warm(tmp_path, f"batch_size: 0 {zeros}", {}) == []
@@ -607,19 +618,31 @@ def test_a_triton_written_reshape_loads(tmp_path: Path) -> None:
     assert spec.inputs["x"].dims == (1,) and spec.inputs["x"].model_dims == ()
     square = build(
         "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]\n"
-        "output [{ name: 'y' data_type: TYPE_FP32 dims: [-1] reshape: { shape: [2, -1] } }]",
+        "output [{ name: 'y' data_type: TYPE_FP32 dims: [-1, 4] reshape: { shape: [-1, 2, 2] } }]",
         [t("x", None, 2, 2)],
-        [t("y", None, 2, None)],
+        [t("y", None, None, 2, 2)],
         tmp_path=tmp_path,
     )
-    assert square.inputs["x"].model_dims == (2, 2) and square.outputs["y"].model_dims == (2, -1)
+    assert square.inputs["x"].model_dims == (2, 2) and square.outputs["y"].model_dims == (-1, 2, 2)
+    assert square.outputs["y"].to_client((5, 2, 2)) == (5, 4)
+    # Triton's rule: as many -1, the k-th of one standing for the k-th of the other
+    image = build(
+        "max_batch_size: 0\n"
+        "input [{ name: 'x' data_type: TYPE_FP32 dims: [3, -1, -1] reshape: { shape: [1, 3, -1, -1] } }]",
+        [t("x", 1, 3, None, None)],
+        [t("y", 1, 3, None, None)],
+        tmp_path=tmp_path,
+    )
+    assert image.inputs["x"].to_model((3, 224, 160)) == (1, 3, 224, 160)
 
 
 @pytest.mark.parametrize(
     ("tensor", "named"),
     [
-        ("dims: [4] reshape: { shape: [3] }", "reshape [3] holds 3 elements but dims [4] hold 4"),
-        ("dims: [-1, -1] reshape: { shape: [-1] }", "may each have one -1 at most"),
+        ("dims: [4] reshape: { shape: [3] }", "reshape [3] does not hold what dims [4] hold"),
+        ("dims: [-1, -1] reshape: { shape: [-1] }", "reshape [-1] does not hold what dims [-1, -1] hold"),
+        ("dims: [4] reshape: { shape: [-1] }", "reshape [-1] does not hold"),  # a size to a -1: Triton refuses it
+        ("dims: [2, -1] reshape: { shape: [-1] }", "reshape [-1] does not hold"),
         ("dims: [4] reshape: { shape: [0, 4] }", "reshape dim 0"),
         ("dims: [4] reshape: { shape: [4, 1] }", "has reshape [4, 1] in config.pbtxt but the ONNX file's shape [4]"),
     ],

@@ -98,7 +98,7 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "decoupled": (_with_config("model_transaction_policy { decoupled: true }"), "decoupled models"),
     "reshaped": (
         _with_config('input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape { shape: [ 3 ] } } ]'),
-        "reshape [3] holds 3 elements but dims [4] hold 4",
+        "reshape [3] does not hold what dims [4] hold",
     ),
     "unparsable": (_with_config("max_batch_size: [ {"), "config.pbtxt does not parse"),
     "misnamed": (_with_config('name: "other"'), "names the model 'other' but its directory is 'misnamed'"),
@@ -520,6 +520,13 @@ def test_reshaped_tensors_are_served_in_tritons_shapes(tmp_path: Path, start_ser
         'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]',
     )
     identity(repo / "scalar" / "1" / "model.onnx", shape=[])
+    identity(repo / "image" / "1" / "model.onnx", shape=[1, 3, "h", "w"])  # a model that does not batch
+    write_config(
+        repo / "image",
+        "max_batch_size: 0\n"
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] reshape: { shape: [ 1, 3, -1, -1 ] } } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] reshape: { shape: [ 1, 3, -1, -1 ] } } ]',
+    )
     client = start_server(repo).client
 
     def call(model: str, data: np.ndarray) -> np.ndarray:
@@ -539,6 +546,8 @@ def test_reshaped_tensors_are_served_in_tritons_shapes(tmp_path: Path, start_ser
     rows = np.arange(8, dtype=np.float32).reshape(2, 4)
     assert call("square", rows).tolist() == rows.tolist()
     assert call("scalar", np.array([5.0], np.float32)).tolist() == [5.0]
+    picture = np.arange(30, dtype=np.float32).reshape(3, 2, 5)  # the k-th -1 of dims is the k-th of reshape
+    assert call("image", picture).tolist() == picture.tolist()
     with pytest.raises(InferenceServerException) as refused:
         call("vec", np.array([1.0, 2.0], np.float32))
     assert "INVALID_ARGUMENT" in str(refused.value.status()) and "expects [batch<=4,1]" in refused.value.message()

@@ -133,14 +133,16 @@ def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, co
     return np.ndarray(shape, dtype.numpy, raw)  # one call, half the cost of frombuffer and then reshape
 
 
-def _reshaped(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        return array.reshape(shape)
-    except ValueError:
+def _to_model(name: str, array: np.ndarray, spec: TensorSpec, dims: tuple[int, ...], batched: bool) -> np.ndarray:
+    """An input in the model's shape (config.pbtxt's reshape); sizes the model file fixes are checked."""
+    target = spec.to_model(dims)
+    assert spec.model_dims is not None
+    if any(want != -1 and want != got for want, got in zip(spec.model_dims, target, strict=True)):
         raise InvalidArgument(
-            f"input '{name}' has shape {_shape_text(array.shape)}, which the model's reshape to "
-            f"{_shape_text(shape)} (config.pbtxt) cannot take: {array.size} elements"
-        ) from None
+            f"input '{name}' has shape {_shape_text(array.shape)}: reshaped as config.pbtxt says, it would be "
+            f"{_shape_text(target)}, but the model takes {_shape_text(spec.model_dims)} (-1: any size)"
+        )
+    return array.reshape(((array.shape[0],) if batched else ()) + target)
 
 
 def _check_utf8(name: str, flat: np.ndarray) -> None:
@@ -244,8 +246,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             array = _from_contents(name, tensor, dtype, count).reshape(shape)
         if dtype.is_bytes:
             _check_utf8(name, array.reshape(-1))
-        if spec.model_dims is not None:  # config.pbtxt's reshape: the model's own shape
-            array = _reshaped(name, array, ((rows,) if model.batched else ()) + spec.model_dims)
+        if spec.reshape is not None:  # config.pbtxt's reshape: the model's own shape
+            array = _to_model(name, array, spec, shape[1:] if model.batched else shape, model.batched)
         arrays[name] = array
         nbytes += array.nbytes
     if len(arrays) != len(specs):  # every input given (names are checked above): nothing is missing
@@ -323,8 +325,8 @@ def encode_response(
     size = 0
     for name, array in outputs.items():
         spec = model.outputs[name]
-        if spec.model_dims is not None:  # config.pbtxt's reshape: back to the dims clients see
-            array = _output_reshaped(model, name, array, spec.dims)
+        if spec.reshape is not None:  # config.pbtxt's reshape: back to the dims clients see
+            array = _to_client(model, name, array, spec)
         tensor = response.outputs.add()
         tensor.name = name
         tensor.datatype = spec.datatype.v2
@@ -347,13 +349,14 @@ def encode_response(
     return response
 
 
-def _output_reshaped(model: ModelSpec, name: str, array: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
-    shape = ((array.shape[0],) if model.batched and array.ndim else ()) + dims
+def _to_client(model: ModelSpec, name: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An output in the shape clients see (config.pbtxt's dims, from its reshape)."""
+    prefix = (array.shape[0],) if model.batched and array.ndim else ()
     try:
-        return array.reshape(shape)
+        return array.reshape(prefix + spec.to_client(array.shape[len(prefix) :]))
     except ValueError:
         raise ServerError(
             f"output '{name}' of model '{model.name}' has shape {_shape_text(array.shape)}, which does not fit its "
-            f"dims {list(dims)} in config.pbtxt (reshape)",
+            f"reshape {list(spec.reshape or ())} and dims {list(spec.dims)} in config.pbtxt",
             Code.INTERNAL,
         ) from None

@@ -3,7 +3,6 @@ does), then checked against it and turned into the typed :class:`ModelSpec`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from tensorgate import datatypes
@@ -119,7 +118,7 @@ def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) 
                 "set max_batch_size: 0 or export the model with a dynamic batch axis"
             )
         shape = shape[1:]
-    model_dims = spec.model_dims
+    model_dims = spec.reshape
     if model_dims is None and not batched and not shape and spec.dims == (1,):
         model_dims = ()  # Triton's form for a scalar of a model that does not batch: dims [1], no reshape
     engine = spec.dims if model_dims is None else model_dims
@@ -143,7 +142,7 @@ def _check_tensor(kind: str, spec: TensorSpec, info: TensorInfo, batched: bool) 
         dims.append(have if want == -1 and have is not None else want)
     if model_dims is None:
         return TensorSpec(spec.name, spec.datatype, tuple(dims), spec.optional)
-    return TensorSpec(spec.name, spec.datatype, spec.dims, spec.optional, model_dims=tuple(dims))
+    return TensorSpec(spec.name, spec.datatype, spec.dims, spec.optional, reshape=model_dims, model_dims=tuple(dims))
 
 
 def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
@@ -160,18 +159,24 @@ def _spec_of(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSp
                 raise ModelConfigError(
                     f"tensor {tensor.name!r} has {what} {d} in {list(values)}: a dimension is -1 (any) or 1 or more"
                 )
-    if model_dims is not None:
-        if dims.count(-1) > 1 or model_dims.count(-1) > 1:
-            raise ModelConfigError(
-                f"tensor {tensor.name!r}: dims {list(dims)} and reshape {list(model_dims)} may each have "
-                "one -1 at most (the other sizes fix it)"
-            )
-        if -1 not in dims and -1 not in model_dims and math.prod(dims) != math.prod(model_dims):
-            raise ModelConfigError(
-                f"tensor {tensor.name!r}: reshape {list(model_dims)} holds {math.prod(model_dims)} elements but dims "
-                f"{list(dims)} hold {math.prod(dims)}"
-            )
-    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], dims, optional, model_dims=model_dims)
+    if model_dims is not None and _runs(dims) != _runs(model_dims):
+        # Triton's ValidateIOShape: the same -1s, and as many elements between them.
+        raise ModelConfigError(
+            f"tensor {tensor.name!r}: reshape {list(model_dims)} does not hold what dims {list(dims)} hold "
+            "(each needs the same number of -1, and as many elements before, between and after them)"
+        )
+    return TensorSpec(tensor.name, datatypes.BY_CONFIG[type_name], dims, optional, reshape=model_dims)
+
+
+def _runs(dims: tuple[int, ...]) -> list[int]:
+    """The element counts of the fixed sizes before, between and after the -1s of ``dims``."""
+    runs = [1]
+    for d in dims:
+        if d == -1:
+            runs.append(1)
+        else:
+            runs[-1] *= d
+    return runs
 
 
 def _declared(

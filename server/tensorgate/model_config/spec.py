@@ -15,19 +15,35 @@ from tensorgate.proto import model_config_pb2 as mc
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output as requests see it; ``dims`` exclude the batch dim, -1 is any size.
-    ``model_dims``: the shape the model file has instead (config.pbtxt's ``reshape``, or Triton's ``dims:
-    [1]`` for a scalar), which requests are reshaped to and outputs from; None: ``dims``."""
+
+    ``reshape``: the shape the model takes instead (config.pbtxt's ``reshape``, or Triton's ``dims: [1]``
+    for a scalar, as ``()``), which requests are reshaped to and outputs from; None: ``dims``. As Triton,
+    the k-th -1 of one is the k-th -1 of the other (config checks make the sizes between them agree).
+    ``model_dims``: ``reshape`` with the sizes the model file fixes filled in."""
 
     name: str
     datatype: DataType
     dims: tuple[int, ...]
     optional: bool = False
+    reshape: tuple[int, ...] | None = None
     model_dims: tuple[int, ...] | None = None
 
     @property
     def engine_dims(self) -> tuple[int, ...]:
         """The dims the engine sees (after the batch dim)."""
         return self.dims if self.model_dims is None else self.model_dims
+
+    def to_model(self, dims: tuple[int, ...]) -> tuple[int, ...]:
+        """A tensor's dims as a client sent them (after the batch dim), in the model's shape."""
+        assert self.reshape is not None
+        sizes = iter([d for d, want in zip(dims, self.dims, strict=True) if want == -1])
+        return tuple(next(sizes) if d == -1 else d for d in self.reshape)
+
+    def to_client(self, dims: tuple[int, ...]) -> tuple[int, ...]:
+        """An output's dims as the model made them (after the batch dim), in the shape clients see."""
+        assert self.reshape is not None
+        sizes = iter([d for d, want in zip(dims, self.reshape, strict=True) if want == -1])
+        return tuple(next(sizes) if d == -1 else d for d in self.dims)
 
     @cached_property
     def fixed_dims(self) -> tuple[int, ...] | None:

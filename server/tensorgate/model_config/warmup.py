@@ -56,6 +56,14 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
             shape = ((rows,) if spec.batched else ()) + tuple(sample.dims)
             if any(d < 0 for d in shape):
                 raise ModelConfigError(f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} < 0")
+            wanted = tensor.dims
+            if len(sample.dims) != len(wanted) or any(
+                w not in (-1, d) for w, d in zip(wanted, sample.dims, strict=False)
+            ):
+                raise ModelConfigError(
+                    f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} do not fit the input's "
+                    f"dims {list(wanted)} (-1: any size)"
+                )
             dtype = tensor.datatype
             which = sample.WhichOneof("input_data_type")
             count = math.prod(shape)  # Python integers: no silent overflow
@@ -75,9 +83,10 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
             else:
                 arrays[name] = np.zeros(shape, dtype=dtype.numpy)
         for name, array in arrays.items():
-            model_dims = spec.inputs[name].model_dims
-            if model_dims is not None:  # config.pbtxt's reshape: what the model takes
-                arrays[name] = array.reshape(((rows,) if spec.batched else ()) + model_dims)
+            tensor = spec.inputs[name]
+            if tensor.reshape is not None:  # config.pbtxt's reshape: what the model takes
+                dims = array.shape[1:] if spec.batched else array.shape
+                arrays[name] = array.reshape(((rows,) if spec.batched else ()) + tensor.to_model(dims))
         samples.append(WarmupSample(warmup.name, arrays, max(1, warmup.count)))
     return samples
 
