@@ -56,14 +56,6 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
             shape = ((rows,) if spec.batched else ()) + tuple(sample.dims)
             if any(d < 0 for d in shape):
                 raise ModelConfigError(f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} < 0")
-            wanted = tensor.dims
-            if len(sample.dims) != len(wanted) or any(
-                w not in (-1, d) for w, d in zip(wanted, sample.dims, strict=False)
-            ):
-                raise ModelConfigError(
-                    f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} do not fit the input's "
-                    f"dims {list(wanted)} (-1: any size)"
-                )
             dtype = tensor.datatype
             which = sample.WhichOneof("input_data_type")
             count = math.prod(shape)  # Python integers: no silent overflow
@@ -72,6 +64,14 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
                 raise ModelConfigError(
                     f"model_warmup {warmup.name!r} input {name!r}: shape {list(shape)} takes the warmup samples "
                     f"above {MAX_WARMUP_BYTES} bytes; warm up with smaller samples"
+                )
+            wanted = tensor.dims
+            if len(sample.dims) != len(wanted) or any(
+                w not in (-1, d) for w, d in zip(wanted, sample.dims, strict=False)
+            ):
+                raise ModelConfigError(
+                    f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} do not fit the input's "
+                    f"dims {list(wanted)} (-1: any size)"
                 )
             if which == "input_data_file":
                 one = _sample_from_file(warmup.name, name, model_dir, sample.input_data_file, dtype, tuple(sample.dims))
