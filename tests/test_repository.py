@@ -16,7 +16,8 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import Server, index_of
-from models import identity, write_config
+from models import identity, save, write_config
+from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
 from repository_helpers import (
     BAD_NAMES,
@@ -551,3 +552,30 @@ def test_reshaped_tensors_are_served_in_tritons_shapes(tmp_path: Path, start_ser
     with pytest.raises(InferenceServerException) as refused:
         call("vec", np.array([1.0, 2.0], np.float32))
     assert "INVALID_ARGUMENT" in str(refused.value.status()) and "expects [batch<=4,1]" in refused.value.message()
+
+
+def test_an_output_of_unknown_rank_passes_as_the_model_made_it(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """ONNX Runtime reports an output whose rank it cannot infer (a Reshape to a shape given at run time) as it
+    reports a scalar, which auto-complete writes as Triton's dims [1]: a one-element output goes as [1], any other
+    as the model made it (it was answered INTERNAL for not fitting a scalar)."""
+    repo = tmp_path / "repo"
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["y"])],
+        "unknown_rank",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("s", TensorProto.INT64, ["k"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    save(graph, repo / "free" / "1" / "model.onnx")
+    client = start_server(repo).client
+    for shape in ([2], [1, 2], [2, 1]):
+        x = grpcclient.InferInput("x", [2], "FP32")
+        x.set_data_from_numpy(np.array([3.0, 4.0], np.float32))
+        s = grpcclient.InferInput("s", [len(shape)], "INT64")
+        s.set_data_from_numpy(np.array(shape, np.int64))
+        y = client.infer("free", [x, s]).as_numpy("y")
+        assert y is not None and list(y.shape) == shape and y.ravel().tolist() == [3.0, 4.0], (shape, y)

@@ -351,6 +351,10 @@ def encode_response(
 
 def _to_client(model: ModelSpec, name: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """An output in the shape clients see (config.pbtxt's dims, from its reshape)."""
+    if not model.batched and spec.dims == (1,) and not spec.reshape:
+        # Triton's scalar form (dims [1]). ONNX Runtime reports an output whose rank it cannot infer as it
+        # reports a scalar: one element goes as [1], any other output as the model made it.
+        return array.reshape(1) if array.size == 1 else array
     prefix = (array.shape[0],) if model.batched and array.ndim else ()
     try:
         return array.reshape(prefix + spec.to_client(array.shape[len(prefix) :]))
