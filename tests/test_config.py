@@ -563,14 +563,9 @@ def test_a_warmup_file_that_cannot_serve_is_named(tmp_path: Path, file: str, dat
 
 
 def test_a_warmup_sample_must_fit_the_inputs_dims(tmp_path: Path) -> None:
-    text = (
-        "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [3] reshape: { shape: [3] } }]\n"
-        "model_warmup [{ name: 'w' batch_size: 1\n"
-        "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [2] zero_data: true } } }]"
-    )
-    spec = build(text, *WARM, tmp_path=tmp_path)
+    zeros = "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [2] zero_data: true } }"
     with pytest.raises(ModelConfigError, match=re.escape("'x': dims [2] do not fit the input's dims [3]")):
-        C.warmup_samples(spec, tmp_path / "m")
+        _warm(tmp_path, f"batch_size: 1 {zeros}", {})
 
 
 def test_a_warmup_sample_of_batch_size_0_is_skipped(tmp_path: Path) -> None:

@@ -125,13 +125,13 @@ class Server:
             try:
                 await self._http.start()
             except OSError as exc:
-                reason = f"cannot serve HTTP on {self._http.host}:{settings.http_port}: {exc}"
+                reason = f"cannot serve HTTP on {host_port(self._http.host, settings.http_port)}: {exc}"
                 log.error("event=startup_failed reason=%s", reason)
                 await frontend.stop(0)
                 return None
             log.info("event=http_listening address=%s", host_port(self._http.host, self._http.port))
         tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
-        address = frontend.address.rsplit(":", 1)[0] + f":{frontend.port}"  # the port bound (0 picks one)
+        address = host_port(frontend.host, frontend.port)  # the port bound (0 picks one)
         log.info("event=grpc_listening version=%s address=%s tls=%s", __version__, address, tls)
         try:
             await repository.start()

@@ -81,7 +81,7 @@ def _check_shape(name: str, shape: tuple[int, ...], spec: TensorSpec, model: Mod
                 f"input '{name}' has batch size {batch} but model '{model.name}' takes 1 to "
                 f"{model.max_batch_size} (max_batch_size); split the request"
             )
-    if len(dims) != len(spec.dims) or any(w != -1 and w != d for w, d in zip(spec.dims, dims, strict=False)):
+    if not spec.accepts(dims):
         raise InvalidArgument(
             f"input '{name}' has shape {_shape_text(shape)} but model '{model.name}' expects "
             f"{_expected_shape(spec, model)}"

@@ -199,7 +199,8 @@ class GrpcFrontend:
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = Health()
         self.server.add_generic_rpc_handlers((health_handler(self.health, service.state),))
-        self.address = host_port(settings.grpc_address or settings.host, settings.grpc_port)
+        self.host = settings.grpc_address or settings.host
+        self.address = host_port(self.host, settings.grpc_port)
         address = self.address
         credentials = server_credentials(settings)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -33,17 +34,19 @@ class TensorSpec:
         """The dims the engine sees (after the batch dim)."""
         return self.dims if self.model_dims is None else self.model_dims
 
+    def accepts(self, dims: Sequence[int]) -> bool:
+        """Whether ``dims`` (after the batch dim) fit ``dims`` of the spec, -1 taking any size."""
+        return len(dims) == len(self.dims) and all(w in (-1, d) for w, d in zip(self.dims, dims, strict=True))
+
     def to_model(self, dims: tuple[int, ...]) -> tuple[int, ...]:
         """A tensor's dims as a client sent them (after the batch dim), in the model's shape."""
         assert self.reshape is not None
-        sizes = iter([d for d, want in zip(dims, self.dims, strict=True) if want == -1])
-        return tuple(next(sizes) if d == -1 else d for d in self.reshape)
+        return _carry_sizes(dims, self.dims, self.reshape)
 
     def to_client(self, dims: tuple[int, ...]) -> tuple[int, ...]:
         """An output's dims as the model made them (after the batch dim), in the shape clients see."""
         assert self.reshape is not None
-        sizes = iter([d for d, want in zip(dims, self.reshape, strict=True) if want == -1])
-        return tuple(next(sizes) if d == -1 else d for d in self.dims)
+        return _carry_sizes(dims, self.reshape, self.dims)
 
     @cached_property
     def fixed_dims(self) -> tuple[int, ...] | None:
@@ -94,3 +97,10 @@ class RawConfig:
 
     config: mc.ModelConfig
     max_batch_size_given: bool
+
+
+def _carry_sizes(dims: tuple[int, ...], pattern: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """``target`` with its k-th -1 replaced by the size ``dims`` has at the k-th -1 of ``pattern`` (Triton's
+    reading of a reshape, both ways); ValueError if ``dims`` and ``pattern`` differ in rank."""
+    sizes = iter([d for d, want in zip(dims, pattern, strict=True) if want == -1])
+    return tuple(next(sizes) if d == -1 else d for d in target)

@@ -65,13 +65,10 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
                     f"model_warmup {warmup.name!r} input {name!r}: shape {list(shape)} takes the warmup samples "
                     f"above {MAX_WARMUP_BYTES} bytes; warm up with smaller samples"
                 )
-            wanted = tensor.dims
-            if len(sample.dims) != len(wanted) or any(
-                w not in (-1, d) for w, d in zip(wanted, sample.dims, strict=False)
-            ):
+            if not tensor.accepts(sample.dims):
                 raise ModelConfigError(
                     f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} do not fit the input's "
-                    f"dims {list(wanted)} (-1: any size)"
+                    f"dims {list(tensor.dims)} (-1: any size)"
                 )
             if which == "input_data_file":
                 one = _sample_from_file(warmup.name, name, model_dir, sample.input_data_file, dtype, tuple(sample.dims))
