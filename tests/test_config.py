@@ -568,6 +568,17 @@ def test_a_warmup_sample_must_fit_the_inputs_dims(tmp_path: Path) -> None:
         _warm(tmp_path, f"batch_size: 1 {zeros}", {})
 
 
+@pytest.mark.parametrize(
+    ("data_type", "named"),
+    [("data_type: TYPE_INT32", "data_type TYPE_INT32 is not the input's TYPE_FP32"), ("", "data_type TYPE_INVALID")],
+)
+def test_a_warmup_sample_has_the_inputs_data_type(tmp_path: Path, data_type: str, named: str) -> None:
+    """Triton makes the sample of the type the sample names and the model refuses it: the load fails."""
+    zeros = f"inputs {{ key: 'x' value {{ {data_type} dims: [3] zero_data: true }} }}"
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        _warm(tmp_path, f"batch_size: 1 {zeros}", {})
+
+
 def test_a_warmup_sample_of_batch_size_0_is_skipped(tmp_path: Path) -> None:
     zeros = "inputs { key: 'x' value { data_type: TYPE_FP32 dims: [3] zero_data: true } }"
     assert _warm(tmp_path, f"batch_size: 0 {zeros}", {}) == []

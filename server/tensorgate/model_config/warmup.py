@@ -12,6 +12,7 @@ import numpy as np
 from tensorgate import datatypes
 from tensorgate.errors import ModelConfigError
 from tensorgate.model_config.spec import ModelSpec
+from tensorgate.proto import model_config_pb2 as mc
 
 # What a config (config.pbtxt, or a load request's override) may make the server allocate and run
 # for warmup: a config is input too, and one sent over the wire must not exhaust the host.
@@ -57,6 +58,13 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
             if any(d < 0 for d in shape):
                 raise ModelConfigError(f"model_warmup {warmup.name!r} input {name!r}: dims {list(sample.dims)} < 0")
             dtype = tensor.datatype
+            given = mc.DataType.Name(sample.data_type) if sample.data_type in mc.DataType.values() else ""
+            if given != dtype.config:
+                # Triton makes the sample of the type it names, and the model refuses it, failing the load.
+                raise ModelConfigError(
+                    f"model_warmup {warmup.name!r} input {name!r}: data_type {given or sample.data_type} is not the "
+                    f"input's {dtype.config}"
+                )
             which = sample.WhichOneof("input_data_type")
             count = math.prod(shape)  # Python integers: no silent overflow
             total_bytes += count * max(dtype.itemsize, 8)  # BYTES: at least a pointer an element
@@ -96,9 +104,9 @@ def _sample_from_file(
     path = (folder / file).resolve()
     if not path.is_relative_to(folder) or not path.is_file():
         raise ModelConfigError(f"model_warmup {warmup!r} input {name!r}: no file warmup/{file} in the model directory")
-    raw = path.read_bytes()
     count = math.prod(dims)
     if dtype.is_bytes:
+        raw = path.read_bytes()  # elements of any length: the file is read to find them
         try:
             return datatypes.deserialize_bytes(raw, count).reshape(dims)
         except ValueError as exc:
@@ -106,9 +114,11 @@ def _sample_from_file(
                 f"model_warmup {warmup!r} input {name!r}: warmup/{file} does not hold {count} BYTES elements ({exc})"
             ) from None
     needed = count * dtype.itemsize
+    with path.open("rb") as file_:
+        raw = file_.read(needed)  # one sample: the start of a longer file
     if len(raw) < needed:
         raise ModelConfigError(
             f"model_warmup {warmup!r} input {name!r}: a sample of dims {list(dims)} ({dtype.v2}) needs {needed} "
-            f"bytes, warmup/{file} has {len(raw)}"
+            f"bytes, warmup/{file} has {path.stat().st_size}"
         )
     return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(dims)
