@@ -92,36 +92,42 @@ BadCase = tuple[str, Callable[[], Request], grpc.StatusCode, tuple[str, ...]]
 
 CASES: list[BadCase] = [
     # model and version
-    ("unknown_model", lambda: _request("nope", _fp32("INPUT0", _f32())), grpc.StatusCode.NOT_FOUND, ("'nope'",)),
+    (
+        "unknown_model",
+        lambda: _request("nope", _fp32("INPUT0", _f32())),
+        grpc.StatusCode.NOT_FOUND,
+        ("Request for unknown model: 'nope' is not found",),
+    ),
     (
         "unknown_version",
         lambda: _request("add_sub", _fp32("INPUT0", _f32()), version="7"),
         grpc.StatusCode.NOT_FOUND,
-        ("'add_sub'", "7", "[1]"),
+        ("Request for unknown model: 'add_sub' version 7 is not found", "[1]"),
     ),
     (
         "non_numeric_version",
         lambda: _request("add_sub", _fp32("INPUT0", _f32()), version="latest"),
-        grpc.StatusCode.NOT_FOUND,
-        ("'add_sub'", "'latest'"),
+        INVALID,
+        ("failed to get model version from specified version string 'latest'", "'add_sub'"),
     ),
+    # A model or version that does not serve: Triton's NOT_FOUND and words, which clients match on, then why.
     (
         "model_failed_to_load",
         lambda: _request("broken", _fp32("INPUT0", _f32())),
-        grpc.StatusCode.UNAVAILABLE,
-        ("'broken'", "UNAVAILABLE", "cannot load"),
+        grpc.StatusCode.NOT_FOUND,
+        ("Request for unknown model: 'broken' has no available versions", "UNAVAILABLE", "cannot load"),
     ),
     (
         "version_failed_to_load",
         lambda: _request("half", _fp32("INPUT0", _f32()), version="2"),
-        grpc.StatusCode.UNAVAILABLE,
-        ("'half'", "version 2", "failed to load"),
+        grpc.StatusCode.NOT_FOUND,
+        ("Request for unknown model: 'half' version 2 is not at ready state", "failed to load"),
     ),
     (
         "engine_cannot_run_model",
         lambda: _request("bf16_out_strings_in", _fp32("X", _f32(1, 2))),
-        grpc.StatusCode.UNAVAILABLE,
-        ("'bf16_out_strings_in'", "string inputs and bfloat16 outputs"),
+        grpc.StatusCode.NOT_FOUND,
+        ("'bf16_out_strings_in' has no available versions", "string inputs and bfloat16 outputs"),
     ),
     # datatype and shape
     (

@@ -195,8 +195,8 @@ def test_stream_errors_keep_the_stream_open(server: Server, stub: service_pb2_gr
     errors = sorted(str(e) for r, e in got if e is not None)
     results = [r for r, e in got if e is None]
     assert len(errors) == 2 and len(results) == 1
-    assert "'INPUT0'" in errors[0] and "[1,5]" in errors[0]
-    assert "'nope'" in errors[1]
+    assert "'INPUT0'" in errors[1] and "[1,5]" in errors[1]
+    assert "Request for unknown model: 'nope'" in errors[0]
     assert results[0].get_response().id == "s-good"
     np.testing.assert_array_equal(results[0].as_numpy("OUTPUT0"), _f32() * 2)
     _check_serving(server, stub)

@@ -1004,7 +1004,8 @@ def test_load_and_unload_in_explicit_mode(tmp_path: Path, start_server: Callable
         message, status = same_error(lambda: h.load_model("ghost"), lambda: g.load_model("ghost"))
         assert "ghost" in message and status in (400, 404)
         same_error(lambda: h.load_model("c", config="{not json"), lambda: g.load_model("c", config="{not json"))
-        same_error(lambda: h.unload_model("ghost"), lambda: g.unload_model("ghost"))
+        h.unload_model("ghost")  # nothing to unload: nothing done, on both (as Triton)
+        g.unload_model("ghost")
         assert add("c", "1") == 1.0  # a failed load keeps what serves
     finally:
         web.close()

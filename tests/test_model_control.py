@@ -32,6 +32,7 @@ from repository_helpers import (
     states,
     status,
 )
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 # ---- poll mode ----
 
@@ -207,8 +208,8 @@ def test_explicit_load_and_unload(explicit_repo: Path, start_server: Callable[..
     client.unload_model("b")
     assert not client.is_model_ready("b") and not client.is_model_ready("b", "1")
     err = error_of(infer, client, "b")
-    assert status(err) in ("UNAVAILABLE", "NOT_FOUND") and "'b'" in err.message()
-    assert index_of(client)["b"] == [("", "UNAVAILABLE", "unloaded")]
+    assert status(err) == "NOT_FOUND" and "Request for unknown model: 'b' has no available versions" in err.message()
+    assert index_of(client)["b"] == [("1", "UNAVAILABLE", "unloaded")]  # the version the unload took (as Triton)
     assert infer(client, "a") == (1.0, "1")  # others untouched
     client.load_model("b")  # and back
     assert infer(client, "b") == (5.0, "1")
@@ -217,8 +218,7 @@ def test_explicit_load_and_unload(explicit_repo: Path, start_server: Callable[..
 
     err = error_of(client.load_model, "ghost")
     assert status(err) == "NOT_FOUND" and "ghost" in err.message()
-    err = error_of(client.unload_model, "ghost")
-    assert status(err) == "NOT_FOUND" and "ghost" in err.message()
+    client.unload_model("ghost")  # not in the repository: nothing to unload, nothing done (as Triton)
     assert "ghost" not in index_of(client)
 
 
@@ -247,6 +247,8 @@ def test_explicit_load_with_config_override(explicit_repo: Path, start_server: C
     assert status(err) == "INVALID_ARGUMENT" and "not a valid model config" in err.message()
     err = error_of(client.load_model, "c", config='{"name": "other"}')
     assert "names the model 'other'" in err.message()
+    err = error_of(client.load_model, "c", config="[]")
+    assert status(err) == "INVALID_ARGUMENT" and "a model config as a JSON object, not list" in err.message(), err
     assert infer(client, "c", "1") == (1.0, "1")
 
     # the override was for that load only: a plain load reads the disk again (latest 1)
@@ -291,6 +293,35 @@ def test_a_config_override_cannot_make_the_server_allocate_or_run_without_bound(
     assert _peak_rss_bytes(server.proc.pid) - before < 64 << 20
     client.load_model("c")
     assert infer(client, "c") == (2.0, "2")
+
+
+def test_repository_requests_raw_fields(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
+    """Fields tritonclient does not set, as Triton answers them: a repository_name (one repository is
+    served: UNIMPLEMENTED, nothing done) and a config parameter that is not a string."""
+    server = start_server(explicit_repo, *EXPLICIT, "--load-model", "a")
+    with grpc.insecure_channel(server.url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            lambda: stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(repository_name="other")),
+            lambda: stub.RepositoryModelLoad(
+                service_pb2.RepositoryModelLoadRequest(repository_name="other", model_name="b")
+            ),
+            lambda: stub.RepositoryModelUnload(
+                service_pb2.RepositoryModelUnloadRequest(repository_name="other", model_name="a")
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+            assert "'repository_name' specification is not supported" in refused.value.details()  # type: ignore[attr-defined]
+        load = service_pb2.RepositoryModelLoadRequest(model_name="b")
+        load.parameters["config"].bytes_param = b"{}"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelLoad(load)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "invalid value type for load parameter 'config', expected string_param" in refused.value.details()  # type: ignore[attr-defined]
+    assert infer(server.client, "a") == (1.0, "1") and not server.client.is_model_ready("b")
 
 
 def test_explicit_reload_failure_keeps_serving(explicit_repo: Path, start_server: Callable[..., Server]) -> None:
@@ -352,8 +383,7 @@ def test_model_names_cannot_leave_the_repository(tmp_path: Path, start_server: C
     for name in BAD_NAMES:
         err = error_of(client.load_model, name)
         assert status(err) in ("NOT_FOUND", "INVALID_ARGUMENT"), (name, err)
-        err = error_of(client.unload_model, name)
-        assert status(err) in ("NOT_FOUND", "INVALID_ARGUMENT"), (name, err)
+        client.unload_model(name)  # nothing to unload: nothing done (as Triton)
         assert status(error_of(infer, client, name)) == "NOT_FOUND", name
         assert not client.is_model_ready(name)
     assert index_of(client) == {"a": [("", "", "")]}
@@ -371,7 +401,8 @@ def test_load_refused_in_poll_mode(tmp_path: Path, start_server: Callable[..., S
     client = start_server(repo, *POLL).client
     for call in (client.load_model, client.unload_model):
         err = error_of(call, "a")
-        assert status(err) == "FAILED_PRECONDITION" and "'poll'" in err.message(), err
+        assert status(err) == "UNAVAILABLE" and "'poll'" in err.message(), err
+        assert err.message().startswith("explicit model load / unload is not allowed if polling is enabled")
     assert infer(client, "a") == (1.0, "1")
 
 

@@ -157,8 +157,9 @@ def test_broken_model_is_unavailable_with_reason(broken_server: Server, name: st
     assert {state for _, state, _ in rows} == {"UNAVAILABLE"}, rows
     assert any(expected in reason for _, _, reason in rows), rows
     assert not client.is_model_ready(name)
-    err = error_of(infer, client, name)
-    assert status(err) == "UNAVAILABLE" and expected in err.message(), err
+    err = error_of(infer, client, name)  # Triton's code and words (clients match them), then why
+    assert status(err) == "NOT_FOUND" and expected in err.message(), err
+    assert err.message().startswith(f"Request for unknown model: '{name}' has no available versions"), err
     logged = [
         line
         for line in broken_server.log.splitlines()
@@ -190,7 +191,7 @@ def test_one_bad_version_leaves_the_others_serving(broken_server: Server) -> Non
     assert infer(client, "half", "2") == (2.0, "2")
     assert not client.is_model_ready("half", "1")
     err = error_of(infer, client, "half", "1")
-    assert status(err) == "UNAVAILABLE" and "version 1 failed to load" in err.message()
+    assert status(err) == "NOT_FOUND" and "version 1 is not at ready state: it failed to load" in err.message()
 
 
 def test_index_lists_every_model_directory(broken_server: Server) -> None:
@@ -207,9 +208,10 @@ def test_infer_to_a_name_not_in_the_repository(broken_server: Server, name: str)
 def test_load_and_unload_refused_in_none_mode(broken_server: Server) -> None:
     client = broken_server.client
     for call in (client.load_model, client.unload_model):
-        err = error_of(call, "good")
-        assert status(err) == "FAILED_PRECONDITION", err
-        assert "model control mode 'none'" in err.message() and "explicit" in err.message()
+        err = error_of(call, "good")  # Triton's code and words
+        assert status(err) == "UNAVAILABLE", err
+        assert err.message().startswith("explicit model load / unload is not allowed if polling is enabled")
+        assert "mode 'none'" in err.message() and "--model-control-mode=explicit" in err.message()
     assert infer(client, "good") == (1.0, "1")  # the refused unload did nothing
 
 
@@ -257,7 +259,7 @@ def test_version_policy(versions_server: Server, name: str) -> None:
         else:
             err = error_of(infer, client, name, str(v))
             assert status(err) == "NOT_FOUND", err
-            assert f"has no version {v} loaded (served: {served})" in err.message()
+            assert f"Request for unknown model: '{name}' version {v} is not found (served: {served})" in err.message()
     # no version: the highest ready one answers
     assert client.is_model_ready(name)
     assert infer(client, name) == (float(max(served)), str(max(served)))
@@ -265,9 +267,12 @@ def test_version_policy(versions_server: Server, name: str) -> None:
     assert list(client.get_model_metadata(name).versions) == [str(v) for v in served]
     assert list(client.get_model_metadata(name, str(served[0])).versions) == [str(served[0])]
     assert client.get_model_metadata(name).versions == [str(v) for v in served]
-    for bad in ("4", "0", "-1", "latest", "1.0"):
+    for bad in ("4", "0", "-1"):
         assert not client.is_model_ready(name, bad)
         assert status(error_of(infer, client, name, bad)) == "NOT_FOUND"
+    for bad in ("latest", "1.0"):  # not a version number: INVALID_ARGUMENT, also for ModelReady (as Triton)
+        assert status(error_of(client.is_model_ready, name, bad)) == "INVALID_ARGUMENT"
+        assert status(error_of(infer, client, name, bad)) == "INVALID_ARGUMENT"
 
 
 def _warnings(server: Server, event: str, model: str) -> list[str]:

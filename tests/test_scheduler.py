@@ -245,10 +245,12 @@ async def test_queue_timeout_rejects_and_never_runs() -> None:
     with pytest.raises(ServerError, match="timed out") as info:
         await s.infer(request(5))
     assert info.value.code is Code.UNAVAILABLE
+    assert s.stats.fail.count == 1 and s.stats.last_inference_ms == 0  # it never ran: no inference (as Triton)
     backend.gate.set()
     await first
     await asyncio.sleep(0.05)
     assert [5] not in backend.batches
+    assert s.stats.last_inference_ms > 0  # set by the run of the first
 
 
 async def test_request_timeout_override_needs_permission() -> None:
@@ -361,6 +363,7 @@ async def test_backend_error_fails_only_that_batch() -> None:
     with pytest.raises(ServerError, match="boom") as info:
         await s.infer(request(13))
     assert info.value.code is Code.INTERNAL
+    assert s.stats.last_inference_ms == 0  # a failed execution is no inference (Triton reports none for it)
     out = await s.infer(request(2))
     assert out["y"][0, 0] == 4
 

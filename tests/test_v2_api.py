@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import re
 from pathlib import Path
 
 import grpc
@@ -59,13 +60,15 @@ def test_model_metadata_and_config(server: Server) -> None:
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT0", "FP32", [-1, 16])]
     derived = c.get_model_config("identity").config
     assert derived.max_batch_size == 4 and derived.backend == "onnxruntime"
-    # filled as Triton fills them (AutoCompleteBackendFields, NormalizeInstanceGroup)
+    # filled as Triton fills them (AutoCompleteBackendFields, NormalizeInstanceGroup, NormalizeModelConfig)
     assert derived.platform == "onnxruntime_onnx" and derived.default_model_filename == "model.onnx"
-    assert [g.name for g in derived.instance_group] == ["identity_0"]
+    assert [g.name for g in derived.instance_group] == ["identity"]  # the group Triton adds has the model's name
+    assert list(derived.dynamic_batching.preferred_batch_size) == [4]  # none given: max_batch_size
     assert [g.kind for g in derived.instance_group] == [2]  # KIND_CPU: the engine chosen on this machine
     assert [(t.name, list(t.dims)) for t in derived.output] == [("OUTPUT0", [16])]
     given = c.get_model_config("add_sub", "1").config
     assert given.max_batch_size == 8 and [t.name for t in given.input] == ["INPUT0", "INPUT1"]
+    assert [g.name for g in given.instance_group] == ["add_sub_0"]  # a group config.pbtxt leaves unnamed
     strings = c.get_model_metadata("string_identity")
     assert strings.inputs[0].datatype == "BYTES"
 
@@ -178,8 +181,14 @@ def test_statistics_count_requests(server: Server) -> None:
     assert any(b.batch_size == 2 for b in after.batch_stats)
     every = c.get_inference_statistics().model_stats
     assert {s.name for s in every} == {"add_sub", "identity", "string_identity"}
-    with pytest.raises(InferenceServerException, match="not in the repository"):
-        c.get_inference_statistics("nope")
+    # Triton's codes and words (its tests match them): INVALID_ARGUMENT, "requested model ... is not available"
+    for args, words in [
+        (("nope",), "requested model 'nope' is not available"),
+        (("identity", "7"), "requested model version is not available for model 'identity'"),
+    ]:
+        with pytest.raises(InferenceServerException, match=re.escape(words)) as refused:
+            c.get_inference_statistics(*args)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_latency_and_batch_size_histograms(server: Server) -> None:

@@ -80,7 +80,6 @@ class ModelStats:
     ) -> None:
         """One request finished (Triton counts per-request durations in these fields); a failed one
         counts under ``failure``."""
-        self.last_inference_ms = time.time_ns() // 1_000_000
         if not ok:
             self.fail.add(total_ns)
             self.failures[failure] += 1
@@ -97,7 +96,9 @@ class ModelStats:
         _add_phases(self.compute_input, self.compute_infer, self.compute_output, input_ns, infer_ns, output_ns)
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One model execution of ``batch_size`` samples."""
+        """One model execution of ``batch_size`` samples (the time of the last one is ``last_inference``: a
+        request that never ran, or whose run failed, does not move it, as in Triton)."""
+        self.last_inference_ms = time.time_ns() // 1_000_000
         self.execution_count += 1
         batch = self.batches.get(batch_size)
         if batch is None:  # (setdefault would build a BatchStats on every call)

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from tensorgate import __version__
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, Unimplemented, bounded, clip
+from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, Unavailable, Unimplemented, bounded, clip
 from tensorgate.frontend import codec
 from tensorgate.frontend.loop_lag import LoopLag
 from tensorgate.model_config import RawConfig
@@ -79,6 +79,35 @@ def _model_statistics(version: ModelVersion) -> pb.ModelStatistics:
     return out
 
 
+def _one_repository(name: str) -> None:
+    """tensorgate serves one repository, so (as Triton) a request that names one is refused."""
+    if name:
+        raise Unimplemented(
+            f"'repository_name' specification is not supported (asked for '{clip(name)}'): the server has one "
+            "repository; leave the field empty"
+        )
+
+
+def _config_override(value: pb.ModelRepositoryParameter) -> RawConfig:
+    """A load request's ``config`` parameter: a model config as a JSON object, in a string_param."""
+    if value.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidArgument("invalid value type for load parameter 'config', expected string_param")
+    config = mc.ModelConfig()
+    try:
+        fields = json.loads(value.string_param)
+        if not isinstance(fields, dict):
+            raise InvalidArgument(
+                f"load parameter 'config' must be a model config as a JSON object, not {type(fields).__name__}"
+            )
+        json_format.ParseDict(fields, config)
+    except (json_format.ParseError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"load parameter 'config' is not a valid model config in JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("load parameter 'config' is not a valid model config in JSON: nested too deep") from None
+    # As in config.pbtxt, a max_batch_size left out is completed from the file (an explicit 0 is kept).
+    return RawConfig(config, max_batch_size_given=bool({"max_batch_size", "maxBatchSize"} & set(fields)))
+
+
 class InferenceService:
     def __init__(self, repository: Repository, state: ServerState, lag: LoopLag | None = None) -> None:
         self.repository = repository
@@ -125,10 +154,18 @@ class InferenceService:
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         if request.name:
+            # Triton's codes and words for a model or version that does not serve: INVALID_ARGUMENT.
+            try:
+                served = self.repository.get(request.name, request.version)
+            except NotFound:
+                if request.version and self.repository.is_ready(request.name):
+                    raise InvalidArgument(
+                        f"requested model version is not available for model '{clip(request.name)}'"
+                    ) from None
+                raise InvalidArgument(f"requested model '{clip(request.name)}' is not available") from None
             if request.version:
-                chosen = [self.repository.get(request.name, request.version)]
+                chosen = [served]
             else:
-                self.repository.get(request.name)  # NotFound / Unavailable if it is not served
                 chosen = [v for v in self.repository.ready_versions() if v.name == request.name]
         else:
             chosen = self.repository.ready_versions()
@@ -138,6 +175,7 @@ class InferenceService:
     # ---- repository ----
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        _one_repository(request.repository_name)
         response = pb.RepositoryIndexResponse()
         for row in self.repository.index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state, reason=row.reason)
@@ -146,29 +184,20 @@ class InferenceService:
     def _check_explicit(self, what: str) -> None:
         mode = self.repository.settings.model_control_mode
         if mode is not ControlMode.EXPLICIT:
-            raise ServerError(
-                f"{what} is not allowed in model control mode '{mode.value}'; start the server with "
-                "--model-control-mode=explicit",
-                Code.FAILED_PRECONDITION,
+            raise Unavailable(
+                f"explicit model load / unload is not allowed if polling is enabled: {what} needs "
+                f"--model-control-mode=explicit (this server runs in mode '{mode.value}')"
             )
 
     async def repository_model_load(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         self._check_explicit("loading a model")
+        _one_repository(request.repository_name)
         override: RawConfig | None = None
         for key, value in request.parameters.items():
             if key == "config":
-                config = mc.ModelConfig()
-                try:
-                    json_format.Parse(value.string_param, config)
-                except (json_format.ParseError, json.JSONDecodeError) as exc:
-                    raise InvalidArgument(
-                        f"load parameter 'config' is not a valid model config in JSON: {exc}"
-                    ) from None
-                # As in config.pbtxt, a max_batch_size left out is completed from the file (an explicit 0 is kept).
-                given = {"max_batch_size", "maxBatchSize"} & set(json.loads(value.string_param))
-                override = RawConfig(config, max_batch_size_given=bool(given))
+                override = _config_override(value)
             elif key.startswith("file:"):
                 raise Unimplemented("loading model files sent in the request (file: parameters) is not supported")
             else:
@@ -180,6 +209,7 @@ class InferenceService:
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         self._check_explicit("unloading a model")
+        _one_repository(request.repository_name)
         await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -85,6 +85,9 @@ def complete(
         # As Triton's AutoCompleteMaxBatch: a model that batches (the default or its own
         # max_batch_size) also batches dynamically.
         done.dynamic_batching.SetInParent()
+    if done.HasField("dynamic_batching") and not done.dynamic_batching.preferred_batch_size and done.max_batch_size > 0:
+        # Triton's NormalizeModelConfig: no preferred size is the largest batch (what the queue does with none).
+        done.dynamic_batching.preferred_batch_size.append(done.max_batch_size)
     strip = done.max_batch_size > 0
     if not done.input:
         _fill(done.input, inputs, strip)
@@ -92,6 +95,7 @@ def complete(
         _fill(done.output, outputs, strip)
     if not done.instance_group:
         group = done.instance_group.add()
+        group.name = name  # as Triton names the group it adds; a group of config.pbtxt without a name: <model>_<i>
         group.count = 1
         group.kind = mc.ModelInstanceGroup.KIND_AUTO  # resolved once the engine is chosen
     for index, group in enumerate(done.instance_group):

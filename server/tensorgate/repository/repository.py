@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tensorgate import backends
 from tensorgate.backends.base import BackendLoader, Engine
-from tensorgate.errors import Code, NotFound, ServerError, Unavailable, clip
+from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, clip
 from tensorgate.model_config import RawConfig
 from tensorgate.repository import layout
 from tensorgate.repository.engine_plan import Capabilities
@@ -27,6 +27,20 @@ from tensorgate.repository.upgrades import Upgrades, spawn
 from tensorgate.settings import ControlMode, Settings
 
 log = logging.getLogger(__name__)
+
+# How Triton begins the error for a model or version that does not serve; clients match on it.
+UNKNOWN_MODEL = "Request for unknown model: "
+
+
+def version_number(name: str, version: str) -> int:
+    """A request's version string as a number (INVALID_ARGUMENT, in Triton's words, if it is not one)."""
+    try:
+        return int(version)
+    except ValueError:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{clip(version)}' (model "
+            f"'{clip(name)}'): versions are integers"
+        ) from None
 
 
 class RepositoryMissing(Exception):
@@ -51,27 +65,27 @@ class Repository:
     # ---- lookups on the request path (event loop, no awaits) ----
 
     def get(self, name: str, version: str = "") -> ModelVersion:
-        """The version that serves a request, or a NotFound/Unavailable error saying why not."""
+        """The version that serves a request, or the error saying why not: Triton's codes and words
+        (NOT_FOUND "Request for unknown model: ..." for a model or version that does not serve, which
+        clients match on; INVALID_ARGUMENT for a version that is not a number), with the reason after."""
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFound(f"model '{clip(name)}' is not in the repository (see RepositoryIndex for the models served)")
+            raise NotFound(
+                f"{UNKNOWN_MODEL}'{clip(name)}' is not found (see RepositoryIndex for the models in the repository)"
+            )
         if version:
-            try:
-                number = int(version)
-            except ValueError:
-                raise NotFound(
-                    f"model '{name}' has no version '{clip(version)}': versions are positive integers"
-                ) from None
+            number = version_number(name, version)
             found = entry.versions.get(number)
             if found is None:
                 if number in entry.failed_versions:
                     why = entry.failed_versions[number]
-                    raise Unavailable(f"model '{name}' version {number} failed to load: {why}")
-                raise NotFound(
-                    f"model '{name}' has no version {clip(str(number))} loaded (served: {sorted(entry.versions)})"
-                )
+                    raise NotFound(
+                        f"{UNKNOWN_MODEL}'{name}' version {number} is not at ready state: it failed to load: {why}"
+                    )
+                served = sorted(entry.versions)
+                raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {clip(str(number))} is not found (served: {served})")
             if found.state is not ModelState.READY:
-                raise Unavailable(f"model '{name}' version {number} is {found.state.value}")
+                raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {number} is not at ready state ({found.state.value})")
             return found
         versions = entry.versions
         if len(versions) == 1:  # the usual case, without building a list on every request
@@ -82,10 +96,12 @@ class Repository:
         if not ready:
             state = entry.state.value if entry.state is not ModelState.UNKNOWN else "not loaded"
             why = f": {entry.reason}" if entry.reason else ""
-            raise Unavailable(f"model '{name}' is {state}{why}")
+            raise NotFound(f"{UNKNOWN_MODEL}'{name}' has no available versions (it is {state}{why})")
         return max(ready, key=lambda v: v.version)
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        if version:
+            version_number(name, version)  # a version that is not a number is an error, as in Triton, not "not ready"
         try:
             self.get(name, version)
         except ServerError:
@@ -128,7 +144,9 @@ class Repository:
                 if not ready_only or state == ModelState.READY.value:
                     rows.append(IndexEntry(name, str(number), state, reason))
             if not by_version and not ready_only:
-                rows.append(IndexEntry(name, "", entry.state.value, entry.reason))
+                # Unloading or unloaded: each version the unload took, in the model's state (as Triton lists them).
+                for unloaded in [str(n) for n in entry.unloaded_versions] or [""]:
+                    rows.append(IndexEntry(name, unloaded, entry.state.value, entry.reason))
         return rows
 
     # ---- lifecycle ----
@@ -200,6 +218,7 @@ class Repository:
                 )
             old = entry.versions
             entry.reload_error = ""
+            entry.unloaded_versions = ()
             entry.versions = {v.version: v for v in loaded}
             entry.failed_versions = failed
             entry.fingerprint = fingerprint
@@ -226,12 +245,12 @@ class Repository:
 
     async def unload(self, name: str) -> None:
         entry = self._entries.get(name)
-        if entry is None:
-            if layout.model_dir(self.root, name) is None:
-                raise NotFound(f"no model '{clip(name)}' in the repository")
+        if entry is None:  # never loaded, or not in the repository at all: nothing to do (as Triton)
             return
         async with entry.lock:
             retiring = list(entry.versions.values())
+            if retiring:
+                entry.unloaded_versions = tuple(sorted(entry.versions))
             entry.state, entry.reason = ModelState.UNLOADING, ""
             for v in retiring:
                 v.state = ModelState.UNLOADING
@@ -292,3 +311,4 @@ def _load_failed(entry: ModelEntry, fingerprint: Fingerprint, reason: str, exc_i
     else:
         entry.state, entry.reason = ModelState.UNAVAILABLE, reason
         entry.failed_versions = {}
+        entry.unloaded_versions = ()

@@ -92,6 +92,7 @@ class ModelEntry:
     reason: str = ""
     failed_versions: dict[int, str] = field(default_factory=dict)
     reload_error: str = ""  # why the last reload failed while earlier versions kept serving
+    unloaded_versions: tuple[int, ...] = ()  # the versions an unload took away, listed in the index (as Triton)
     fingerprint: Fingerprint = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
