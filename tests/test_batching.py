@@ -336,3 +336,39 @@ def test_an_engine_failure_fails_that_request_only(tmp_path: Path, start_server)
         np.testing.assert_array_equal(infer(2), [[12.0]])
     assert "event=execute_failed model=lookup" in server.log
     client.close()
+
+
+def test_a_request_the_engine_fails_does_not_fail_the_requests_batched_with_it(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """Eight requests batched together (a queue delay holds them), one with an index beyond the table:
+    the engine fails the batch, each request runs again alone, and only that one fails (its value is
+    in no other answer); each of the seven others gets its own row. Statistics: 7 successes in 7 runs
+    of one, 1 BACKEND failure."""
+    repo = tmp_path / "repo"
+    lookup(repo / "lookup" / "1" / "model.onnx")
+    write_config(repo / "lookup", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500000 }\n")
+    server = start_server(repo)
+
+    async def send_all() -> list[np.ndarray | BaseException]:
+        client = aioclient.InferenceServerClient(server.url)
+
+        async def one(index: int) -> np.ndarray:
+            tensor = aioclient.InferInput("INPUT0", [1, 1], "INT64")
+            tensor.set_data_from_numpy(np.array([[index]], np.int64))
+            return (await client.infer("lookup", [tensor])).as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+
+        try:
+            return await asyncio.gather(*(one(i) for i in (0, 1, 2, 3, 99, 0, 1, 2)), return_exceptions=True)
+        finally:
+            await client.close()
+
+    answers = asyncio.run(send_all())
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert len(failed) == 1 and answers[4] is failed[0]
+    assert isinstance(failed[0], InferenceServerException) and failed[0].status() == "StatusCode.INTERNAL"
+    assert "idx=99" in str(failed[0])
+    assert [float(a[0, 0]) for a in answers if not isinstance(a, BaseException)] == [10, 11, 12, 13, 10, 11, 12]
+    stats = grpcclient.InferenceServerClient(server.url).get_inference_statistics("lookup").model_stats[0]
+    assert stats.inference_stats.success.count == 7 and stats.inference_stats.fail.count == 1
+    assert stats.execution_count == 7 and {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {1: 7}
+    assert "event=batch_failed_rerun_alone instance=lookup_0 requests=8" in server.log
+    assert 'nv_inference_request_failure{model="lookup",reason="BACKEND",version="1"} 1.0' in server.exposition()

@@ -13,6 +13,7 @@ backend that copies to a device reports those copies (``ReportsPhases``) and the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,10 +24,14 @@ import numpy as np
 from tensorgate.backends.base import Backend, BackendExecuteError, ReportsPhases
 from tensorgate.request import InferRequest, Outputs
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class BatchResult:
-    """Each request's outputs (in batch order), or the error that failed the whole batch."""
+    """Each request's outputs (in batch order), or the error that failed the whole batch; or, for a
+    batch the engine failed and that was run again one request at a time, ``alone``: each request's
+    own run (its outputs or its error), in batch order."""
 
     per_request: list[Outputs] | None = None
     error: BaseException | None = None
@@ -35,6 +40,7 @@ class BatchResult:
     infer_ns: int = 0
     output_ns: int = 0
     total_ns: int = 0  # the three together
+    alone: list[BatchResult] | None = None
 
 
 def gather_inputs(requests: Sequence[InferRequest], batched: bool) -> dict[str, np.ndarray]:
@@ -74,6 +80,7 @@ class Instance:
         # Checked once: the per-batch path only reads an attribute.
         self._phases = backend if isinstance(backend, ReportsPhases) else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tg-{self.name}")
+        self._stopping = False  # a stop was asked (terminate) and not yet reset: no batch is run again
 
     def submit(
         self,
@@ -90,14 +97,38 @@ class Instance:
             return
         future.add_done_callback(lambda f: done(f.result()))
 
+    def terminate(self) -> None:
+        """Stop the batch in progress (the engine's stop, which holds until :meth:`reset_terminate`)."""
+        self._stopping = True
+        self.backend.terminate()
+
+    def reset_terminate(self) -> None:
+        self._stopping = False
+        self.backend.reset_terminate()
+
     def run(self, requests: Sequence[InferRequest], outputs: Sequence[str], batched: bool) -> BatchResult:
-        """Run one batch, here and now (on the event loop, or on the worker thread via ``submit``)."""
+        """Run one batch, here and now (on the event loop, or on the worker thread via ``submit``).
+
+        When the engine fails a batch of several requests, each is run again alone: one request the
+        engine cannot take (an index out of a table's range, a value it refuses) fails only itself, not
+        the requests batched with it, which would otherwise get its error and see its values."""
         result = BatchResult(rows=requests[0].batch_size if len(requests) == 1 else sum(r.batch_size for r in requests))
         try:
             t0 = time.perf_counter_ns()
             inputs = gather_inputs(requests, batched)
             t1 = time.perf_counter_ns()
-            produced = self.backend.execute(inputs, outputs)
+            try:
+                produced = self.backend.execute(inputs, outputs)
+            except BackendExecuteError as exc:
+                if len(requests) == 1 or self._stopping:  # a stopped batch is not run again
+                    raise
+                log.warning(
+                    "event=batch_failed_rerun_alone instance=%s requests=%d error=%s",
+                    self.name,
+                    len(requests),
+                    str(exc),
+                )
+                return BatchResult(rows=result.rows, alone=[self.run((r,), outputs, batched) for r in requests])
             t2 = time.perf_counter_ns()
             result.per_request = split_outputs(requests, produced, batched)
             t3 = time.perf_counter_ns()

@@ -214,7 +214,7 @@ class Scheduler:
                 timer.cancel()
             if instance.index in self._stopped:
                 self._stopped.discard(instance.index)
-                instance.backend.reset_terminate()  # its stopped batch has returned: the next one runs
+                instance.reset_terminate()  # its stopped batch has returned: the next one runs
                 ran_ms = (time.perf_counter_ns() - started) // 1_000_000
                 log.info("event=instance_recovered instance=%s ran_ms=%d", instance.name, ran_ms)
             _settle(batch, self._finished(instance, requests, result, started, nbytes, inline=False, entries=batch))
@@ -243,7 +243,7 @@ class Scheduler:
             self.execution_timeout_ms,
         )
         self._stopped.add(instance.index)
-        instance.backend.terminate()
+        instance.terminate()
 
     def _stop_if_abandoned(self, entry: Pending) -> None:
         """Stop a running batch once every request in it has gone (cancelled, past its deadline)."""
@@ -254,7 +254,7 @@ class Scheduler:
                         "event=batch_abandoned model=%s version=%d requests=%d", self.model, self.version, len(batch)
                     )
                     self._stopped.add(index)
-                    self.instances[index].backend.terminate()
+                    self.instances[index].terminate()
                 return
 
     def _run_inline(
@@ -279,6 +279,8 @@ class Scheduler:
         answered (at the execution timeout) or that left while its run was stopped."""
         self._idle.append(instance)
         now_ns = time.perf_counter_ns()
+        if result.alone is not None:
+            return self._finished_alone(instance, requests, result.alone, started_ns, inline, entries, now_ns)
         if result.error is None:
             self.placements[instance.index].record(nbytes, result.total_ns, inline)
             self.stats.record_execution(result.rows, result.input_ns, result.infer_ns, result.output_ns)
@@ -294,15 +296,48 @@ class Scheduler:
             ]
         answers: list[Answer | None] = []
         for entry, outputs in zip(entries, per_request, strict=True):
-            future = entry.future
-            if future.done() and not future.cancelled():
-                answers.append(None)  # failed at the execution timeout, and counted then
-            elif future.cancelled() and result.error is not None:
-                self._count_failed(entry.request, Failure.CANCELED)  # its run was stopped: all had left
-                answers.append(None)
-            else:
-                answers.append(self._answer(entry.request, result, outputs, started_ns, now_ns))
+            answers.append(self._settled_answer(entry, result, outputs, started_ns, now_ns))
         return answers
+
+    def _finished_alone(
+        self,
+        instance: Instance,
+        requests: Sequence[InferRequest],
+        runs: Sequence[BatchResult],
+        started_ns: int,
+        inline: bool,
+        entries: Sequence[Pending] | None,
+        now_ns: int,
+    ) -> list[Answer | None]:
+        """A batch the engine failed, run again one request at a time (Instance.run): each run is an
+        execution of its own, and each request is answered from its own run."""
+        for request, run in zip(requests, runs, strict=True):
+            if run.error is None:
+                self.placements[instance.index].record(request.nbytes, run.total_ns, inline)
+                self.stats.record_execution(run.rows, run.input_ns, run.infer_ns, run.output_ns)
+        own = [run.per_request[0] if run.per_request else None for run in runs]
+        if entries is None:
+            return [
+                self._answer(request, run, outputs, started_ns, now_ns)
+                for request, run, outputs in zip(requests, runs, own, strict=True)
+            ]
+        return [
+            self._settled_answer(entry, run, outputs, started_ns, now_ns)
+            for entry, run, outputs in zip(entries, runs, own, strict=True)
+        ]
+
+    def _settled_answer(
+        self, entry: Pending, result: BatchResult, outputs: Outputs | None, started_ns: int, now_ns: int
+    ) -> Answer | None:
+        """The answer of a queued request whose run ended; None if it was answered already (failed at
+        the execution timeout, and counted then) or left while its run was stopped."""
+        future = entry.future
+        if future.done() and not future.cancelled():
+            return None
+        if future.cancelled() and result.error is not None:
+            self._count_failed(entry.request, Failure.CANCELED)  # its run was stopped: all had left
+            return None
+        return self._answer(entry.request, result, outputs, started_ns, now_ns)
 
     def _answer(
         self, request: InferRequest, result: BatchResult, outputs: Outputs | None, started_ns: int, now_ns: int
