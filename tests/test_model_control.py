@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import Server, index_of, wait_for
-from models import write_config
+from models import slow, write_config
 from repository_helpers import (
     BAD_NAMES,
     EXPLICIT,
@@ -322,6 +322,62 @@ def test_repository_requests_raw_fields(explicit_repo: Path, start_server: Calla
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert "invalid value type for load parameter 'config', expected string_param" in refused.value.details()  # type: ignore[attr-defined]
     assert infer(server.client, "a") == (1.0, "1") and not server.client.is_model_ready("b")
+
+
+def _threads(pid: int) -> int:
+    return int(
+        next(
+            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Threads:")
+        ).split()[1]
+    )
+
+
+def test_a_load_or_unload_whose_client_goes_still_runs_to_its_end(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """A client's deadline passing during RepositoryModelLoad (a warmup of about a second) or
+    RepositoryModelUnload (requests still running) does not cut the change short: the model ends READY,
+    or unloaded with its instances released, not stuck LOADING/UNLOADING with a half-built engine
+    behind (each abandoned load leaked a worker thread and an ONNX Runtime session)."""
+    repo = tmp_path / "repo"
+    slow(repo / "warm" / "1" / "model.onnx", layers=16)
+    warmup = "inputs { key: 'INPUT0' value: { data_type: TYPE_FP32 dims: [ 512 ] zero_data: true } }"
+    write_config(
+        repo / "warm", f"max_batch_size: 8\nmodel_warmup [ {{ name: 'w' batch_size: 8 count: 100 {warmup} }} ]"
+    )
+    slow(repo / "busy" / "1" / "model.onnx", layers=64)
+    write_config(repo / "busy", "max_batch_size: 64")
+    server = start_server(repo, *EXPLICIT, "--load-model", "busy")
+    client = server.client
+    threads = _threads(server.proc.pid)
+    for loads in (1, 2, 3):  # a load, then two reloads
+        err = error_of(client.load_model, "warm", client_timeout=0.05)
+        assert status(err) == "DEADLINE_EXCEEDED", err
+        wait_for(lambda: server.log.count("event=model_ready model=warm") == loads, timeout=30)  # noqa: B023
+        assert index_of(client)["warm"] == [("1", "READY", "")]
+    client.unload_model("warm")
+    wait_for(lambda: _threads(server.proc.pid) <= threads, timeout=10)  # the reloads left no instance behind
+
+    x = np.zeros((64, 512), np.float32)
+    tensor = grpcclient.InferInput("INPUT0", [64, 512], "FP32")
+    tensor.set_data_from_numpy(x)
+    answers: list[Any] = []
+    running = [
+        threading.Thread(target=lambda: answers.append(client.infer("busy", [tensor]).as_numpy("OUTPUT0").shape))
+        for _ in range(6)
+    ]
+    for t in running:
+        t.start()
+    wait_for(
+        lambda: client.get_inference_statistics("busy").model_stats[0].execution_count >= 1, timeout=10, interval=0.01
+    )
+    err = error_of(client.unload_model, "busy", client_timeout=0.05)
+    assert status(err) == "DEADLINE_EXCEEDED", err
+    for t in running:
+        t.join(30)
+    assert answers == [(64, 512)] * 6  # the requests the unload waited for were answered
+    wait_for(lambda: index_of(client)["busy"] == [("1", "UNAVAILABLE", "unloaded")], timeout=10)
+    wait_for(lambda: "event=model_unloaded model=busy version=1" in server.log, timeout=10)
 
 
 def test_explicit_reload_failure_keeps_serving(explicit_repo: Path, start_server: Callable[..., Server]) -> None:

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tensorgate import backends
 from tensorgate.backends.base import BackendLoader, Engine
@@ -61,6 +62,7 @@ class Repository:
         self._entries: dict[str, ModelEntry] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._changes: set[asyncio.Task[None]] = set()  # loads and unloads in progress
 
     # ---- lookups on the request path (event loop, no awaits) ----
 
@@ -184,12 +186,31 @@ class Repository:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
         self.upgrades.abandon()  # an engine still building is abandoned, not awaited
+        if self._changes:  # a load or unload in progress ends first (its caller may have gone)
+            await asyncio.gather(*self._changes, return_exceptions=True)
         await asyncio.gather(*(self.unload(name) for name in list(self._entries)), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def load(self, name: str, override: RawConfig | None = None) -> None:
-        """Load (or reload) a model from disk; raises ServerError if it cannot serve any version."""
+        """Load (or reload) a model from disk; raises ServerError if it cannot serve any version. The
+        load runs to its end even if the caller goes (a client's deadline, a cancelled RPC): cut short,
+        it would leave the model LOADING and its half-built instances behind."""
+        await self._whole(self._load(name, override))
+
+    async def unload(self, name: str) -> None:
+        """Unload a model (nothing to do if it is not loaded): its versions finish the requests they hold,
+        then release their instances. Runs to its end even if the caller goes, as :meth:`load`."""
+        await self._whole(self._unload(name))
+
+    async def _whole(self, change: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(change)
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+        task.add_done_callback(_settle_change)
+        await asyncio.shield(task)
+
+    async def _load(self, name: str, override: RawConfig | None = None) -> None:
         directory = layout.model_dir(self.root, name)
         if directory is None:
             raise NotFound(f"no model directory '{clip(name)}' in the repository {self.root}")
@@ -243,7 +264,7 @@ class Repository:
             if not loaded:
                 raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
-    async def unload(self, name: str) -> None:
+    async def _unload(self, name: str) -> None:
         entry = self._entries.get(name)
         if entry is None:  # never loaded, or not in the repository at all: nothing to do (as Triton)
             return
@@ -296,6 +317,12 @@ class Repository:
             log.info("event=model_%s model=%s", "changed" if entry else "added", name)
             with contextlib.suppress(ServerError):  # already logged and recorded in the index
                 await self.load(name)
+
+
+def _settle_change(task: asyncio.Task[None]) -> None:
+    """A load or unload ended; its caller may have gone, so its error (already logged) is taken here."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _load_failed(entry: ModelEntry, fingerprint: Fingerprint, reason: str, exc_info: bool = False) -> None:
