@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ from tensorgate.instance import Instance
 from tensorgate.model_config import BatchingPolicy, QueuePolicy, TimeoutAction
 from tensorgate.request import InferRequest
 from tensorgate.scheduler import Scheduler
-from tensorgate.scheduler.queue import PriorityQueue
+from tensorgate.scheduler.queue import COMPACT_AFTER, PriorityQueue
 from tensorgate.stats import ModelStats
 
 
@@ -330,6 +332,34 @@ async def test_cancelled_request_leaves_the_queue_and_never_runs() -> None:
     await asyncio.gather(first, kept)
     assert [7] not in backend.batches and [8] in backend.batches
     assert s.in_flight == 0
+
+
+async def test_requests_that_left_the_queue_are_let_go_while_the_instance_stays_busy() -> None:
+    """Requests that time out in the queue while the instance stays busy (a higher priority level, a
+    long batch) are released with their tensors at once, not held until the queue is next read (a
+    level below a busy one may not be read for long: 1,000 timed-out 1 MiB requests held 1 GiB)."""
+    backend = FakeBackend()
+    s = make(backend, policy(queue_policies=(QueuePolicy(default_timeout_us=1000),)))
+    first = await hold(backend, s)
+    doomed = [request(2) for _ in range(1000)]
+    alive = [weakref.ref(r.inputs["x"]) for r in doomed]
+
+    async def refused(r: InferRequest) -> str:
+        try:
+            await s.infer(r)
+        except ServerError as exc:
+            return exc.message
+        return "answered"
+
+    outcomes = await asyncio.gather(*(refused(r) for r in doomed))
+    del doomed
+    assert all("timed out" in outcome for outcome in outcomes)
+    gc.collect()
+    assert sum(ref() is not None for ref in alive) <= 2 * COMPACT_AFTER
+    assert s.queue_depth == 0 and s.stats.fail.count == 1000
+    backend.gate.set()
+    await first
+    assert backend.batches == [[-1]]
 
 
 class CountsOverlap(FakeBackend):

@@ -28,6 +28,7 @@ from tensorgate.model_config import BatchingPolicy, TimeoutAction
 from tensorgate.request import InferRequest, Outputs
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], str], ...]
+COMPACT_AFTER = 64  # stale entries a level keeps before it is compacted (when they outnumber the live ones)
 
 
 class Pending:
@@ -75,6 +76,11 @@ class PriorityQueue:
         self._queues: list[deque[Pending]] = [deque() for _ in range(levels)]
         self._delayed: list[deque[Pending]] = [deque() for _ in range(levels)]
         self._queued = [0] * levels  # live entries per level (for max_queue_size)
+        # Entries left in a level's deques that no longer wait (dispatched, rejected, cancelled, or the
+        # copy of one moved to the delayed queue): dropped when they reach the head, and all at once
+        # when they outnumber the live ones, since a level below a busy one may not reach its head for
+        # long, and each holds its request's tensors.
+        self._stale = [0] * levels
         self.depth = 0  # live entries waiting, over every level
         self._delay_timer: asyncio.TimerHandle | None = None
 
@@ -119,8 +125,18 @@ class PriorityQueue:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
-        self._queued[entry.level] -= 1
+        level = entry.level
+        self._queued[level] -= 1
         self.depth -= 1
+        self._stale[level] += 1
+        if self._stale[level] > COMPACT_AFTER and self._stale[level] > self._queued[level]:
+            self._compact(level)
+
+    def _compact(self, level: int) -> None:
+        """Drop a level's stale entries (new deques: a batch being formed may still hold the old ones)."""
+        self._queues[level] = deque(e for e in self._queues[level] if e.live and not e.delayed)
+        self._delayed[level] = deque(e for e in self._delayed[level] if e.live)
+        self._stale[level] = 0
 
     def _expire(self, entry: Pending, timeout_us: int) -> None:
         entry.timer = None
@@ -130,6 +146,7 @@ class PriorityQueue:
         if action is TimeoutAction.DELAY:
             entry.delayed = True
             self._delayed[entry.level].append(entry)  # the stale copy in _queues is skipped
+            self._stale[entry.level] += 1
             return
         self.forget(entry)
         self._on_rejected(entry.request)
@@ -146,10 +163,12 @@ class PriorityQueue:
         Triton's PriorityQueue (core/src/scheduler_utils.cc, ``PolicyQueue::At``: queue_, then
         delayed_queue_, then the next level). Dead heads (answered, cancelled, moved to the delayed
         queue) are dropped on the way."""
-        for queue, delayed_queue in zip(self._queues, self._delayed, strict=True):
+        stale = self._stale
+        for level, (queue, delayed_queue) in enumerate(zip(self._queues, self._delayed, strict=True)):
             for q, delayed in ((queue, False), (delayed_queue, True)):
                 while q and (not q[0].live or q[0].delayed != delayed):
                     q.popleft()
+                    stale[level] -= 1
                 for entry in q:
                     if entry.live and entry.delayed == delayed:
                         yield entry
