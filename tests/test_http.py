@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
 import http.client
 import json
 import re
@@ -28,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -736,6 +738,45 @@ REFUSED: list[tuple[str, Callable[[Http], Answer], str]] = [
         lambda w: w.call("POST", INFER, b"not gzip", {"Content-Encoding": "gzip"}),
         "the request body cannot be read",
     ),
+    (
+        "a compressed body cut short",
+        lambda w: w.call(
+            "POST", INFER, gzip.compress(json.dumps(_one_input()).encode())[:-12], {"Content-Encoding": "gzip"}
+        ),
+        "the request body cannot be read",
+    ),
+    (
+        "a Content-Encoding not known",
+        lambda w: w.call("POST", INFER, json.dumps(_one_input()), {"Content-Encoding": "br"}),
+        "unsupported Content-Encoding 'br'",
+    ),
+    (
+        "binary_data_output not a boolean",
+        lambda w: w.post_json(INFER, {**_one_input(), "parameters": {"binary_data_output": "true"}}),
+        "Unable to parse 'binary_data_output'",
+    ),
+    (
+        "an output's binary_data not a boolean",
+        lambda w: w.post_json(
+            INFER, {**_one_input(), "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": 1}}]}
+        ),
+        "Unable to parse 'binary_data'",
+    ),
+    (
+        "a parameter named triton_*",
+        lambda w: w.post_json(INFER, {**_one_input(), "parameters": {"triton_enable_empty_final_response": True}}),
+        "parameter keys starting with 'triton_' are reserved",
+    ),
+    (
+        "an input with both data and binary data",
+        lambda w: w.post_binary(INFER, _one_input(parameters={"binary_data_size": 64}), F32_ROW),
+        "must set only one of 'data' and the binary_data_size parameter",
+    ),
+    (
+        "index: ready not a boolean",
+        lambda w: w.post_json("/v2/repository/index", {"ready": "yes"}),
+        "'ready', if given, is true or false",
+    ),
     ("index: JSON nested 100000 deep", lambda w: w.call("POST", "/v2/repository/index", DEEP), "nested too deeply"),
     (
         "index: a 5000-digit integer",
@@ -769,6 +810,70 @@ def test_refused_requests_say_what_is_wrong(
     assert server.sample("tensorgate_internal_errors_total ") == before
     good = web.post_json(INFER, _one_input())
     assert good.status == 200, good.body
+
+
+def test_an_input_in_shared_memory_is_refused_as_over_grpc(web: Http) -> None:
+    doc = {
+        "inputs": [
+            {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"shared_memory_region": "r"}}
+        ]
+    }
+    answer = web.post_json(INFER, doc)
+    assert answer.status == 501 and "uses shared memory (shared_memory_region)" in answer.error(), answer.body
+
+
+def test_compressed_requests_and_responses(web: Http) -> None:
+    """Bodies in gzip and deflate (with zlib's header or raw), from tritonclient and by hand."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    for algorithm in ("gzip", "deflate"):
+        tensor = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = web.client.infer("identity", [tensor], request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+    for algorithm in ("gzip", "deflate"):  # an answer compressed as the client accepts it
+        tensor = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = web.client.infer("identity", [tensor], response_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+        answer = web.call("POST", INFER, json.dumps(_one_input()), {"Accept-Encoding": algorithm})
+        assert answer.headers["content-encoding"] == algorithm
+        decoded = gzip.decompress(answer.body) if algorithm == "gzip" else zlib.decompress(answer.body)
+        assert json.loads(decoded)["outputs"][0]["data"] == ROW
+    body = json.dumps(_one_input()).encode()
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for encoded, coding in [(zlib.compress(body), "deflate"), (raw.compress(body) + raw.flush(), "deflate")]:
+        answer = web.call("POST", INFER, encoded, {"Content-Encoding": coding})
+        assert answer.status == 200, answer.body
+
+
+def test_a_compression_bomb_is_refused_without_inflating_it(repo: Path) -> None:
+    """A 1 MiB gzip body that inflates to 1 GiB, against a 4 MiB message limit: 413 naming the limit,
+    the connection closed (nothing more of it is read), the server's memory not grown by the bomb, and
+    gRPC served throughout (the inflating happens on a thread, bounded by the limit)."""
+    port = free_port()
+    flags = ("--http-port", str(port), "--grpc-max-message-bytes", str(4 << 20))
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(squeeze.compress(bytes(1 << 24)) for _ in range(64)) + squeeze.flush()
+    with running(repo, *flags) as server:
+        wait_for_http(port)
+        before = _peak_rss(server.proc.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+            conn.sendall(head.encode() + bomb)
+            answer = b""
+            while chunk := conn.recv(65536):  # to the end: the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"exceeds 4194304 bytes (--grpc-max-message-bytes)" in answer
+        assert _peak_rss(server.proc.pid) - before < 64 << 20
+        assert server.client.is_server_live() and start_http(server, port).get("/v2/health/ready").status == 200
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmHWM")
 
 
 def test_data_nested_hundreds_deep(web: Http) -> None:
@@ -828,11 +933,44 @@ def test_large_json_does_not_stall_other_calls(server: Server, web: Http, count:
 
 
 def test_unknown_paths_and_methods(web: Http) -> None:
-    assert web.get("/v2/nope").status == 404
-    assert web.get("/nope").status == 404
-    assert web.get("/v2/models/identity/infer").status == 405
-    assert web.call("POST", "/v2/health/ready", b"").status == 405
-    assert web.get("/v2/repository/index").status == 405  # POST, as Triton's repository extension says
+    """Answered as Triton answers them: a JSON error body (clients parse every error as JSON)."""
+    for path in ("/v2/nope", "/nope", "/v2/models/identity/"):
+        answer = web.get(path)
+        assert (answer.status, answer.error()) == (404, "Not Found"), path
+    for method, path in [
+        ("GET", "/v2/models/identity/infer"),
+        ("POST", "/v2/health/ready"),
+        ("GET", "/v2/repository/index"),
+    ]:
+        answer = web.call(method, path, b"" if method == "POST" else None)
+        assert (answer.status, answer.error()) == (405, "Method Not Allowed"), path  # index: POST, as Triton's
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/systemsharedmemory/status"),
+        ("POST", "/v2/systemsharedmemory/region/r/register"),
+        ("GET", "/v2/cudasharedmemory/status"),
+        ("GET", "/v2/trace/setting"),
+        ("POST", "/v2/models/identity/trace/setting"),
+        ("GET", "/v2/logging"),
+    ],
+)
+def test_triton_extensions_not_served_say_so(web: Http, method: str, path: str) -> None:
+    """Shared memory, trace and log settings: 501 and the reason, as their RPCs over gRPC (UNIMPLEMENTED)."""
+    answer = web.call(method, path, b"{}" if method == "POST" else None)
+    assert answer.status == 501 and "is not supported by tensorgate yet" in answer.error(), answer.body
+
+
+def test_tritonclient_calls_to_extensions_not_served_get_the_reason(web: Http) -> None:
+    for call in (
+        web.client.get_system_shared_memory_status,
+        web.client.get_trace_settings,
+        web.client.get_log_settings,
+    ):
+        with pytest.raises(InferenceServerException, match="is not supported by tensorgate yet"):
+            call()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -921,6 +1059,8 @@ def test_statistics_match_grpc(server: Server, web: Http) -> None:
     assert type(success["ns"]) is int and success["ns"] > before["inference_stats"]["success"]["ns"]
     assert after["last_inference"] >= before["last_inference"] > 0
     assert any(b["batch_size"] == 2 for b in after["batch_stats"])
+    # every field Triton writes, the response cache's too (tensorgate has none: 0)
+    assert after["inference_stats"]["cache_hit"] == after["inference_stats"]["cache_miss"] == {"count": 0, "ns": 0}
     assert_contains(stats, server.client.get_inference_statistics("identity", as_json=True), "stats")
     assert web.get("/v2/models/identity/versions/1/stats").json() == stats
 
@@ -1211,7 +1351,7 @@ def test_readme_command_parser() -> None:
 
 def test_the_restricted_protocol_guards_http_too(repo: Path) -> None:
     """--grpc-restricted-protocol covers the same groups on the HTTP face: without the header,
-    model control answers 503 with the reason; with it, it works; inference stays open."""
+    model control answers 403 with the reason (Triton's HTTP answer); with it, it works; inference stays open."""
     port = free_port()
     flags = ("--http-port", str(port), "--model-control-mode", "explicit", "--load-model", "add_sub")
     with running(repo, *flags, "--grpc-restricted-protocol", "model-repository:admin-key=s3cret") as server:
@@ -1219,8 +1359,8 @@ def test_the_restricted_protocol_guards_http_too(repo: Path) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("POST", "/v2/repository/index", body=b"{}")
         refused = connection.getresponse()
-        assert refused.status == 503
-        assert "expecting header 'admin-key'" in json.loads(refused.read())["error"]
+        assert refused.status == 403
+        assert json.loads(refused.read())["error"] == "This API is restricted, expecting header 'admin-key'"
         connection.request("POST", "/v2/repository/index", body=b"{}", headers={"admin-key": "s3cret"})
         allowed = connection.getresponse()
         assert allowed.status == 200 and any(m["name"] == "add_sub" for m in json.loads(allowed.read()))

@@ -201,7 +201,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     if raw_contents and len(raw_contents) != len(tensors):
         # An input in shared memory has no entry in raw_input_contents: say that, not the count.
         for tensor in tensors:
-            _check_input_parameters(tensor)
+            check_input_parameters(tensor)
         raise InvalidArgument(
             f"request has {len(tensors)} inputs but {len(raw_contents)} raw_input_contents; "
             "send one raw_input_contents entry per input, in the order of inputs"
@@ -213,7 +213,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     specs = model.inputs
     for index, tensor in enumerate(tensors):
         if tensor.parameters:
-            _check_input_parameters(tensor)
+            check_input_parameters(tensor)
         name = tensor.name
         spec = specs.get(name)
         if spec is None:
@@ -284,7 +284,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     )
 
 
-def _check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
+def check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
     for key in _UNSUPPORTED_TENSOR_PARAMETERS:
         if key in tensor.parameters:
             raise Unimplemented(

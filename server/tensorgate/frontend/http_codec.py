@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from tensorgate import datatypes
 from tensorgate.errors import InvalidArgument, clip
+from tensorgate.frontend import codec
 from tensorgate.proto import inference_pb2 as pb
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -116,6 +117,11 @@ def _parameters(target: Any, given: object, what: str, skip: tuple[str, ...] = (
     for key, value in _object(given, f"{what} 'parameters'").items():
         if key in skip:
             continue
+        if key.startswith("triton_"):
+            raise InvalidArgument(
+                f"{what} parameter '{clip(key)}': parameter keys starting with 'triton_' are reserved for Triton "
+                "usage and should not be specified"
+            )
         param = target[key]
         if isinstance(value, bool):
             param.bool_param = value
@@ -127,6 +133,14 @@ def _parameters(target: Any, given: object, what: str, skip: tuple[str, ...] = (
             param.string_param = value
         else:
             raise InvalidArgument(f"{what} parameter '{clip(key)}' must be a boolean, an integer, a number or a string")
+
+
+def _flag(params: dict[str, Any], key: str, what: str) -> bool:
+    """A boolean parameter of the binary data extension (false if absent); anything else is refused, as Triton."""
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"Unable to parse '{key}' of the {what}: it must be true or false")
+    return value
 
 
 def _shape(name: str, given: object) -> list[int]:
@@ -224,7 +238,7 @@ def infer_request(
     choice = OutputChoice()
     if "parameters" in j:
         params = _object(j["parameters"], "'parameters'")
-        choice.default_binary = params.get("binary_data_output") is True
+        choice.default_binary = _flag(params, "binary_data_output", "request")
         _parameters(request.parameters, params, "request", skip=("binary_data_output",))
     inputs = j.get("inputs")
     if not isinstance(inputs, list):
@@ -239,7 +253,13 @@ def infer_request(
         shape = _shape(name, tensor.get("shape"))
         target = request.inputs.add(name=name, datatype=datatype, shape=shape)
         params = _object(tensor.get("parameters", {}), f"input '{clip(name)}' 'parameters'")
+        _parameters(target.parameters, params, f"input '{clip(name)}'", skip=("binary_data_size", "binary_data"))
+        codec.check_input_parameters(target)  # shared memory: said as over gRPC
         size = params.get("binary_data_size")
+        if size is not None and "data" in tensor:
+            raise InvalidArgument(
+                f"input '{clip(name)}' must set only one of 'data' and the binary_data_size parameter"
+            )
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(
@@ -252,7 +272,6 @@ def infer_request(
             request.raw_input_contents.append(_json_data(name, datatype, shape, tensor["data"]))
         else:
             raise InvalidArgument(f"input '{clip(name)}' has neither 'data' nor a binary_data_size parameter")
-        _parameters(target.parameters, params, f"input '{clip(name)}'", skip=("binary_data_size", "binary_data"))
     if offset != len(binary):
         raise InvalidArgument(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
     outputs = j.get("outputs")
@@ -268,7 +287,7 @@ def infer_request(
         target = request.outputs.add(name=name)
         params = _object(wanted.get("parameters", {}), f"output '{clip(name)}' 'parameters'")
         if "binary_data" in params:
-            choice.binary[name] = params["binary_data"] is True
+            choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
         _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
     return request, choice
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tensorgate.errors import Code, ServerError, bounded
+from tensorgate.errors import Code, InvalidArgument, ServerError, bounded, clip
 from tensorgate.frontend import http_codec
-from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of
+from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of, unsupported_extension
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.settings import Settings
 
@@ -36,6 +37,11 @@ HTTP_STATUS: dict[Code, int] = {
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
+
+# Content-Encoding of a request body: zlib's window bits for each (gzip and deflate as Triton takes them).
+_DECODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
+# Triton's other HTTP endpoints, which tensorgate does not serve: answered as their gRPC RPCs are.
+_UNSUPPORTED = ("/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace/setting", "/v2/logging")
 
 
 class _Headers:
@@ -64,7 +70,7 @@ class HttpFrontend:
         self.host = settings.http_address or settings.host
         self.port = settings.http_port
         self._runner: web.AppRunner | None = None
-        app = web.Application(client_max_size=settings.grpc_max_message_bytes)
+        app = web.Application(client_max_size=settings.grpc_max_message_bytes, middlewares=[_json_errors])
         self._add_routes(app)
         self.app = app
 
@@ -91,6 +97,10 @@ class HttpFrontend:
             ]
         for method, path, rpc, handler in routes:
             app.router.add_route(method, path, self._wrap(rpc, handler))
+        for prefix in _UNSUPPORTED:
+            app.router.add_route("*", prefix, _unsupported)
+            app.router.add_route("*", prefix + "/{rest:.*}", _unsupported)
+        app.router.add_route("*", f"{model}/trace/setting", _unsupported)
 
     def _wrap(self, rpc: str, handler: Handler) -> Handler:
         """Refuse what --grpc-restricted-protocol restricts (the same groups as over gRPC), and turn
@@ -99,14 +109,22 @@ class HttpFrontend:
         state = self.service.state
 
         async def call(request: web.Request) -> web.StreamResponse:
+            if restriction is not None:
+                try:
+                    check_allowed(restriction, _Headers(request))
+                except ServerError:  # Triton's HTTP answer to a restricted API: 403
+                    return _error(f"This API is restricted, expecting header '{restriction.key}'", 403)
             try:
-                check_allowed(restriction, _Headers(request))
                 return await handler(request)
             except ServerError as exc:
                 return _error(exc.message, HTTP_STATUS.get(exc.code, 400))
             except web.HTTPRequestEntityTooLarge:
                 limit = self.settings.grpc_max_message_bytes
-                return _error(f"the request body exceeds {limit} bytes (--grpc-max-message-bytes)", 413)
+                # The connection closes: read on, the rest of the body (or of its decompression) would be
+                # read only to be thrown away, on the event loop every request shares.
+                too_large = _error(f"the request body exceeds {limit} bytes (--grpc-max-message-bytes)", 413)
+                too_large.force_close()
+                return too_large
             except web.RequestPayloadError as exc:
                 # The body cannot be decoded as sent (its Content-Encoding, chunks or length): the client's fault.
                 return _error(bounded(f"the request body cannot be read: {' '.join(str(exc).split())}"), 400)
@@ -123,6 +141,22 @@ class HttpFrontend:
                 return _error(bounded(f"internal error: {exc}"), 500)
 
         return call
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, decompressed as its Content-Encoding says (gzip, deflate), on a thread and
+        to at most --grpc-max-message-bytes: a small compressed body may hold gigabytes (413, connection
+        closed), which must not be inflated on the event loop every gRPC and HTTP call shares."""
+        raw = await request.read()  # (aiohttp's own decompression is off: see start())
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding in ("", "identity"):
+            return raw
+        wbits = _DECODINGS.get(coding)
+        if wbits is None:
+            raise InvalidArgument(
+                f"unsupported Content-Encoding '{clip(coding)}' of the request body (supported: gzip, deflate)"
+            )
+        limit = self.settings.grpc_max_message_bytes
+        return await asyncio.to_thread(_inflate, raw, wbits, limit)
 
     # ---- health and metadata ----
 
@@ -162,11 +196,15 @@ class HttpFrontend:
     # ---- repository ----
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._body(request)
         ready = False
         if body.strip():
             parsed = await _off_loop(len(body) > http_codec.JSON_ON_LOOP, lambda: http_codec.parse_json(body))
-            ready = isinstance(parsed, dict) and parsed.get("ready") is True
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("ready", False), bool):
+                raise InvalidArgument(
+                    "the index request must be a JSON object whose 'ready', if given, is true or false"
+                )
+            ready = parsed.get("ready", False)
         response = await self.service.repository_index(pb.RepositoryIndexRequest(ready=ready), None)
         rows = [http_codec.message_json(m) for m in response.models]
         for row in rows:  # as Triton's index: a reason only where there is one
@@ -176,7 +214,7 @@ class HttpFrontend:
 
     async def load(self, request: web.Request) -> web.Response:
         query = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
-        body = await request.read()
+        body = await self._body(request)
         params = await _off_loop(len(body) > http_codec.JSON_ON_LOOP, lambda: http_codec.load_parameters(body))
         for key, value in params.items():
             query.parameters[key].string_param = value
@@ -184,7 +222,7 @@ class HttpFrontend:
         return _json({})
 
     async def unload(self, request: web.Request) -> web.Response:
-        await request.read()
+        await self._body(request)
         query = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
         await self.service.repository_model_unload(query, None)
         return _json({})
@@ -193,7 +231,7 @@ class HttpFrontend:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        body = await request.read()
+        body = await self._body(request)
         length = request.headers.get(http_codec.HEADER_LENGTH)
         heavy = http_codec.heavy_request(body, length)
         query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
@@ -201,12 +239,18 @@ class HttpFrontend:
         heavy = http_codec.heavy_response(response, choice)
         payload, header_length = await _off_loop(heavy, lambda: http_codec.infer_response(response, choice))
         if header_length is None:
-            return web.Response(body=payload, content_type="application/json")
-        return web.Response(
-            body=payload,
-            content_type="application/octet-stream",
-            headers={http_codec.HEADER_LENGTH: str(header_length)},
-        )
+            answer = web.Response(body=payload, content_type="application/json")
+        else:
+            answer = web.Response(
+                body=payload,
+                content_type="application/octet-stream",
+                headers={http_codec.HEADER_LENGTH: str(header_length)},
+            )
+        if "Accept-Encoding" in request.headers:
+            # gzip or deflate as the client accepts (Triton's response compression); aiohttp compresses a
+            # large body on a thread. Inference-Header-Content-Length counts the JSON before compression.
+            answer.enable_compression()
+        return answer
 
     # ---- lifecycle ----
 
@@ -214,7 +258,11 @@ class HttpFrontend:
         """Listen; OSError if the address cannot be bound."""
         # Requests in flight at cleanup get the shutdown's grace; the exit timeout bounds it anyway.
         runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.exit_timeout_secs
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.exit_timeout_secs,
+            auto_decompress=False,  # bodies are decompressed off the loop and bounded (_body)
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -232,6 +280,41 @@ class HttpFrontend:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """``raw`` decompressed, at most ``limit`` bytes (HTTPRequestEntityTooLarge past it); deflate may
+    come with zlib's header (RFC 9110) or raw, as some clients send it."""
+    for bits in (wbits, -zlib.MAX_WBITS) if wbits == zlib.MAX_WBITS else (wbits,):
+        inflater = zlib.decompressobj(bits)
+        try:
+            body = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        if not inflater.eof:
+            raise InvalidArgument("the request body cannot be read: its compressed data ends early")
+        return body
+    raise InvalidArgument(
+        bounded(f"the request body cannot be read: it does not decode as its Content-Encoding says ({error})")
+    )
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own answers (no such path, a method the path does not take) as Triton's: JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _error("Not Found", 404)
+    except web.HTTPMethodNotAllowed:
+        return _error("Method Not Allowed", 405)
+
+
+async def _unsupported(request: web.Request) -> web.Response:
+    return _error(unsupported_extension(request.path), HTTP_STATUS[Code.UNIMPLEMENTED])
 
 
 async def _off_loop(heavy: bool, work: Callable[[], T]) -> T:

@@ -71,6 +71,8 @@ def _model_statistics(version: ModelVersion) -> pb.ModelStatistics:
     )
     for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
         _duration(getattr(out.inference_stats, field), getattr(s, field))
+    out.inference_stats.cache_hit.SetInParent()  # no response cache: always 0, but present, as Triton writes it
+    out.inference_stats.cache_miss.SetInParent()
     for size, batch in sorted(s.batches.items()):
         row = out.batch_stats.add(batch_size=size)
         _duration(row.compute_input, batch.compute_input)
@@ -341,10 +343,15 @@ class InferenceService:
     # ---- not implemented ----
 
     async def unimplemented(self, request: Message, context: Any) -> Message:
-        raise Unimplemented(
-            f"{type(request).__name__.removesuffix('Request')} is not supported by tensorgate yet "
-            "(shared memory, trace and log settings); send tensors in raw_input_contents"
-        )
+        raise Unimplemented(unsupported_extension(type(request).__name__.removesuffix("Request")))
+
+
+def unsupported_extension(what: str) -> str:
+    """The answer to one of Triton's extensions tensorgate does not serve (an RPC, or an HTTP path)."""
+    return (
+        f"{what} is not supported by tensorgate yet (shared memory, trace and log settings); send tensors in "
+        "raw_input_contents (gRPC) or as binary data (HTTP)"
+    )
 
 
 # Which of Triton's protocol groups each RPC is in (for --grpc-restricted-protocol).
