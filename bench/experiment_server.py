@@ -36,6 +36,12 @@ an A/B of an idea costs no change to the server and the measured code is the ser
 --ort-direct          the ONNX Runtime CPU backend's plain path calls the session's native ``run`` (``_sess.run``)
                       without ``InferenceSession.run``'s Python checks (missing inputs, OrtValue ownership, WebGPU
                       graph capture): what those checks cost a request.
+--batch-while-busy N  a request that finds an instance free runs at once only while the event loop has nothing else
+                      ready to run; otherwise it is queued and its batch runs once the loop's ready callbacks are
+                      done (deferred again, up to N times, while others are ready and the batch is not full), so
+                      requests that grpc.aio is still bringing in join it. At c1 the loop is idle and nothing
+                      waits; under load a model cheap enough for the loop runs once a batch, not once a request.
+                      (Reads asyncio's private ``loop._ready``, the callbacks of the current iteration.)
 """
 
 from __future__ import annotations
@@ -257,6 +263,45 @@ def ort_direct() -> None:
     onnxruntime_cpu.OnnxRuntimeCpuBackend.execute = execute  # type: ignore[method-assign]
 
 
+def batch_while_busy(max_defers: int) -> None:
+    import asyncio
+
+    from tensorgate.scheduler.scheduler import Scheduler
+
+    def busy() -> bool:
+        return bool(getattr(asyncio.get_running_loop(), "_ready", ()))
+
+    def get_no_delay(self: Scheduler) -> bool:
+        return bool(self.__dict__["_no_delay_set"]) and not busy()
+
+    def set_no_delay(self: Scheduler, value: bool) -> None:
+        self.__dict__["_no_delay_set"] = value
+
+    own_schedule = Scheduler._schedule
+    deferred: dict[int, int] = {}  # id() of a scheduler whose batch is deferred -> times deferred
+
+    def run(self: Scheduler) -> None:
+        times = deferred.pop(id(self))
+        full = self._queue.depth >= max(1, self.policy.max_batch_size)
+        if busy() and not full and times < max_defers:
+            deferred[id(self)] = times + 1
+            asyncio.get_running_loop().call_soon(run, self)
+            return
+        own_schedule(self)
+
+    def schedule(self: Scheduler) -> None:
+        if id(self) in deferred:
+            return
+        if self._idle and self._queue.depth and busy():
+            deferred[id(self)] = 0
+            asyncio.get_running_loop().call_soon(run, self)
+            return
+        own_schedule(self)
+
+    Scheduler._no_delay = property(get_no_delay, set_no_delay)  # type: ignore[assignment]
+    Scheduler._schedule = schedule  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +313,7 @@ if __name__ == "__main__":
     parser.add_argument("--inline-sized-batches", action="store_true")
     parser.add_argument("--registered-infer", action="store_true")
     parser.add_argument("--ort-direct", action="store_true")
+    parser.add_argument("--batch-while-busy", type=int)
     args = parser.parse_args(sys.argv[1:split])
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -285,4 +331,6 @@ if __name__ == "__main__":
         registered_infer()
     if args.ort_direct:
         ort_direct()
+    if args.batch_while_busy is not None:
+        batch_while_busy(args.batch_while_busy)
     sys.exit(tensorgate_main(sys.argv[split + 1 :]))
