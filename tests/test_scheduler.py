@@ -255,21 +255,25 @@ async def test_queue_timeout_rejects_and_never_runs() -> None:
     assert s.stats.last_inference_ms > 0  # set by the run of the first
 
 
-async def test_request_timeout_override_needs_permission() -> None:
+async def test_request_timeout_override_needs_permission_and_a_default_to_shorten() -> None:
+    """As Triton's PolicyQueue::Enqueue: a request's timeout applies only with allow_timeout_override and
+    only below the default timeout; with no default (0) there is none to shorten and it is ignored."""
+    allowed = QueuePolicy(allow_timeout_override=True, default_timeout_us=10_000_000)
     backend = FakeBackend()
-    allowed = make(backend, policy(queue_policies=(QueuePolicy(allow_timeout_override=True),)))
-    first = await hold(backend, allowed)
-    with pytest.raises(ServerError, match="timed out"):
-        await allowed.infer(request(5, timeout_us=30_000))
+    s = make(backend, policy(queue_policies=(allowed,)))
+    first = await hold(backend, s)
+    with pytest.raises(ServerError, match="timed out after 30000 us"):
+        await s.infer(request(5, timeout_us=30_000))
     backend.gate.set()
     await first
-    other = FakeBackend()
-    refused = make(other, policy())
-    first = await hold(other, refused)
-    task = asyncio.create_task(refused.infer(request(6, timeout_us=30_000)))
-    await asyncio.sleep(0.1)
-    other.gate.set()
-    await asyncio.gather(first, task)  # the override was ignored: no timeout
+    for queue_policy in (QueuePolicy(), QueuePolicy(allow_timeout_override=True)):
+        other = FakeBackend()
+        ignored = make(other, policy(queue_policies=(queue_policy,)))
+        first = await hold(other, ignored)
+        task = asyncio.create_task(ignored.infer(request(6, timeout_us=30_000)))
+        await asyncio.sleep(0.1)
+        other.gate.set()
+        await asyncio.gather(first, task)  # the request's timeout was not applied
 
 
 async def test_timeout_delay_moves_behind_others() -> None:
@@ -278,7 +282,9 @@ async def test_timeout_delay_moves_behind_others() -> None:
         backend,
         policy(
             max_batch_size=1,
-            queue_policies=(QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),),
+            queue_policies=(
+                QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True, default_timeout_us=10**7),
+            ),
         ),
     )
     first = await hold(backend, s)
@@ -302,7 +308,7 @@ async def test_timeout_delay_stays_ahead_of_lower_priorities() -> None:
             priority_levels=2,
             default_priority=2,
             queue_policies=(
-                QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True),
+                QueuePolicy(timeout_action=TimeoutAction.DELAY, allow_timeout_override=True, default_timeout_us=10**7),
                 QueuePolicy(),
             ),
         ),

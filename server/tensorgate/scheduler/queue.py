@@ -107,9 +107,10 @@ class PriorityQueue:
         loop = asyncio.get_running_loop()
         entry = Pending(request, loop.create_future(), level, _shape_key(request, self._batched))
         timeout_us = queue_policy.default_timeout_us
-        if request.timeout_us and queue_policy.allow_timeout_override:
-            # As Triton: a request may shorten the default timeout, never lengthen it.
-            timeout_us = min(timeout_us, request.timeout_us) if timeout_us else request.timeout_us
+        if queue_policy.allow_timeout_override and 0 < request.timeout_us < timeout_us:
+            # As Triton's PolicyQueue::Enqueue: a request may shorten the default timeout, never lengthen it,
+            # and with no default timeout (0) it has none to shorten: its own is not applied.
+            timeout_us = request.timeout_us
         if timeout_us:
             entry.timer = loop.call_later(timeout_us / 1e6, self._expire, entry, timeout_us)
         self._queues[level].append(entry)
