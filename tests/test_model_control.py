@@ -240,6 +240,7 @@ def test_explicit_load_with_config_override(explicit_repo: Path, start_server: C
     bad = '{"max_batch_size": 8, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [4]}]}'
     err = error_of(client.load_model, "c", config=bad)
     assert status(err) == "INVALID_ARGUMENT" and "TYPE_INT32" in err.message(), err
+    assert err.message().startswith("load failed for model 'c': "), err  # Triton's words
     assert infer(client, "c", "1") == (1.0, "1")
     err = error_of(client.load_model, "c", config='{"sequence_batching": {}}')
     assert "sequence_batching is not supported" in err.message()

@@ -227,14 +227,14 @@ class Repository:
             except Exception as exc:
                 reason = failure_reason(exc)
                 _load_failed(entry, fingerprint, reason, exc_info=not expected(exc))
-                raise ServerError(f"failed to load '{name}': {reason}", Code.INVALID_ARGUMENT) from None
+                raise ServerError(f"load failed for model '{name}': {reason}", Code.INVALID_ARGUMENT) from None
             loaded, failed = result.loaded, result.failed
             if not loaded and entry.versions:
                 # A reload that would serve nothing leaves the versions already serving in place (as Triton).
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
                 _load_failed(entry, fingerprint, reason)
                 raise ServerError(
-                    f"failed to load '{name}': {reason} (the versions loaded before keep serving)",
+                    f"load failed for model '{name}': {reason} (the versions loaded before keep serving)",
                     Code.INVALID_ARGUMENT,
                 )
             old = entry.versions
@@ -262,7 +262,7 @@ class Repository:
             for v in loaded:
                 self.upgrades.start(entry, v)
             if not loaded:
-                raise ServerError(f"failed to load '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
+                raise ServerError(f"load failed for model '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
     async def _unload(self, name: str) -> None:
         entry = self._entries.get(name)
