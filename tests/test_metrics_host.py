@@ -37,6 +37,7 @@ class StandInNvml(types.ModuleType):
         self.count = count
         self.init_error = init_error
         self.broken: set[int] = set()
+        self.unsupported: set[tuple[int, str]] = set()  # (GPU, reading) NVML answers "Not Supported" for
         self.energy_mj = [5_000_000.0] * count
         self.shutdowns = 0
 
@@ -53,9 +54,15 @@ class StandInNvml(types.ModuleType):
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
 
-    def _check(self, handle: int) -> None:
+    def _check(self, handle: int, reading: str = "") -> None:
         if handle in self.broken:
             raise StandInNvmlError("GPU is lost")
+        if (handle, reading) in self.unsupported:
+            raise StandInNvmlError("Not Supported")
+
+    def nvmlDeviceGetPciInfo(self, handle: int) -> types.SimpleNamespace:
+        self._check(handle)
+        return types.SimpleNamespace(busId=f"00000000:{0x17 + handle:02X}:00.0")
 
     def nvmlDeviceGetUUID(self, handle: int) -> str:
         self._check(handle)
@@ -74,17 +81,17 @@ class StandInNvml(types.ModuleType):
         return 250_500  # mW
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: int) -> int:
-        self._check(handle)
+        self._check(handle, "power_limit")
         return 700_000  # mW
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> float:
-        self._check(handle)
+        self._check(handle, "energy")
         return self.energy_mj[handle]
 
 
 def test_stand_in_nvml_answers_map_to_tritons_units() -> None:
     nvml = StandInNvml()
-    reader = GpuReader.open(nvml)
+    reader = GpuReader.open(nvml, environ={})
     assert reader is not None
     first = reader.read()
     nvml.energy_mj[1] += 3_500  # 3.5 J more on GPU 1
@@ -99,7 +106,7 @@ def test_stand_in_nvml_answers_map_to_tritons_units() -> None:
 
 def test_stand_in_gpu_that_stops_answering_is_left_out_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     nvml = StandInNvml()
-    reader = GpuReader.open(nvml)
+    reader = GpuReader.open(nvml, environ={})
     assert reader is not None
     nvml.broken.add(0)
     with caplog.at_level(logging.INFO):
@@ -109,6 +116,52 @@ def test_stand_in_gpu_that_stops_answering_is_left_out_and_logged_once(caplog: p
         assert len(reader.read()) == 2
     assert caplog.text.count("event=gpu_metrics_stale gpu=0") == 1
     assert caplog.text.count("event=gpu_metrics_recovered gpu=0") == 1
+
+
+def test_stand_in_gpu_reading_not_supported_leaves_out_that_series_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """NVML answers "Not Supported" for one reading of one GPU (energy before Volta, a power limit under
+    vGPU): that series alone is left out, logged once; the GPU's other series and the other GPU stay."""
+    nvml = StandInNvml()
+    nvml.unsupported |= {(1, "energy"), (1, "power_limit")}
+    sampler = Sampler(60, None, GpuReader.open(nvml, environ={}))
+    registry = CollectorRegistry()
+    registry.register(_HostCollector(sampler))
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            sampler.sample()
+        text = generate_latest(registry).decode()
+        nvml.unsupported.clear()
+        sampler.sample()
+    one, zero = 'gpu_uuid="GPU-00000001-stand-in"', 'gpu_uuid="GPU-00000000-stand-in"'
+    assert f"nv_gpu_utilization{{{one}}} 0.41" in text and f"nv_gpu_power_usage{{{one}}} 250.5" in text
+    assert f"nv_energy_consumption{{{one}}}" not in text and f"nv_gpu_power_limit{{{one}}}" not in text
+    assert f"nv_energy_consumption{{{zero}}} 0.0" in text and f"nv_gpu_power_limit{{{zero}}} 700.0" in text
+    assert caplog.text.count("event=gpu_metric_unavailable gpu=1 reading=energy reason=Not Supported") == 1
+    assert caplog.text.count("event=gpu_metric_recovered gpu=1 reading=power_limit") == 1
+    assert f"nv_energy_consumption{{{one}}} 0.0" in generate_latest(registry).decode()
+    sampler.stop()
+
+
+@pytest.mark.parametrize(
+    ("visible", "read"),
+    [
+        (None, ["GPU-00000000-stand-in", "GPU-00000001-stand-in"]),
+        ("1", ["GPU-00000001-stand-in"]),
+        ("GPU-00000001", ["GPU-00000001-stand-in"]),
+        ("1,0", ["GPU-00000001-stand-in", "GPU-00000000-stand-in"]),
+    ],
+)
+def test_stand_in_only_the_gpus_cuda_shows_this_process_are_read(visible: str | None, read: list[str]) -> None:
+    """As Triton keeps only DCGM's GPUs that CUDA sees: one server pinned to a GPU by
+    CUDA_VISIBLE_DEVICES exports that GPU, not every GPU of the host."""
+    reader = GpuReader.open(StandInNvml(), environ={} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})
+    assert reader is not None and [g.uuid for g in reader.read()] == read
+
+
+def test_stand_in_no_gpu_visible_to_cuda_turns_gpu_metrics_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        assert GpuReader.open(StandInNvml(), environ={"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert "event=gpu_metrics_off" in caplog.text
 
 
 class _HostCollector(Collector):
@@ -121,7 +174,7 @@ class _HostCollector(Collector):
 
 def test_stand_in_gpu_gauges_in_the_exposition() -> None:
     nvml = StandInNvml(count=1)
-    sampler = Sampler(60, None, GpuReader.open(nvml))
+    sampler = Sampler(60, None, GpuReader.open(nvml, environ={}))
     sampler.sample()
     registry = CollectorRegistry()
     registry.register(_HostCollector(sampler))
@@ -150,7 +203,7 @@ def test_without_a_gpu_the_reader_is_absent_and_says_why(
     nvml: StandInNvml, why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        assert GpuReader.open(nvml) is None
+        assert GpuReader.open(nvml, environ={}) is None
     assert "event=gpu_metrics_off" in caplog.text and why in caplog.text
 
 

@@ -227,11 +227,14 @@ def host_families(sampler: Sampler) -> Iterator[Metric]:
     for name, doc, attr in gauges:
         family = GaugeMetricFamily(name, doc, labels=["gpu_uuid"])
         for gpu in gpus:
-            family.add_metric([gpu.uuid], float(getattr(gpu, attr)))
+            value = getattr(gpu, attr)
+            if value is not None:  # None: this GPU did not answer that reading (its series is left out)
+                family.add_metric([gpu.uuid], float(value))
         yield family
     energy = _Counter("nv_energy_consumption", "GPU energy consumption in joules since the server started")
     for gpu in gpus:
-        energy.add({"gpu_uuid": gpu.uuid}, gpu.energy_joules)
+        if gpu.energy_joules is not None:
+            energy.add({"gpu_uuid": gpu.uuid}, gpu.energy_joules)
     yield energy
 
 
