@@ -182,6 +182,31 @@ def test_tritons_counters_are_typed_counter_in_the_text_format_whatever_the_scra
     assert "untyped" not in {types[n] for n in types if n.startswith("nv_")}
 
 
+def test_the_metrics_port_serves_metrics_alone(server: Server) -> None:
+    """As Triton: /metrics (GET, and HEAD for its headers), 404 elsewhere; gzip only when the scraper
+    takes it (``gzip;q=0`` refuses it), with ``Vary: Accept-Encoding``."""
+    import http.client
+
+    def ask(method: str, path: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.metrics_port, timeout=10)
+        try:
+            connection.request(method, path, headers={"Accept-Encoding": accept} if accept else {})
+            answer = connection.getresponse()
+            return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+        finally:
+            connection.close()
+
+    status, headers, body = ask("GET", "/metrics")
+    assert status == 200 and b"nv_inference_count" in body and headers["vary"] == "Accept-Encoding"
+    status, headers, body = ask("HEAD", "/metrics")
+    assert (status, body) == (200, b"") and int(headers["content-length"]) > 0
+    for path in ("/", "/foo", "/metricsx", "/v2/health/ready"):
+        assert ask("GET", path)[0] == 404, path
+    assert "content-encoding" not in ask("GET", "/metrics", "gzip;q=0, identity")[1]
+    assert ask("GET", "/metrics", "deflate, gzip;q=0.5")[1]["content-encoding"] == "gzip"
+    assert "content-encoding" not in ask("GET", "/metrics", "identity")[1]
+
+
 def test_no_created_series_beside_our_counters() -> None:
     """prometheus_client's `_created` gauges (OpenMetrics' idea, one more series per child in the text format)
     are off for the server's own counters and histograms."""

@@ -29,8 +29,14 @@ def triton_exposition(registry: Collector, counters: Callable[[], Iterable[str]]
     inner = make_wsgi_app(registry, disable_compression=True)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        wants_gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        if environ.get("PATH_INFO", "") not in ("/metrics", "/metrics/"):  # Triton serves /metrics alone
+            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+            return [b"Not Found\n"]
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        wants_gzip = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
         environ = {**environ, "HTTP_ACCEPT": TEXT_FORMAT, "HTTP_ACCEPT_ENCODING": ""}
+        if head:
+            environ["REQUEST_METHOD"] = "GET"  # HEAD: the GET's headers, no body
         answer: list[Any] = []
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
@@ -46,8 +52,24 @@ def triton_exposition(registry: Collector, counters: Callable[[], Iterable[str]]
             if wants_gzip:
                 body = gzip.compress(body, compresslevel=6)
                 headers.append(("Content-Encoding", "gzip"))
-            headers.append(("Content-Length", str(len(body))))
+            headers += [("Content-Length", str(len(body))), ("Vary", "Accept-Encoding")]
         start_response(status, headers)
-        return [body]
+        return [b""] if head else [body]
 
     return app
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (``gzip`` or ``*`` with a weight above 0)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        weight = params.strip().lower()
+        if weight.startswith("q="):
+            try:
+                return float(weight[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
