@@ -31,7 +31,7 @@ class BatchStats:
 # Upper bounds (ns) of the latency histograms' buckets (request, queue, compute): 100 us to 60 s.
 LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(
     int(v * 1000) for v in (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-                            500_000, 1_000_000, 2_500_000, 10_000_000, 25_000_000, 60_000_000)
+                            500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000, 60_000_000)
 )  # fmt: skip
 
 
