@@ -47,7 +47,6 @@ ALLOWED = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.UNIMPLEMENTED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
 MAX_DETAILS = 4096  # bytes of a status message (gRPC clients refuse trailers above 8 KiB)

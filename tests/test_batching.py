@@ -345,7 +345,8 @@ def test_a_request_the_engine_fails_does_not_fail_the_requests_batched_with_it(t
     of one, 1 BACKEND failure."""
     repo = tmp_path / "repo"
     lookup(repo / "lookup" / "1" / "model.onnx")
-    write_config(repo / "lookup", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 500000 }\n")
+    # the batch goes when the 8th request arrives (a preferred size: max_batch_size); the delay only bounds the wait
+    write_config(repo / "lookup", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 10000000 }\n")
     server = start_server(repo)
 
     async def send_all() -> list[np.ndarray | BaseException]:

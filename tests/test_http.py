@@ -61,7 +61,6 @@ HTTP_STATUS_FOR = {
     "UNAVAILABLE": {503},
     "UNIMPLEMENTED": {501},
     "INTERNAL": {500},
-    "FAILED_PRECONDITION": {400, 409, 501},  # Triton: UNSUPPORTED (501) for load/unload outside explicit mode
     "RESOURCE_EXHAUSTED": {429, 503},
     "ALREADY_EXISTS": {400, 409},
 }
@@ -839,7 +838,18 @@ def test_compressed_requests_and_responses(web: Http) -> None:
         assert answer.headers["content-encoding"] == algorithm
         decoded = gzip.decompress(answer.body) if algorithm == "gzip" else zlib.decompress(answer.body)
         assert json.loads(decoded)["outputs"][0]["data"] == ROW
+    for refused in ("gzip;q=0, deflate;q=0", "identity", "*;q=0", "br"):  # takes neither: not compressed
+        answer = web.call("POST", INFER, json.dumps(_one_input()), {"Accept-Encoding": refused})
+        assert "content-encoding" not in answer.headers and answer.json()["outputs"][0]["data"] == ROW, refused
+    answer = web.call("POST", INFER, json.dumps(_one_input()), {"Accept-Encoding": "gzip;q=0.2, deflate"})
+    assert answer.headers["content-encoding"] == "deflate"
     body = json.dumps(_one_input()).encode()
+    # gzip in two members (RFC 1952: a gzip file may be several), and deflate with zlib's header or raw
+    half = len(body) // 2
+    answer = web.call(
+        "POST", INFER, gzip.compress(body[:half]) + gzip.compress(body[half:]), {"Content-Encoding": "gzip"}
+    )
+    assert answer.status == 200, answer.body
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     for encoded, coding in [(zlib.compress(body), "deflate"), (raw.compress(body) + raw.flush(), "deflate")]:
         answer = web.call("POST", INFER, encoded, {"Content-Encoding": coding})
@@ -944,6 +954,7 @@ def test_unknown_paths_and_methods(web: Http) -> None:
     ]:
         answer = web.call(method, path, b"" if method == "POST" else None)
         assert (answer.status, answer.error()) == (405, "Method Not Allowed"), path  # index: POST, as Triton's
+        assert answer.headers["allow"] in ("POST", "GET"), answer.headers
 
 
 @pytest.mark.parametrize(
@@ -1370,6 +1381,22 @@ def test_the_restricted_protocol_guards_http_too(repo: Path) -> None:
         assert ready.status == 200
         connection.close()
         assert server.client.is_server_ready()
+    # Triton's extensions tensorgate does not serve sit behind their group's restriction too
+    with running(repo, "--http-port", str(port), "--grpc-restricted-protocol", "trace,logging:k=v") as server:
+        wait_for_http(port)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for path, headers, status in [
+            ("/v2/trace/setting", {}, 403),
+            ("/v2/models/identity/trace/setting", {}, 403),
+            ("/v2/logging", {}, 403),
+            ("/v2/logging", {"k": "v"}, 501),
+            ("/v2/systemsharedmemory/status", {}, 501),
+        ]:
+            connection.request("GET", path, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == status, (path, headers, answer.status)
+        connection.close()
 
 
 def wait_for_http(port: int, timeout: float = 30.0) -> None:

@@ -158,6 +158,18 @@ def test_stand_in_only_the_gpus_cuda_shows_this_process_are_read(visible: str | 
     assert reader is not None and [g.uuid for g in reader.read()] == read
 
 
+def test_stand_in_a_gpu_that_does_not_answer_at_start_leaves_out_that_gpu_alone() -> None:
+    nvml = StandInNvml(count=3)
+    nvml.broken.add(1)
+    reader = GpuReader.open(nvml, environ={})
+    assert reader is not None and [g.uuid for g in reader.read()] == ["GPU-00000000-stand-in", "GPU-00000002-stand-in"]
+
+
+def test_stand_in_a_mig_instance_reads_the_gpu_nvml_shows() -> None:
+    reader = GpuReader.open(StandInNvml(count=1), environ={"CUDA_VISIBLE_DEVICES": "MIG-4d3a-stand-in"})
+    assert reader is not None and [g.uuid for g in reader.read()] == ["GPU-00000000-stand-in"]
+
+
 def test_stand_in_no_gpu_visible_to_cuda_turns_gpu_metrics_off(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         assert GpuReader.open(StandInNvml(), environ={"CUDA_VISIBLE_DEVICES": ""}) is None

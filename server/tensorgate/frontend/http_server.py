@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tensorgate.errors import Code, InvalidArgument, ServerError, bounded, clip
+from tensorgate import accept_encoding
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, bounded, clip
 from tensorgate.frontend import http_codec
 from tensorgate.frontend.service import InferenceService, check_allowed, restriction_of, unsupported_extension
 from tensorgate.proto import inference_pb2 as pb
@@ -41,7 +42,12 @@ T = TypeVar("T")
 # Content-Encoding of a request body: zlib's window bits for each (gzip and deflate as Triton takes them).
 _DECODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
 # Triton's other HTTP endpoints, which tensorgate does not serve: answered as their gRPC RPCs are.
-_UNSUPPORTED = ("/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace/setting", "/v2/logging")
+_UNSUPPORTED = {  # path -> an RPC of the same protocol group (for --grpc-restricted-protocol)
+    "/v2/systemsharedmemory": "SystemSharedMemoryStatus",
+    "/v2/cudasharedmemory": "CudaSharedMemoryStatus",
+    "/v2/trace/setting": "TraceSetting",
+    "/v2/logging": "LogSettings",
+}
 
 
 class _Headers:
@@ -97,10 +103,12 @@ class HttpFrontend:
             ]
         for method, path, rpc, handler in routes:
             app.router.add_route(method, path, self._wrap(rpc, handler))
-        for prefix in _UNSUPPORTED:
-            app.router.add_route("*", prefix, _unsupported)
-            app.router.add_route("*", prefix + "/{rest:.*}", _unsupported)
-        app.router.add_route("*", f"{model}/trace/setting", _unsupported)
+        # Triton's extensions tensorgate does not serve: 501 with the reason, behind the restriction of
+        # their protocol group as over gRPC (a restricted group answers 403 first).
+        for prefix, rpc in _UNSUPPORTED.items():
+            for path in (prefix, prefix + "/{rest:.*}"):
+                app.router.add_route("*", path, self._wrap(rpc, _unsupported))
+        app.router.add_route("*", f"{model}/trace/setting", self._wrap("TraceSetting", _unsupported))
 
     def _wrap(self, rpc: str, handler: Handler) -> Handler:
         """Refuse what --grpc-restricted-protocol restricts (the same groups as over gRPC), and turn
@@ -246,10 +254,11 @@ class HttpFrontend:
                 content_type="application/octet-stream",
                 headers={http_codec.HEADER_LENGTH: str(header_length)},
             )
-        if "Accept-Encoding" in request.headers:
-            # gzip or deflate as the client accepts (Triton's response compression); aiohttp compresses a
+        coding = accept_encoding.choose(request.headers.get("Accept-Encoding", ""), ("gzip", "deflate"))
+        if coding is not None:
+            # gzip or deflate as the client takes them (Triton's response compression); aiohttp compresses a
             # large body on a thread. Inference-Header-Content-Length counts the JSON before compression.
-            answer.enable_compression()
+            answer.enable_compression(web.ContentCoding(coding))
         return answer
 
     # ---- lifecycle ----
@@ -285,18 +294,28 @@ class HttpFrontend:
 def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
     """``raw`` decompressed, at most ``limit`` bytes (HTTPRequestEntityTooLarge past it); deflate may
     come with zlib's header (RFC 9110) or raw, as some clients send it."""
+    if not raw:  # an empty body holds no compressed data to read (a bodiless POST, whatever its headers)
+        return raw
     for bits in (wbits, -zlib.MAX_WBITS) if wbits == zlib.MAX_WBITS else (wbits,):
-        inflater = zlib.decompressobj(bits)
+        parts: list[bytes] = []
+        size, rest = 0, raw
         try:
-            body = inflater.decompress(raw, limit + 1)
+            while True:  # gzip: one member after another (RFC 1952), the whole body within the limit
+                inflater = zlib.decompressobj(bits)
+                part = inflater.decompress(rest, limit + 1 - size)
+                size += len(part)
+                parts.append(part)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                if not inflater.eof:
+                    raise InvalidArgument("the request body cannot be read: its compressed data ends early")
+                rest = inflater.unused_data
+                if not rest:
+                    return b"".join(parts)
+                if bits != wbits or wbits != 16 + zlib.MAX_WBITS:
+                    raise InvalidArgument("the request body cannot be read: data follows its compressed stream")
         except zlib.error as exc:
             error = exc
-            continue
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-        if not inflater.eof:
-            raise InvalidArgument("the request body cannot be read: its compressed data ends early")
-        return body
     raise InvalidArgument(
         bounded(f"the request body cannot be read: it does not decode as its Content-Encoding says ({error})")
     )
@@ -309,12 +328,14 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except web.HTTPNotFound:
         return _error("Not Found", 404)
-    except web.HTTPMethodNotAllowed:
-        return _error("Method Not Allowed", 405)
+    except web.HTTPMethodNotAllowed as exc:
+        refused = _error("Method Not Allowed", 405)
+        refused.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return refused
 
 
 async def _unsupported(request: web.Request) -> web.Response:
-    return _error(unsupported_extension(request.path), HTTP_STATUS[Code.UNIMPLEMENTED])
+    raise Unimplemented(unsupported_extension(request.path))
 
 
 async def _off_loop(heavy: bool, work: Callable[[], T]) -> T:

@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import Collector
 
+from tensorgate import accept_encoding
+
 TEXT_FORMAT = "text/plain; version=0.0.4"  # what Triton (prometheus-cpp) serves and every Prometheus reads
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -33,7 +35,7 @@ def triton_exposition(registry: Collector, counters: Callable[[], Iterable[str]]
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
             return [b"Not Found\n"]
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        wants_gzip = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        wants_gzip = accept_encoding.choose(environ.get("HTTP_ACCEPT_ENCODING", ""), ("gzip",)) is not None
         environ = {**environ, "HTTP_ACCEPT": TEXT_FORMAT, "HTTP_ACCEPT_ENCODING": ""}
         if head:
             environ["REQUEST_METHOD"] = "GET"  # HEAD: the GET's headers, no body
@@ -57,19 +59,3 @@ def triton_exposition(registry: Collector, counters: Callable[[], Iterable[str]]
         return [b""] if head else [body]
 
     return app
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an Accept-Encoding header takes gzip (``gzip`` or ``*`` with a weight above 0)."""
-    for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
-            continue
-        weight = params.strip().lower()
-        if weight.startswith("q="):
-            try:
-                return float(weight[2:]) > 0
-            except ValueError:
-                return False
-        return True
-    return False

@@ -59,21 +59,34 @@ class GpuReader:
                 return None
         try:
             nvml.nvmlInit()
-            every = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-            found = [
-                NvmlGpu(_text(nvml.nvmlDeviceGetUUID(h)), "", _text(nvml.nvmlDeviceGetPciInfo(h).busId)) for h in every
-            ]
+            count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
             log.info("event=gpu_metrics_off reason=%s", f"NVML cannot start ({exc}): no NVIDIA driver or GPU")
             return None
-        visible, why = cuda_devices(found, os.environ if environ is None else environ)
-        by_uuid = {gpu.uuid: handle for gpu, handle in zip(found, every, strict=True)}
+        found: list[NvmlGpu] = []
+        by_uuid: dict[str, Any] = {}
+        for index in range(count):
+            try:  # one GPU that does not answer leaves out that GPU alone
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+                bus = _text(nvml.nvmlDeviceGetPciInfo(handle).busId)
+            except nvml.NVMLError as exc:
+                log.warning("event=gpu_metrics_stale gpu=%d reason=%s", index, str(exc))
+                continue
+            found.append(NvmlGpu(uuid, "", bus))
+            by_uuid[uuid] = handle
+        environ = os.environ if environ is None else environ
+        if "MIG-" in environ.get("CUDA_VISIBLE_DEVICES", ""):
+            # A MIG instance is not a GPU NVML lists: its GPU is the one NVML shows this container.
+            visible, why = sorted(found, key=lambda g: g.pci_bus_id), ""
+        else:
+            visible, why = cuda_devices(found, environ)
         handles = [by_uuid[gpu.uuid] for gpu in visible]
         if not handles:
-            log.info("event=gpu_metrics_off reason=%s", why or "NVML found no GPU")
+            log.info("event=gpu_metrics_off reason=%s", why or "NVML found no GPU that answers")
             nvml.nvmlShutdown()
             return None
-        log.info("event=gpu_metrics_on gpus=%d of=%d", len(handles), len(every))
+        log.info("event=gpu_metrics_on gpus=%d of=%d", len(handles), count)
         return cls(handles, nvml)
 
     def read(self) -> list[GpuSample]:
