@@ -508,6 +508,22 @@ def _selects(selector: Doc, labels: Mapping[str, str]) -> bool:
     return True
 
 
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "APIService",
+                  "PriorityClass", "StorageClass", "ClusterServingRuntime"}  # fmt: skip
+
+
+@pytest.mark.parametrize("tree", OVERLAYS)
+def test_every_namespaced_object_is_in_the_namespace(tree: str) -> None:
+    """`kubectl apply -k` puts an object without a namespace in the kubeconfig's current one: an
+    overlay's own objects (the GPU engine cache's claim) must be in the server's namespace too."""
+    docs = rendered(tree)
+    namespaces = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+    assert namespaces == {"tensorgate"}
+    stray = [(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] not in CLUSTER_SCOPED
+             and d["metadata"].get("namespace") != "tensorgate"]  # fmt: skip
+    assert not stray, stray
+
+
 @pytest.mark.parametrize("tree", OVERLAYS)
 def test_selectors_and_names_connect(tree: str) -> None:
     docs = rendered(tree)
