@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, wait_for
+from conftest import Server, free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import add_sub, slow, write_config
 
@@ -164,6 +164,40 @@ def test_drain_delay_keeps_taking_requests_while_not_ready(tmp_path: Path) -> No
     assert len(in_drain) >= 10, f"only {len(in_drain)} calls during the drain delay"
     failed = [c.error for c in calls if c.started < signalled + drain - 0.3 and c.error is not None]
     assert not failed, f"{len(failed)} calls sent before the drain delay ended failed: {failed[:3]}"
+
+
+def test_http_answers_close_their_kept_alive_connection_while_draining(tmp_path: Path) -> None:
+    """A Service balances connections: an HTTP client keeping its connection alive would keep sending
+    to a replica that is going away. While it drains, the server answers (200) and closes each
+    connection (``Connection: close``), so the client's next request opens a new one, which the Service
+    sends to a replica that is ready."""
+    import http.client
+
+    port = free_port()
+    server = Server(_repo(tmp_path), "--http-port", str(port), "--drain-delay-secs", "3")
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [1, 16], "datatype": "FP32", "data": list(range(16))} for n in ("INPUT0", "INPUT1")
+            ]
+        }
+    )
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/v2/models/add_sub/infer", body)
+        before = connection.getresponse()
+        before.read()
+        assert before.status == 200 and before.getheader("Connection", "").lower() != "close"
+        server.send_signal(signal.SIGTERM)
+        wait_for(lambda: "event=draining" in server.log, 5, 0.01)
+        connection.request("POST", "/v2/models/add_sub/infer", body)  # the same kept-alive connection
+        during = connection.getresponse()
+        assert during.status == 200 and json.loads(during.read())["outputs"]
+        assert during.getheader("Connection", "").lower() == "close"
+    finally:
+        connection.close()
+    assert server.proc.wait(30) == 0, server.log
+    server.stop()
 
 
 def test_drain_delay_must_leave_time_to_finish(tmp_path: Path) -> None:

@@ -117,6 +117,14 @@ class HttpFrontend:
         state = self.service.state
 
         async def call(request: web.Request) -> web.StreamResponse:
+            response = await answer(request)
+            if not state.ready and not response.prepared:
+                # Shutting down (or not yet serving): the client's next request opens a new connection,
+                # which the Service sends to a replica that is ready, instead of this kept-alive one.
+                response.force_close()
+            return response
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             if restriction is not None:
                 try:
                     check_allowed(restriction, _Headers(request))
