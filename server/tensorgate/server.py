@@ -173,12 +173,19 @@ class Server:
                 "not ready, still answering: requests on their way while endpoints update are not lost",
             )
             await asyncio.sleep(settings.drain_delay_secs)
-        # What gRPC already holds reaches the service within moments: answer it, as any request.
-        await _until_quiet(state, QUIET_SECS, SETTLE_SECS)
-        state.stop_accepting()
         # Requests in flight get the exit timeout but a tenth (at most a second), kept for unloading.
         timeout = settings.exit_timeout_secs
         deadline = self._signalled_at + max(0.0, timeout - min(1.0, timeout / 10))
+        grpc_stopped: asyncio.Task[None] | None = None
+        if settings.drain_delay_secs > 0:
+            # The endpoints no longer list this replica, but a client whose connection a Service pinned
+            # here still sends on it. gRPC stops listening and sends GOAWAY on every connection now: such a
+            # client opens a new connection, to a replica that serves, and gRPC itself retries there a call
+            # sent after the GOAWAY (refused here it would fail). Calls in flight go on to the deadline.
+            grpc_stopped = asyncio.create_task(frontend.stop(max(0.0, deadline - time.monotonic())))
+        # What gRPC already holds reaches the service within moments: answer it, as any request.
+        await _until_quiet(state, QUIET_SECS, SETTLE_SECS)
+        state.stop_accepting()
         log.info("event=closing in_flight=%d", state.inferring)
         while state.inferring and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
@@ -186,7 +193,12 @@ class Server:
         abandoned = state.inferring
         if self._http is not None:
             await self._http.stop()
-        await frontend.stop(max(0.0, deadline - time.monotonic()))
+        if grpc_stopped is None:
+            # No drain delay: no GOAWAY before the calls gRPC holds have reached the service (a call that
+            # arrives as gRPC stops is cancelled by gRPC itself: grpc/grpc#41785).
+            await frontend.stop(max(0.0, deadline - time.monotonic()))
+        else:
+            await grpc_stopped
         await self.repository.stop()
         self._lag.stop()
         if self._metrics is not None:
