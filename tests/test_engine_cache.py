@@ -137,3 +137,22 @@ def test_atomic_write_replaces_whole_files_only(tmp_path: Path) -> None:
     atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["timing.cache"]
+
+
+def test_a_cache_that_cannot_be_written_serves_the_engine_built_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache volume this user cannot write (an NFS or SMB share mounted without fsGroup): the engine
+    just built is served, the failure logged, instead of the build (minutes on a GPU) failing. Here the
+    build itself is replaced by a function returning bytes: no TensorRT runs."""
+    from tensorgate.backends.tensorrt import build
+
+    monkeypatch.setattr(build, "build_plan", lambda *args, **kwargs: b"built plan")
+    (tmp_path / "not-a-directory").write_bytes(b"")
+    cache = EngineCache(tmp_path / "not-a-directory" / "engines")
+    with caplog.at_level("WARNING"):
+        plan = build.load_or_build("m", tmp_path / "model.onnx", KEY, {}, build.BuildOptions(), cache, 0)
+    assert plan == b"built plan"
+    assert (
+        "event=engine_cache_write_failed model=m" in caplog.text and "serve the engine built, uncached" in caplog.text
+    )

@@ -287,7 +287,17 @@ def load_or_build(
         )
         plan = build_plan(model, model_file, shapes, options, device)
         if cache is not None:
-            cache.store(key, plan)
+            try:
+                cache.store(key, plan)
+            except OSError as exc:  # a cache volume this user cannot write (an NFS or SMB share without fsGroup)
+                log.warning(
+                    "event=engine_cache_write_failed model=%s digest=%s dir=%s reason=%s next=%s",
+                    model,
+                    key.digest,
+                    cache.directory,
+                    str(exc),
+                    "serve the engine built, uncached (the next start builds it again)",
+                )
     return plan
 
 
