@@ -211,6 +211,14 @@ def live_waits_during(url: str, call: Callable[[], T]) -> tuple[T, float, list[f
     return result, latency, waits
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory process ``pid`` has used so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmHWM")
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:

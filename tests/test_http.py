@@ -42,7 +42,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from conftest import ROOT, Server, free_port, live_waits_during, running
+from conftest import ROOT, Server, free_port, live_waits_during, peak_rss_bytes, running
 from models import identity, write_config
 from onnx import TensorProto
 from repository_helpers import add_const, error_of, model_with_versions
@@ -866,7 +866,7 @@ def test_a_compression_bomb_is_refused_without_inflating_it(repo: Path) -> None:
     bomb = b"".join(squeeze.compress(bytes(1 << 24)) for _ in range(64)) + squeeze.flush()
     with running(repo, *flags) as server:
         wait_for_http(port)
-        before = _peak_rss(server.proc.pid)
+        before = peak_rss_bytes(server.proc.pid)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
             conn.sendall(head.encode() + bomb)
@@ -875,15 +875,8 @@ def test_a_compression_bomb_is_refused_without_inflating_it(repo: Path) -> None:
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert b"exceeds 4194304 bytes (--grpc-max-message-bytes)" in answer
-        assert _peak_rss(server.proc.pid) - before < 64 << 20
+        assert peak_rss_bytes(server.proc.pid) - before < 64 << 20
         assert server.client.is_server_live() and start_http(server, port).get("/v2/health/ready").status == 200
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError("VmHWM")
 
 
 def test_data_nested_hundreds_deep(web: Http) -> None:

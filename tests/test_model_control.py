@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import Server, index_of, wait_for
+from conftest import Server, index_of, peak_rss_bytes, wait_for
 from models import slow, write_config
 from repository_helpers import (
     BAD_NAMES,
@@ -258,13 +258,6 @@ def test_explicit_load_with_config_override(explicit_repo: Path, start_server: C
     assert status(error_of(infer, client, "c", "1")) == "NOT_FOUND"
 
 
-def _peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError("VmHWM")
-
-
 def _warmup(dims: str, count: int = 1) -> str:
     """A config override with one warmup sample of ``dims`` run ``count`` times."""
     return (
@@ -288,10 +281,10 @@ def test_a_config_override_cannot_make_the_server_allocate_or_run_without_bound(
     warmup runs, fail the load with the reason before anything is allocated or run."""
     server = start_server(explicit_repo, *EXPLICIT)
     client = server.client
-    before = _peak_rss_bytes(server.proc.pid)
+    before = peak_rss_bytes(server.proc.pid)
     err = error_of(client.load_model, "c", config=config)
     assert status(err) == "INVALID_ARGUMENT" and words in err.message(), err
-    assert _peak_rss_bytes(server.proc.pid) - before < 64 << 20
+    assert peak_rss_bytes(server.proc.pid) - before < 64 << 20
     client.load_model("c")
     assert infer(client, "c") == (2.0, "2")
 
