@@ -320,7 +320,7 @@ def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
                 rest = inflater.unused_data
                 if not rest:
                     return b"".join(parts)
-                if bits != wbits or wbits != 16 + zlib.MAX_WBITS:
+                if bits != _DECODINGS["gzip"]:  # only gzip comes in members
                     raise InvalidArgument("the request body cannot be read: data follows its compressed stream")
         except zlib.error as exc:
             error = exc
