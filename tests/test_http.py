@@ -151,6 +151,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_config(path / "mixed", MIXED_CONFIG)
     identity(path / "big" / "1" / "model.onnx", shape=("n",))  # one FP32 tensor of any length
     write_config(path / "big", "max_batch_size: 0\n")
+    identity(path / "one_string" / "1" / "model.onnx", elem_type=TensorProto.STRING, shape=("batch", 1))
+    identity(path / "two_free_dims" / "1" / "model.onnx", shape=("n", "m"))
+    write_config(path / "two_free_dims", "max_batch_size: 0\n")
     return path
 
 
@@ -602,6 +605,49 @@ def test_binary_data_size_mixed_with_json(web: Http) -> None:
     outputs = web.post_binary("/v2/models/add_sub/infer", doc, a.tobytes(), b.tobytes()).infer_outputs()
     assert np.frombuffer(outputs["OUTPUT0"], np.float32).tolist() == (a + b).flatten().tolist()
     assert np.ravel(outputs["OUTPUT1"]).tolist() == (a - b).flatten().tolist()
+
+
+def raw_binary(web: Http, model: str, body: bytes) -> Answer:
+    """Triton's raw binary request: Inference-Header-Content-Length 0, the whole body the one input's data."""
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "0"}
+    return web.call("POST", f"/v2/models/{model}/infer", body, headers)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.v2 != "BYTES"], ids=lambda k: k.v2)
+def test_raw_binary_request(web: Http, kind: Kind) -> None:
+    row = sample(kind)[:1]  # the model batches: a raw request is a batch of one, dims from the config
+    answer = raw_binary(web, kind.model, row.tobytes())
+    assert answer.headers["content-type"] == "application/octet-stream"
+    assert answer.infer_outputs() == {"OUTPUT0": row.tobytes()}  # every output, as binary data
+
+
+def test_raw_binary_request_deduces_the_variable_dim_and_one_string(web: Http) -> None:
+    values = np.arange(37, dtype=np.float32)  # big: max_batch_size 0, dims [-1]
+    answer = raw_binary(web, "big", values.tobytes())
+    assert answer.infer_outputs() == {"OUTPUT0": values.tobytes()}
+    header = json.loads(answer.body[: int(answer.headers["inference-header-content-length"])])
+    assert header["outputs"][0]["shape"] == [37]
+
+    text = "427 héllo".encode()  # a BYTES input of shape [1]: the body is its one element
+    outputs = raw_binary(web, "one_string", text).infer_outputs()
+    assert outputs == {"OUTPUT0": len(text).to_bytes(4, "little") + text}  # BYTES binary data: length, bytes
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "words"),
+    [
+        ("add_sub", bytes(128), "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in"),
+        ("id_bytes", b"427", "For BYTE datatype raw input 'INPUT0', the model must have input shape [1]"),
+        ("two_free_dims", bytes(16), "The shape of the raw input 'INPUT0' can not be deduced because there are more"),
+        ("id_fp32", bytes(7), "input 'INPUT0'"),  # 7 bytes are no [1, 5] FP32: the usual size check says so
+        ("no_such_model", bytes(4), "Request for unknown model: 'no_such_model'"),
+    ],
+    ids=["two-inputs", "bytes-of-5", "two-free-dims", "wrong-size", "unknown-model"],
+)
+def test_raw_binary_request_refused_as_triton(web: Http, model: str, body: bytes, words: str) -> None:
+    answer = raw_binary(web, model, body)
+    assert answer.status in (400, 404), (answer.status, answer.body)
+    assert words in answer.error()
 
 
 def _one_input(**fields: Any) -> dict[str, Any]:
@@ -1069,7 +1115,8 @@ def test_statistics_match_grpc(server: Server, web: Http) -> None:
     assert web.get("/v2/models/identity/versions/1/stats").json() == stats
 
     every = web.get("/v2/models/stats").json()["model_stats"]
-    want = {"add_sub", "identity", "string_identity", "mixed", "big", *(k.model for k in KINDS)}
+    want = {"add_sub", "identity", "string_identity", "mixed", "big", "one_string", "two_free_dims"}
+    want |= {k.model for k in KINDS}
     assert {s["name"] for s in every} == want
     assert web.client.get_inference_statistics() == {"model_stats": every}
 

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from tensorgate import datatypes
 from tensorgate.errors import InvalidArgument, clip
 from tensorgate.frontend import codec
+from tensorgate.model_config.spec import ModelSpec
 from tensorgate.proto import inference_pb2 as pb
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -290,6 +291,48 @@ def infer_request(
             choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
         _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
     return request, choice
+
+
+def is_raw_request(header_length: str | None) -> bool:
+    """Whether the request is Triton's raw binary request: ``Inference-Header-Content-Length: 0``, no
+    JSON, the whole body the data of the model's one input."""
+    return header_length is not None and _DIGITS.fullmatch(header_length) is not None and int(header_length) == 0
+
+
+def raw_request(
+    model_name: str, version: str, body: bytes, spec: ModelSpec
+) -> tuple[pb.ModelInferRequest, OutputChoice]:
+    """Triton's raw binary request as a ModelInferRequest: ``body`` is the data of the model's only input,
+    its shape deduced as Triton's core deduces it (a batch of one where the model batches, the config's
+    dims, the one variable-size dim from the byte size; a BYTES input must be one element); every output
+    is answered, as binary data."""
+    if len(spec.inputs) != 1:
+        raise InvalidArgument(
+            f"Raw request must only have 1 input (found 1) to be deduced but got {len(spec.inputs)} inputs in "
+            f"'{clip(model_name)}' model configuration"
+        )
+    (tensor,) = spec.inputs.values()
+    shape = [1] if spec.batched else []
+    variable = [i for i, d in enumerate(tensor.dims) if d == -1]
+    if len(variable) > 1:
+        raise InvalidArgument(
+            f"The shape of the raw input '{tensor.name}' can not be deduced because there are more than one "
+            "variable-sized dimension"
+        )
+    fixed = math.prod(d for d in tensor.dims if d != -1)
+    dims = list(tensor.dims)
+    if tensor.datatype.is_bytes:
+        if variable or fixed != 1:
+            raise InvalidArgument(f"For BYTE datatype raw input '{tensor.name}', the model must have input shape [1]")
+        data = len(body).to_bytes(4, "little") + body  # one element, length-prefixed as BYTES travels
+    else:
+        if variable:
+            dims[variable[0]] = len(body) // fixed // tensor.datatype.itemsize
+        data = body  # a size that does not fit the shape is refused by the request's usual checks
+    request = pb.ModelInferRequest(model_name=model_name, model_version=version)
+    request.inputs.add(name=tensor.name, datatype=tensor.datatype.v2, shape=shape + dims)
+    request.raw_input_contents.append(data)
+    return request, OutputChoice(default_binary=True)
 
 
 def _json_values(datatype: str, shape: Sequence[int], raw: bytes) -> str:

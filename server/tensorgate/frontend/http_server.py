@@ -249,8 +249,12 @@ class HttpFrontend:
         name, version = _model(request)
         body = await self._body(request)
         length = request.headers.get(http_codec.HEADER_LENGTH)
-        heavy = http_codec.heavy_request(body, length)
-        query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
+        if http_codec.is_raw_request(length):
+            spec = self.service.repository.get(name, version).spec
+            query, choice = http_codec.raw_request(name, version, body, spec)
+        else:
+            heavy = http_codec.heavy_request(body, length)
+            query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
         response = await self.service.model_infer(query, response_limit=0)
         heavy = http_codec.heavy_response(response, choice)
         payload, header_length = await _off_loop(heavy, lambda: http_codec.infer_response(response, choice))
