@@ -568,6 +568,22 @@ def test_a_warmup_sample_must_fit_the_inputs_dims(tmp_path: Path) -> None:
         _warm(tmp_path, f"batch_size: 1 {zeros}", {})
 
 
+def test_a_reshaped_warmup_sample_must_fit_the_model_file(tmp_path: Path) -> None:
+    """dims [-1] reshaped to [-1] where the ONNX file fixes 4: a sample of 3 is refused naming the shapes (as a
+    request of 3 is), not left to fail inside ONNX Runtime; a sample of 4 is reshaped and kept."""
+    config = (
+        "max_batch_size: 8\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [-1] reshape: { shape: [-1] } }]\n"
+        "model_warmup [{ name: 'w' batch_size: 2 inputs { key: 'x' value { data_type: TYPE_FP32 dims: [%d] "
+        "zero_data: true } } }]"
+    )
+    spec = build(config % 3, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    with pytest.raises(ModelConfigError, match=re.escape("dims [3] reshaped as config.pbtxt says are [3], but the")):
+        C.warmup_samples(spec, tmp_path / "m")
+    spec = build(config % 4, [t("x", None, 4)], [t("y", None, 4)], tmp_path=tmp_path)
+    (sample,) = C.warmup_samples(spec, tmp_path / "m")
+    assert sample.inputs["x"].shape == (2, 4)
+
+
 @pytest.mark.parametrize(
     ("data_type", "named"),
     [("data_type: TYPE_INT32", "data_type TYPE_INT32 is not the input's TYPE_FP32"), ("", "data_type TYPE_INVALID")],

@@ -91,7 +91,14 @@ def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
             tensor = spec.inputs[name]
             if tensor.reshape is not None:  # config.pbtxt's reshape: what the model takes
                 dims = array.shape[1:] if spec.batched else array.shape
-                arrays[name] = array.reshape(((rows,) if spec.batched else ()) + tensor.to_model(dims))
+                target = tensor.to_model(dims)
+                fixed = tensor.model_dims or target
+                if any(want not in (-1, got) for want, got in zip(fixed, target, strict=True)):
+                    raise ModelConfigError(
+                        f"model_warmup {warmup.name!r} input {name!r}: dims {list(dims)} reshaped as config.pbtxt "
+                        f"says are {list(target)}, but the model takes {list(fixed)} (-1: any size)"
+                    )
+                arrays[name] = array.reshape(((rows,) if spec.batched else ()) + target)
         samples.append(WarmupSample(warmup.name, arrays, max(1, warmup.count)))
     return samples
 
