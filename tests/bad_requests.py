@@ -409,3 +409,59 @@ CASES += [
         ("'OUTPUT0'", "classification"),
     ),
 ]
+
+
+def _request_parameter(key: str, which: str, value: object) -> Callable[[], Request]:
+    def build() -> Request:
+        request = _good_add_sub()
+        setattr(request.parameters[key], which, value)
+        return request
+
+    return build
+
+
+# Triton's gRPC frontend: each request parameter's value type, and only its own "triton_" keys
+CASES += [
+    (
+        "triton_prefixed_parameter",
+        _request_parameter("triton_foo", "bool_param", True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("'triton_foo'", "reserved for Triton usage", "triton_enable_empty_final_response"),
+    ),
+    (
+        "sequence_id_bool",
+        _request_parameter("sequence_id", "bool_param", True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("invalid value type for 'sequence_id' parameter, expected int64_param or string_param.",),
+    ),
+    (
+        "sequence_start_int",
+        _request_parameter("sequence_start", "int64_param", 1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("invalid value type for 'sequence_start' parameter, expected bool_param.",),
+    ),
+    (
+        "timeout_uint64",
+        _request_parameter("timeout", "uint64_param", 5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("invalid value type for 'timeout' parameter, expected int64_param.",),
+    ),
+    (
+        "priority_double",
+        _request_parameter("priority", "double_param", 1.0),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("invalid value type for 'priority' parameter, expected int64_param or uint64_param.",),
+    ),
+    (
+        "custom_parameter_double",
+        _request_parameter("my_knob", "double_param", 0.5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("invalid value type for 'my_knob' parameter, expected int64_param, bool_param, or string_param.",),
+    ),
+    (
+        "empty_final_response_not_bool",
+        _request_parameter("triton_enable_empty_final_response", "string_param", "yes"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("'triton_enable_empty_final_response' parameter, expected bool_param.",),
+    ),
+]

@@ -207,6 +207,16 @@ def parameters() -> st.SearchStrategy[dict[str, tuple[str, Any]]]:
     )
 
 
+def _valid_value(key: str, drawn: tuple[str, Any]) -> tuple[str, Any]:
+    """A value a correct request may give ``key`` (Triton's gRPC types: a timeout is an int64, a priority
+    an int64 or a uint64, a custom parameter an int64, a bool or a string)."""
+    if key == "priority":
+        return drawn
+    if key == "timeout":
+        return ("int64_param", drawn[1])
+    return ("bool_param", True)
+
+
 def _set_parameters(target: Any, params: dict[str, tuple[str, Any]]) -> None:
     for key, (kind, value) in params.items():
         param = target[key]  # a map entry: created even when no value is set below
@@ -316,7 +326,7 @@ def valid_requests(draw: st.DrawFn, catalog: Catalog) -> FuzzRequest:
                         st.tuples(st.just("uint64_param"), st.integers(0, 0)),
                     ),
                     max_size=2,
-                ).map(lambda d: {k: v if k in ("priority", "timeout") else ("bool_param", True) for k, v in d.items()})
+                ).map(lambda d: {k: _valid_value(k, v) for k, v in d.items()})
             ),
         )
     return FuzzRequest(message, valid=True, model=model, recipe=["valid"])

@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from bad_requests import CASES, MAX_BATCH, Request, _check_serving, _f32, _fp32, _good_add_sub, _request, _strings
 from conftest import Server
-from models import save, write_config
+from models import save, slow, write_config
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -71,6 +71,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _identity(root / "int8" / "1" / "model.onnx", TensorProto.INT8, ["batch", 4])
     _identity(root / "fp16" / "1" / "model.onnx", TensorProto.FLOAT16, ["batch", 4])
     _identity(root / "large" / "1" / "model.onnx", TensorProto.FLOAT, ["batch", "n"])
+    slow(root / "slow" / "1" / "model.onnx")
+    write_config(root / "slow", "max_batch_size: 64\n")
     # A model that cannot load at all, and one whose version 2 cannot (version 1 serves).
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
@@ -324,10 +326,37 @@ def test_every_stream_message_is_answered_even_one_that_does_not_parse(
             response_deserializer=pb.ModelStreamInferResponse.FromString,
         )
         answers = list(stream(iter([good, GARBAGE, good]), timeout=30))
-    assert len(answers) == 3
-    errors = [a.error_message for a in answers if a.error_message]
-    assert errors == [errors[0]] and errors[0].startswith("stream message 2: ") and "ModelInferRequest" in errors[0]
-    assert sum(1 for a in answers if not a.error_message and a.infer_response.id == "good") == 2
+    assert [a.infer_response.id for a in answers] == ["good", "", "good"]  # in the order of the messages
+    assert [bool(a.error_message) for a in answers] == [False, True, False]
+    assert answers[1].error_message.startswith("stream message 2: ") and "ModelInferRequest" in answers[1].error_message
+    _check_serving(server, stub)
+
+
+def test_stream_answers_keep_the_order_of_the_requests(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """As Triton answers a model that is not decoupled: a fast request or an error behind a slow request waits
+    for it, so a client (tritonclient's callback gets no id with an error) can tell which answer is whose. Every
+    answer says triton_final_response, errors with the request's id and model."""
+    heavy = np.ones((64, 512), np.float32)  # slow: 64 MatMuls of [64, 512]: tens of ms on a worker thread
+    messages = [
+        _request("slow", _fp32("INPUT0", heavy), request_id="slow-1"),
+        _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), request_id="fast-2"),
+        _request("nope", _fp32("INPUT0", _f32()), request_id="unknown-3"),
+        _request("add_sub", _fp32("INPUT0", _f32()), _fp32("INPUT1", _f32()), request_id="fast-4"),
+    ]
+    messages[1].parameters["triton_enable_empty_final_response"].bool_param = True  # Triton's own: taken
+    with grpc.insecure_channel(server.url) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        answers = list(stream(iter([m.SerializeToString() for m in messages]), timeout=60))
+    assert [a.infer_response.id for a in answers] == ["slow-1", "fast-2", "unknown-3", "fast-4"]
+    assert [bool(a.error_message) for a in answers] == [False, False, True, False]
+    assert "Request for unknown model: 'nope'" in answers[2].error_message
+    assert answers[2].infer_response.model_name == "nope"
+    assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers)
     _check_serving(server, stub)
 
 

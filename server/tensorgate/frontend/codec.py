@@ -284,6 +284,37 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
     )
 
 
+# Triton's gRPC frontend (SetInferenceRequestMetadata): the value types each request parameter may have; a
+# key starting with "triton_" only if it is one of Triton's; any other key an int64, a bool or a string.
+_PARAMETER_TYPES = {
+    "sequence_id": ("int64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+    "priority": ("int64_param", "uint64_param"),
+    "timeout": ("int64_param",),
+    "triton_enable_empty_final_response": ("bool_param",),
+}
+_CUSTOM_PARAMETER_TYPES = ("int64_param", "bool_param", "string_param")
+
+
+def check_request_parameters(request: pb.ModelInferRequest) -> None:
+    """A gRPC request's parameters have the value types Triton's gRPC frontend takes (INVALID_ARGUMENT in
+    its words otherwise); HTTP/REST checks its JSON parameters itself."""
+    for key, param in request.parameters.items():
+        allowed = _PARAMETER_TYPES.get(key)
+        if allowed is None:
+            if key.startswith("triton_"):
+                raise InvalidArgument(
+                    f"parameter '{clip(key)}': parameter keys starting with 'triton_' are reserved for Triton usage. "
+                    "Only the following keys starting with 'triton_' are allowed: triton_enable_empty_final_response"
+                )
+            allowed = _CUSTOM_PARAMETER_TYPES
+        if param.WhichOneof("parameter_choice") not in allowed:
+            *first, last = allowed
+            expected = f"{', '.join(first)}{',' if len(first) > 1 else ''} or {last}" if first else last
+            raise InvalidArgument(f"invalid value type for '{clip(key)}' parameter, expected {expected}.")
+
+
 def check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
     for key in _UNSUPPORTED_TENSOR_PARAMETERS:
         if key in tensor.parameters:

@@ -255,7 +255,7 @@ class HttpFrontend:
         else:
             heavy = http_codec.heavy_request(body, length)
             query, choice = await _off_loop(heavy, lambda: http_codec.infer_request(name, version, body, length))
-        response = await self.service.model_infer(query, response_limit=0)
+        response = await self.service.model_infer(query, response_limit=0, grpc_parameters=False)
         heavy = http_codec.heavy_response(response, choice)
         payload, header_length = await _off_loop(heavy, lambda: http_codec.infer_response(response, choice))
         if header_length is None:

@@ -218,14 +218,22 @@ class InferenceService:
     # ---- inference ----
 
     async def model_infer(
-        self, request: pb.ModelInferRequest, context: Any = None, *, response_limit: int | None = None
+        self,
+        request: pb.ModelInferRequest,
+        context: Any = None,
+        *,
+        response_limit: int | None = None,
+        grpc_parameters: bool = True,
     ) -> pb.ModelInferResponse:
         """One inference. Its response must fit ``response_limit`` bytes: by default a unary gRPC
-        message (--grpc-max-message-bytes); 0: no limit (HTTP/REST)."""
+        message (--grpc-max-message-bytes); 0: no limit (HTTP/REST). ``grpc_parameters``: the request's
+        parameters are checked as Triton's gRPC frontend checks them (HTTP/REST checks its own)."""
         state = self.state
         state.inference_calls += 1
         if state.closing.is_set():
             raise Unavailable(SHUTTING_DOWN)
+        if grpc_parameters and request.parameters:
+            codec.check_request_parameters(request)
         state.inferring += 1
         try:
             served = self.repository.get(request.model_name, request.model_version)
@@ -249,9 +257,11 @@ class InferenceService:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is answered as it completes (not necessarily in order); errors travel in
-        ``error_message`` and the stream stays open, as Triton does. A message that does not parse
-        is answered too, with an error naming its place on the stream.
+        """Each request is answered in the order the requests came (Triton's order for a model that
+        is not decoupled: a request that completes early waits for those before it); errors travel in
+        ``error_message`` with the request's id and the stream stays open, and every answer carries
+        ``triton_final_response: true``, as Triton does. A message that does not parse is answered too,
+        with an error naming its place on the stream.
 
         Flow control: at most ``--grpc-stream-max-outstanding`` messages of a stream may be unanswered
         (running, queued, or answered but not yet sent because the client does not read); at the
@@ -259,27 +269,36 @@ class InferenceService:
         holds the client's writes. On shutdown no further message is read, and the stream ends with
         UNAVAILABLE once every message read is answered (the status says how many)."""
         state = self.state
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
+        # The answers in the order of the messages, each a future; None: the stream's end.
+        answers: asyncio.Queue[asyncio.Future[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
+        pending: set[asyncio.Task[pb.ModelStreamInferResponse]] = set()
         slots = asyncio.Semaphore(self.repository.settings.grpc_stream_max_outstanding)
         received = 0
+        loop = asyncio.get_running_loop()
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
                 # the stream's message wraps the response in a few bytes more
                 limit = self.max_response_bytes - codec.STREAM_WRAPPER_BYTES
                 response = pb.ModelStreamInferResponse(
                     infer_response=await self.model_infer(request, response_limit=limit)
                 )
-            except ServerError as exc:
-                response = pb.ModelStreamInferResponse(error_message=exc.message)
-                response.infer_response.id = request.id
-                response.infer_response.model_name = request.model_name
             except Exception as exc:
-                state.internal_errors += 1
-                log.exception("event=internal_error rpc=ModelStreamInfer request_id=%s", request.id)
-                response = pb.ModelStreamInferResponse(error_message=bounded(f"internal error: {exc}"))
-            answers.put_nowait(response)
+                if isinstance(exc, ServerError):
+                    message = exc.message
+                else:
+                    state.internal_errors += 1
+                    log.exception("event=internal_error rpc=ModelStreamInfer request_id=%s", request.id)
+                    message = bounded(f"internal error: {exc}")
+                response = pb.ModelStreamInferResponse(error_message=message)
+                failed = response.infer_response  # which request failed, as Triton says it
+                failed.id, failed.model_name, failed.model_version = (
+                    request.id,
+                    request.model_name,
+                    request.model_version,
+                )
+            response.infer_response.parameters["triton_final_response"].bool_param = True
+            return response
 
         async def read() -> None:
             nonlocal received
@@ -296,13 +315,16 @@ class InferenceService:
                     try:
                         request = _parse(state, pb.ModelInferRequest, raw)
                     except ServerError as exc:
-                        answers.put_nowait(
+                        refused = loop.create_future()
+                        refused.set_result(
                             pb.ModelStreamInferResponse(error_message=f"stream message {received}: {exc.message}")
                         )
+                        answers.put_nowait(refused)
                         continue
                     task = asyncio.create_task(answer(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
+                    answers.put_nowait(task)
                 await _settled(pending)
             except asyncio.CancelledError:
                 ended = False
@@ -329,7 +351,7 @@ class InferenceService:
         helpers = (reader, asyncio.create_task(close_on_shutdown(reader)))
         try:
             while (item := await answers.get()) is not None:
-                yield item
+                yield await item
                 slots.release()
         finally:
             for task in (*helpers, *pending):
@@ -372,7 +394,7 @@ GROUPS: dict[str, str] = {
 }
 
 
-async def _settled(tasks: set[asyncio.Task[None]]) -> None:
+async def _settled(tasks: set[asyncio.Task[Any]]) -> None:
     """Until every task of a set that may still grow has ended. Cancelling the wait leaves the tasks
     running (asyncio.wait, not gather, which would cancel them): shutdown cancels a stream's reader
     while it waits here for the answers of a half-closed stream, and those answers must still go."""
