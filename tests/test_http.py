@@ -561,16 +561,22 @@ def test_request_parameters_and_binary_data_output(web: Http) -> None:
             {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a.tolist()},
             {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16},
         ],
-        "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT1", "parameters": {"binary_data": False}}],
     }
-    answer = web.post_json("/v2/models/add_sub/infer", doc)
+    answer = web.post_json("/v2/models/add_sub/infer", doc)  # no output listed: binary_data_output covers all
     assert answer.status == 200, answer.body
     assert "inference-header-content-length" in answer.headers  # binary data follows the JSON
     header = json.loads(answer.body[: int(answer.headers["inference-header-content-length"])])
     assert header["id"] == "p1"
     outputs = answer.infer_outputs()
-    assert np.frombuffer(outputs["OUTPUT0"], np.float32).tolist() == (a + 1).tolist()  # binary_data_output
-    assert np.ravel(outputs["OUTPUT1"]).tolist() == (a - 1).tolist()  # the output's own binary_data: false wins
+    assert np.frombuffer(outputs["OUTPUT0"], np.float32).tolist() == (a + 1).tolist()
+    assert np.frombuffer(outputs["OUTPUT1"], np.float32).tolist() == (a - 1).tolist()
+
+    # a listed output is JSON unless its own binary_data is true, whatever binary_data_output says (Triton's
+    # CheckBinaryOutputData: binary_data_output is for the outputs a request does not list)
+    doc["outputs"] = [{"name": "OUTPUT0"}, {"name": "OUTPUT1", "parameters": {"binary_data": True}}]
+    outputs = web.post_json("/v2/models/add_sub/infer", doc).infer_outputs()
+    assert np.ravel(outputs["OUTPUT0"]).tolist() == (a + 1).tolist()  # JSON data
+    assert np.frombuffer(outputs["OUTPUT1"], np.float32).tolist() == (a - 1).tolist()  # binary
 
     doc["parameters"] = {"binary_data_output": False}
     doc["outputs"] = [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]

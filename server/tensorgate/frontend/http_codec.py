@@ -287,8 +287,9 @@ def infer_request(
             raise InvalidArgument("each requested output needs a 'name' (a string)")
         target = request.outputs.add(name=name)
         params = _object(wanted.get("parameters", {}), f"output '{clip(name)}' 'parameters'")
-        if "binary_data" in params:
-            choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
+        # A listed output is JSON unless its own binary_data says otherwise: binary_data_output is for the
+        # outputs a request does not list (Triton's CheckBinaryOutputData and default_output_kind).
+        choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
         _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
     return request, choice
 
