@@ -119,13 +119,20 @@ def test_bad_request(
     _check_serving(server, stub)
 
 
-def test_unknown_version_of_half_loaded_model(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
-    """Version 1 of 'half' serves while its version 2 failed; unversioned requests get version 1."""
-    response = stub.ModelInfer(_request("half", _fp32("INPUT0", _f32())))
-    assert response.model_version == "1"
+def test_a_model_with_a_broken_version_does_not_serve(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """'half' version 2 cannot load: the model loads whole or not at all, as Triton's model lifecycle does, so
+    unversioned requests do not move to version 1 behind the operator's back; the index says why."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(_request("half", _fp32("INPUT0", _f32())), timeout=30)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "Request for unknown model: 'half'" in error.details()
+    assert "version 2" in error.details()
     index = {(m.name, m.version): (m.state, m.reason) for m in server.client.get_model_repository_index().models}
-    assert index[("half", "1")][0] == "READY"
+    assert ("half", "1") not in index or index[("half", "1")][0] != "READY"
     assert index[("half", "2")][0] == "UNAVAILABLE" and index[("half", "2")][1]
+    assert not server.client.is_model_ready("half") and not server.client.is_model_ready("half", "1")
     broken = [state_reason for (name, _), state_reason in index.items() if name == "broken"]
     assert broken and all(state == "UNAVAILABLE" and reason for state, reason in broken), broken
     assert not server.client.is_model_ready("broken") and not server.client.is_model_ready("half", "2")

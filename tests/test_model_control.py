@@ -460,7 +460,8 @@ def test_server_with_a_missing_repository_still_serves(tmp_path: Path, start_ser
 
 
 def test_version_directory_without_model_file(tmp_path: Path, start_server: Callable[..., Server]) -> None:
-    """A version directory without its model file fails that version only; the rest keep serving."""
+    """A version directory without its model file fails the reload (the model loads whole or not at all, as
+    Triton); the versions serving before keep serving, and the index says why the new one is not."""
     repo = tmp_path / "repo"
     model_with_versions(repo / "m", 1, config="version_policy { all {} }")
     server = start_server(repo, *POLL)

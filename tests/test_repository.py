@@ -182,14 +182,16 @@ def test_good_models_serve_beside_broken_ones(broken_server: Server) -> None:
     assert any("cpu_execution_accelerator 'openvino' ignored" in line for line in hints), hints
 
 
-def test_one_bad_version_leaves_the_others_serving(broken_server: Server) -> None:
+def test_one_bad_version_fails_the_whole_model(broken_server: Server) -> None:
+    """As Triton's model lifecycle: a version that cannot load aborts the model's load, so no version of it
+    serves (its good version 2 included) and the index and every request say why."""
     client = broken_server.client
     rows = index_of(client)["half"]
     assert rows[0][:2] == ("1", "UNAVAILABLE") and "cannot load model.onnx" in rows[0][2]
-    assert rows[1:] == [("2", "READY", "")]
-    assert infer(client, "half") == (2.0, "2")
-    assert infer(client, "half", "2") == (2.0, "2")
-    assert not client.is_model_ready("half", "1")
+    assert all(state != "READY" for _, state, _ in rows), rows
+    assert not client.is_model_ready("half") and not client.is_model_ready("half", "2")
+    err = error_of(infer, client, "half")
+    assert status(err) == "NOT_FOUND" and "cannot load model.onnx" in err.message()
     err = error_of(infer, client, "half", "1")
     assert status(err) == "NOT_FOUND" and "version 1 is not at ready state: it failed to load" in err.message()
 

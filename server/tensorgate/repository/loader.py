@@ -180,6 +180,7 @@ class Loader:
                     exc_info=not expected(exc),
                 )
                 result.failed[number] = failure_reason(exc)
+                break  # the model loads whole or not at all (see Repository._load): the rest need not load
         return result
 
     def load_version(

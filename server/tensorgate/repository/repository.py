@@ -229,25 +229,27 @@ class Repository:
                 _load_failed(entry, fingerprint, reason, exc_info=not expected(exc))
                 raise ServerError(f"load failed for model '{name}': {reason}", Code.INVALID_ARGUMENT) from None
             loaded, failed = result.loaded, result.failed
-            if not loaded and entry.versions:
-                # A reload that would serve nothing leaves the versions already serving in place (as Triton).
+            if failed:
+                # A model loads whole or not at all (Triton's model lifecycle: one version that fails aborts
+                # the load and the versions it did load are released): unversioned requests never move to an
+                # older version because the newest is broken. A reload leaves the versions serving in place.
+                self._retire(loaded)
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
+                kept = bool(entry.versions)
                 _load_failed(entry, fingerprint, reason)
+                entry.failed_versions = failed  # the index and requests to them say why
                 raise ServerError(
-                    f"load failed for model '{name}': {reason} (the versions loaded before keep serving)",
+                    f"load failed for model '{name}': {reason}"
+                    + (" (the versions loaded before keep serving)" if kept else ""),
                     Code.INVALID_ARGUMENT,
                 )
             old = entry.versions
             entry.reload_error = ""
             entry.unloaded_versions = ()
             entry.versions = {v.version: v for v in loaded}
-            entry.failed_versions = failed
+            entry.failed_versions = {}
             entry.fingerprint = fingerprint
-            if loaded:
-                entry.state, entry.reason = ModelState.READY, ""
-            else:
-                entry.state = ModelState.UNAVAILABLE
-                entry.reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
+            entry.state, entry.reason = ModelState.READY, ""
             for v in loaded:
                 log.info(
                     "event=model_ready model=%s version=%d engine=%s instances=%d max_batch_size=%d seconds=%.2f",
@@ -261,8 +263,6 @@ class Repository:
             self._retire(old.values())
             for v in loaded:
                 self.upgrades.start(entry, v)
-            if not loaded:
-                raise ServerError(f"load failed for model '{name}': {entry.reason}", Code.INVALID_ARGUMENT)
 
     async def _unload(self, name: str) -> None:
         entry = self._entries.get(name)
