@@ -8,7 +8,6 @@ import dataclasses
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -110,25 +109,40 @@ def test_readers_never_see_a_plan_with_another_writes_metadata(
 
 
 def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    """Another process holds the lock until told to let go: this one gets it only after that (a correct lock
+    can never be taken meanwhile, whatever the machine's speed)."""
     target = tmp_path / "timing.cache"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from tensorgate.backends.tensorrt.cache import locked\n"
-            f"with locked(Path({str(target)!r})):\n    print('held', flush=True); time.sleep(1.0)\n",
+            "import sys; from pathlib import Path; from tensorgate.backends.tensorrt.cache import locked\n"
+            f"with locked(Path({str(target)!r})):\n    print('held', flush=True); sys.stdin.readline()\n",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    taken = threading.Event()
+
+    def take() -> None:
+        with locked(target):
+            taken.set()
+
+    taker = threading.Thread(target=take)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        started = time.monotonic()
-        with locked(target):
-            waited = time.monotonic() - started
+        taker.start()
+        assert not taken.wait(0.5), "the lock was taken while another process held it"
+        assert holder.stdin is not None
+        holder.stdin.write("let go\n")
+        holder.stdin.flush()
+        assert taken.wait(30), "the lock was not taken once the other process let go"
     finally:
+        if holder.poll() is None and not taken.is_set():
+            holder.kill()  # a failed check left it waiting for the word: its death frees the lock
         holder.wait(10)
-    assert waited > 0.5, "the lock did not wait for the other process"
+        taker.join(30)
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path: Path) -> None:

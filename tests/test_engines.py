@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -141,9 +142,15 @@ class SlowBuiltEngine(onnxruntime_cpu.OnnxRuntimeCpuBackend):
     ENGINE = Engine.TENSORRT
     build_seconds = 1.0
     fail = False
+    gate: threading.Event | None = None  # set: the build waits for the test to open it instead of sleeping
+    builds_ended = 0
 
     def __init__(self, model_file: Path, options: BackendOptions) -> None:
-        time.sleep(self.build_seconds)
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never let the build finish"
+        else:
+            time.sleep(self.build_seconds)
+        type(self).builds_ended += 1
         if self.fail:
             raise BackendLoadError("engine build failed: out of workspace memory")
         super().__init__(model_file, options)
@@ -174,16 +181,22 @@ def test_serves_on_the_fallback_while_the_engine_builds_then_moves_without_dropp
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
-    repo = _gpu_repository(tmp_path / "repo", SlowBuiltEngine)
+
+    class Gated(SlowBuiltEngine):
+        gate = threading.Event()
+
+    repo = _gpu_repository(tmp_path / "repo", Gated)
 
     async def run() -> list[str]:
-        started = time.monotonic()
-        await repo.start()
-        assert time.monotonic() - started < SlowBuiltEngine.build_seconds  # READY before the build ends
-        assert repo.get("m").engine is Engine.ORT_CPU
+        await repo.start()  # returns while the build is held: READY on the fallback before it ends
+        assert Gated.builds_ended == 0 and repo.get("m").engine is Engine.ORT_CPU
         stop, seen = asyncio.Event(), []
         workers = [asyncio.create_task(_traffic(repo, stop, seen)) for _ in range(4)]
-        while repo.get("m").engine is not Engine.TENSORRT and time.monotonic() - started < 20:
+        while len(seen) < 20:  # served on the fallback while the build is held
+            await asyncio.sleep(0.01)
+        Gated.gate.set()
+        started = time.monotonic()
+        while repo.get("m").engine is not Engine.TENSORRT and time.monotonic() - started < 60:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
         stop.set()
@@ -227,15 +240,17 @@ def test_a_failed_background_build_keeps_the_fallback(tmp_path: Path, caplog: py
 def test_unload_during_the_build_drops_it(tmp_path: Path) -> None:
     identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
 
-    class Slow(SlowBuiltEngine):
-        build_seconds = 0.5
+    class Gated(SlowBuiltEngine):
+        gate = threading.Event()
 
-    repo = _gpu_repository(tmp_path / "repo", Slow)
+    repo = _gpu_repository(tmp_path / "repo", Gated)
 
     async def run() -> None:
         await repo.start()
         await repo.unload("m")
-        await asyncio.sleep(1.0)
+        Gated.gate.set()  # the build ends after the unload
+        await repo.upgrades.wait()
+        assert Gated.builds_ended == 1  # it did end, and what it built was dropped
         assert not repo.is_ready("m")
         await repo.stop()
 
@@ -310,19 +325,21 @@ def test_fp16_gate_decides_what_the_engine_builds(
 def test_stopping_does_not_wait_for_an_engine_still_building(tmp_path: Path) -> None:
     identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
 
-    class VerySlow(SlowBuiltEngine):
-        build_seconds = 6.0
+    class Held(SlowBuiltEngine):
+        gate = threading.Event()
 
-    repo = _gpu_repository(tmp_path / "repo", VerySlow)
+    repo = _gpu_repository(tmp_path / "repo", Held)
 
     async def run() -> None:
         await repo.start()
         await asyncio.sleep(0.2)  # the build has started
         await repo.stop()
 
-    started = time.monotonic()
-    asyncio.run(run())  # asyncio.run also waits for its default executor's threads
-    assert time.monotonic() - started < 3.0
+    try:
+        asyncio.run(run())  # asyncio.run also waits for its default executor's threads
+        assert Held.builds_ended == 0  # stopped with the build still held: stop did not wait for it
+    finally:
+        Held.gate.set()  # let the abandoned build's thread end
 
 
 # ---- GPU numbering and instance placement (issue 13): pure decisions, on the CPU ----

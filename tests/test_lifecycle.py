@@ -271,6 +271,39 @@ def test_grpc_http_and_metrics_bind_their_own_addresses(tmp_path: Path) -> None:
     assert server.stop() == 0
 
 
+def test_max_connection_age_makes_clients_reconnect_without_failing_calls(tmp_path: Path) -> None:
+    """--grpc-max-connection-age-ms: the server ends each connection after that age (GOAWAY), so a client
+    calling steadily connects again and again (its channel goes READY anew) and no call fails."""
+    import grpc
+
+    repo = tmp_path / "repo"
+    identity(repo / "identity" / "1" / "model.onnx")
+    server = Server(repo, "--grpc-max-connection-age-ms", "300")
+    readies: list[float] = []
+    failures: list[str] = []
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        if state is grpc.ChannelConnectivity.READY:
+            readies.append(time.monotonic())
+
+    try:
+        with grpc.insecure_channel(server.url) as channel:
+            channel.subscribe(seen, try_to_connect=True)
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            deadline = time.monotonic() + 30
+            while len(readies) < 3 and time.monotonic() < deadline:
+                try:
+                    live(b"", timeout=10, wait_for_ready=True)
+                except grpc.RpcError as exc:
+                    failures.append(str(exc))
+                time.sleep(0.05)
+            channel.unsubscribe(seen)
+    finally:
+        server.stop()
+    assert len(readies) >= 3, f"the connection was not renewed: READY {len(readies)} time(s) in 30 s"
+    assert not failures, failures[:3]
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:

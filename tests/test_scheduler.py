@@ -190,7 +190,7 @@ async def test_queue_delay_waits_for_more_requests() -> None:
     await asyncio.sleep(0.05)
     await asyncio.gather(first, s.infer(request(2)))
     assert backend.batches == [[1, 2]]
-    assert 0.15 < time.monotonic() - started < 2.0
+    assert time.monotonic() - started > 0.15  # the first request waited for the delay (not run alone at once)
 
 
 async def test_priorities_go_first() -> None:
@@ -452,7 +452,7 @@ async def test_a_loop_running_behind_the_bound_refuses_at_once() -> None:
     lag = LoopLag()
     lag.start()
     await asyncio.sleep(0.05)
-    assert lag.lag_ns < 100_000_000
+    assert lag.lag_ns < 200_000_000  # an idle loop is not measured as far behind (below the 0.3 s block next)
     time.sleep(0.3)  # the loop is blocked: the probe's timer fires late, in the next loop iteration
     await asyncio.sleep(0)  # that iteration: this task's step, then the overdue probe
     await asyncio.sleep(0)  # the one after: the probe has fired, its next one is 10 ms away
