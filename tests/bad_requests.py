@@ -403,10 +403,16 @@ CASES += [
         ("'OUTPUT0'", "shared memory"),
     ),
     (
-        "classification_output",
-        _output_parameter("classification", 3),
-        grpc.StatusCode.UNIMPLEMENTED,
-        ("'OUTPUT0'", "classification"),
+        "classification_not_int64",
+        _output_parameter("classification", "3"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("'OUTPUT0'", "invalid value type for 'classification' parameter, expected int64_param"),
+    ),
+    (
+        "classification_negative",
+        _output_parameter("classification", -2),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("'OUTPUT0'", "'classification' is the number of classes to return, not -2"),
     ),
 ]
 

@@ -332,7 +332,6 @@ def test_instance_group_completed() -> None:
         ("optimization { priority: PRIORITY_MAX }", "optimization"),
         ("response_cache { enable: true }", "response_cache"),
         ("parameters { key: 'k' value { string_value: 'v' } }", "parameters ignored: k"),
-        ("output [{ name: 'y' label_filename: 'labels.txt' }]", "label_filename"),
         ("input [{ name: 'x' format: FORMAT_NCHW }]", "format"),
         (
             "optimization { execution_accelerators { cpu_execution_accelerator [{ name: 'openvino' }] } }",

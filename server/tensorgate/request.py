@@ -28,6 +28,8 @@ class InferRequest:
     # Bytes of its input arrays (an object array of BYTES counts its pointers, not the strings), as
     # the codec counted them while decoding; -1: count them here.
     nbytes: int = -1
+    # Outputs asked for as classifications (Triton's extension): name -> k; None: none.
+    classes: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:

@@ -6,13 +6,14 @@ Nothing below the frontend sees protobuf. Every error names the tensor and what 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from tensorgate import datatypes
 from tensorgate.datatypes import DataType
 from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, clip
+from tensorgate.frontend import classification
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.request import InferRequest
@@ -186,11 +187,19 @@ def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:
     return sum(len(raw) for raw in request.raw_input_contents) > 4 * BYTES_ELEMENTS_ON_LOOP
 
 
-def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray]) -> bool:
-    """Whether encoding ``outputs`` may stall the event loop (many BYTES elements)."""
-    return model.bytes_outputs and sum(a.size for n, a in outputs.items() if model.outputs[n].datatype.is_bytes) > (
-        BYTES_ELEMENTS_ON_LOOP
-    )
+def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray], classes: Mapping[str, int] | None = None) -> bool:
+    """Whether encoding ``outputs`` may stall the event loop (many BYTES elements, or many class strings
+    to write)."""
+    elements = 0
+    if model.bytes_outputs:
+        elements = sum(a.size for n, a in outputs.items() if model.outputs[n].datatype.is_bytes)
+    if classes:
+        elements += sum(
+            min(a.size, (a.shape[0] if model.batched and a.ndim else 1) * classes[n])
+            for n, a in outputs.items()
+            if n in classes
+        )
+    return elements > BYTES_ELEMENTS_ON_LOOP
 
 
 def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
@@ -258,6 +267,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 f"{', '.join(repr(m) for m in missing)}, which the request does not have"
             )
     outputs: tuple[str, ...] = model.output_names
+    classes: dict[str, int] | None = None
     requested_outputs = request.outputs
     if requested_outputs:
         wanted: list[str] = []
@@ -269,6 +279,9 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 )
             if requested.parameters:
                 _check_output_parameters(requested)
+                count = classification.class_count(requested, model.outputs[requested.name].datatype)
+                if count:
+                    classes = {**(classes or {}), requested.name: count}
             if requested.name not in wanted:
                 wanted.append(requested.name)
         outputs = tuple(wanted)
@@ -281,6 +294,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         priority=_int_parameter(request, "priority") if parameters else 0,
         timeout_us=_int_parameter(request, "timeout") if parameters else 0,
         nbytes=nbytes,
+        classes=classes,
     )
 
 
@@ -325,8 +339,6 @@ def check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> Non
 
 
 def _check_output_parameters(requested: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:
-    if "classification" in requested.parameters:
-        raise Unimplemented(f"output '{requested.name}': the classification extension is not supported")
     for key in _UNSUPPORTED_TENSOR_PARAMETERS:
         if key in requested.parameters:
             raise Unimplemented(f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet")
@@ -347,10 +359,16 @@ def _int_parameter(request: pb.ModelInferRequest, key: str) -> int:
 
 
 def encode_response(
-    model: ModelSpec, version: int, request_id: str, outputs: dict[str, np.ndarray], max_bytes: int = 0
+    model: ModelSpec,
+    version: int,
+    request_id: str,
+    outputs: dict[str, np.ndarray],
+    max_bytes: int = 0,
+    classes: Mapping[str, int] | None = None,
 ) -> pb.ModelInferResponse:
     """The response message; RESOURCE_EXHAUSTED naming the limit if it would be larger than
-    ``max_bytes`` (0: no limit), which gRPC would refuse to send with a traceback in the log."""
+    ``max_bytes`` (0: no limit), which gRPC would refuse to send with a traceback in the log.
+    ``classes``: the outputs asked for as classifications (Triton's extension), with their k."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(version), id=request_id)
     raw = response.raw_output_contents
     size = 0
@@ -360,6 +378,14 @@ def encode_response(
             array = _to_client(model, name, array, spec)
         tensor = response.outputs.add()
         tensor.name = name
+        if classes and name in classes:
+            array = classification.top_k(array, classes[name], model.batched, model.labels.get(name, ()))
+            tensor.datatype = "BYTES"
+            tensor.shape.extend(array.shape)
+            data = datatypes.serialize_bytes(array)
+            raw.append(data)
+            size += len(data)
+            continue
         tensor.datatype = spec.datatype.v2
         tensor.shape.extend(array.shape)
         if spec.datatype.is_bytes:

@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "tensorgate"
 SHUTTING_DOWN = "the server is shutting down and takes no new requests; retry on another replica"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "schedule_policy", "statistics")
+EXTENSIONS = (
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+)
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -246,11 +253,15 @@ class InferenceService:
                     decoded = await asyncio.to_thread(codec.decode_request, request, spec)
                     outputs = await served.scheduler.infer(decoded, held=True)
             else:
-                outputs = await served.scheduler.infer(codec.decode_request(request, spec))
+                decoded = codec.decode_request(request, spec)
+                outputs = await served.scheduler.infer(decoded)
             limit = self.max_response_bytes if response_limit is None else response_limit
-            if spec.bytes_outputs and codec.heavy_response(spec, outputs):
-                return await asyncio.to_thread(codec.encode_response, spec, served.version, request.id, outputs, limit)
-            return codec.encode_response(spec, served.version, request.id, outputs, limit)
+            classes = decoded.classes
+            if (spec.bytes_outputs or classes) and codec.heavy_response(spec, outputs, classes):
+                return await asyncio.to_thread(
+                    codec.encode_response, spec, served.version, request.id, outputs, limit, classes
+                )
+            return codec.encode_response(spec, served.version, request.id, outputs, limit, classes)
         finally:
             state.inferring -= 1
 

@@ -26,6 +26,7 @@ from tensorgate.model_config.instances import (
     instance_settings,
     ort_parameters,
 )
+from tensorgate.model_config.labels import with_labels
 from tensorgate.model_config.limits import Limits
 from tensorgate.model_config.parse import CONFIG_FILE, model_filename, read_config
 from tensorgate.model_config.spec import ModelSpec, RawConfig, TensorSpec
@@ -59,4 +60,5 @@ __all__ = [
     "select_versions",
     "validate",
     "warmup_samples",
+    "with_labels",
 ]

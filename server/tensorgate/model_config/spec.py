@@ -69,6 +69,8 @@ class ModelSpec:
     batching: BatchingPolicy = field(default_factory=BatchingPolicy)
     instances: InstanceSettings = field(default_factory=lambda: InstanceSettings())
     limits: Limits = field(default_factory=Limits)
+    # Each output's class labels (its label_filename's lines), for the classification extension.
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @cached_property
     def batched(self) -> bool:

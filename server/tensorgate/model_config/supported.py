@@ -41,9 +41,6 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
             fatal.append(f"input {tensor.name!r}: allow_ragged_batch is not supported")
         if tensor.format != mc.ModelInput.FORMAT_NONE:
             hints.append(f"input {tensor.name!r}: format is informational only")
-    for tensor in config.output:
-        if tensor.label_filename:
-            hints.append(f"output {tensor.name!r}: label_filename ignored (classification extension not implemented)")
     for group in config.instance_group:
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             fatal.append("instance_group kind KIND_MODEL is not supported (use KIND_CPU)")

@@ -222,6 +222,7 @@ class Loader:
                 default_max_batch_size=self.settings.default_max_batch_size,
                 gpu=first.engine is not Engine.ORT_CPU,
             )
+            spec = model_config.with_labels(spec, source.model_dir)
             for hint in model_config.batching_hints(spec.config):
                 log.warning("event=config_field_ignored model=%s version=%d detail=%s", name, number, hint)
             options = chosen.options
