@@ -323,6 +323,52 @@ def test_instance_group_completed() -> None:
     assert C.instance_count(done) == 4
 
 
+# ---- optional inputs: initializers the ONNX file lets a request override (Triton's ONNX Runtime backend) ----
+
+
+def _with_initializer() -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """x is a graph input; b an initializer the file lets a request override (optional)."""
+    b = TensorInfo("b", FP32, (4,), optional=True)
+    return [t("x", 4), b], [t("y", 4)]
+
+
+def test_an_overridable_initializer_is_an_optional_input_and_not_auto_completed(tmp_path: Path) -> None:
+    inputs, outputs = _with_initializer()
+    auto = build(None, inputs, outputs, tmp_path=tmp_path)  # completed from the file: only what must be sent
+    assert list(auto.inputs) == ["x"] and auto.max_batch_size == 0
+    declared = build(
+        "max_batch_size: 0\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] }, "
+        "{ name: 'b' data_type: TYPE_FP32 dims: [4] optional: true }]",
+        inputs,
+        outputs,
+        tmp_path=tmp_path,
+    )
+    assert declared.inputs["b"].optional and not declared.inputs["x"].optional
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (
+            "max_batch_size: 0\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] optional: true }]",
+            "input 'x' is optional in config.pbtxt but the ONNX file needs it in every run",
+        ),
+        (
+            "max_batch_size: 4\ninput [{ name: 'x' data_type: TYPE_FP32 dims: [4] }, "
+            "{ name: 'b' data_type: TYPE_FP32 dims: [4] optional: true }]",
+            "optional input 'b' is not supported for models that support batching",
+        ),
+    ],
+)
+def test_optional_inputs_triton_refuses_are_refused(tmp_path: Path, text: str, named: str) -> None:
+    inputs, outputs = _with_initializer()
+    if "max_batch_size: 4" in text:  # a file whose inputs and outputs batch
+        inputs = [t("x", None, 4), TensorInfo("b", FP32, (None, 4), optional=True)]
+        outputs = [t("y", None, 4)]
+    with pytest.raises(ModelConfigError, match=re.escape(named)):
+        build(text, inputs, outputs, tmp_path=tmp_path)
+
+
 # ---- fields we do not implement ----
 
 

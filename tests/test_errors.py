@@ -72,6 +72,25 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _identity(root / "fp16" / "1" / "model.onnx", TensorProto.FLOAT16, ["batch", 4])
     _identity(root / "large" / "1" / "model.onnx", TensorProto.FLOAT, ["batch", "n"])
     slow(root / "slow" / "1" / "model.onnx")
+    # OUTPUT0 = INPUT0 + BIAS, BIAS an initializer that is also a graph input: a request may override it
+    save(
+        helper.make_graph(
+            [helper.make_node("Add", ["INPUT0", "BIAS"], ["OUTPUT0"])],
+            "bias",
+            [
+                helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, [4]),
+                helper.make_tensor_value_info("BIAS", TensorProto.FLOAT, [4]),
+            ],
+            [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, [4])],
+            initializer=[helper.make_tensor("BIAS", TensorProto.FLOAT, [4], [10.0, 20.0, 30.0, 40.0])],
+        ),
+        root / "bias" / "1" / "model.onnx",
+    )
+    write_config(
+        root / "bias",
+        "max_batch_size: 0\ninput [{ name: 'INPUT0' data_type: TYPE_FP32 dims: [4] }, "
+        "{ name: 'BIAS' data_type: TYPE_FP32 dims: [4] optional: true }]",
+    )
     write_config(root / "slow", "max_batch_size: 64\n")
     # A model that cannot load at all, and one whose version 2 cannot (version 1 serves).
     (root / "broken" / "1").mkdir(parents=True)
@@ -117,6 +136,24 @@ def test_bad_request(
     for word in words:
         assert word in error.details(), f"{word!r} not in {error.details()!r}"
     _check_serving(server, stub)
+
+
+def test_an_optional_input_may_be_left_out_or_given(
+    server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """An initializer the ONNX file lets a request override, declared optional (Triton's ONNX Runtime
+    backend's form): a request without it gets the file's value, one with it its own."""
+    x = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    meta = server.client.get_model_metadata("bias")
+    assert sorted(i.name for i in meta.inputs) == ["BIAS", "INPUT0"]
+    alone = grpcclient.InferResult(stub.ModelInfer(_request("bias", _fp32("INPUT0", x))))
+    assert alone.as_numpy("OUTPUT0").tolist() == [11.0, 22.0, 33.0, 44.0]
+    given = stub.ModelInfer(_request("bias", _fp32("INPUT0", x), _fp32("BIAS", np.ones(4, np.float32))))
+    assert grpcclient.InferResult(given).as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0, 5.0]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(_request("bias", _fp32("BIAS", x)), timeout=30)  # the required one left out
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'INPUT0'" in error.details()
 
 
 def test_a_model_with_a_broken_version_does_not_serve(

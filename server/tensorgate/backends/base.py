@@ -40,6 +40,9 @@ class TensorInfo:
     name: str
     onnx_type: int
     shape: tuple[int | None, ...]
+    # An initializer the file lets a request override (ONNX Runtime's overridable initializers): an
+    # input config.pbtxt may declare, as optional, and no request needs to send.
+    optional: bool = False
 
 
 @dataclass(frozen=True)

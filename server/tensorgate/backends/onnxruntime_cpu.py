@@ -43,12 +43,12 @@ _ORT_TYPES: dict[str, int] = {
 }
 
 
-def _tensor_info(arg: ort.NodeArg) -> TensorInfo:
+def _tensor_info(arg: ort.NodeArg, optional: bool = False) -> TensorInfo:
     onnx_type = _ORT_TYPES.get(arg.type)
     if onnx_type is None:
         raise BackendLoadError(f"tensor {arg.name!r} has type {arg.type}, which tensorgate cannot serve")
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or ()))
-    return TensorInfo(arg.name, onnx_type, shape)
+    return TensorInfo(arg.name, onnx_type, shape, optional)
 
 
 def _bf16_to_numpy(value: ort.OrtValue) -> np.ndarray:
@@ -97,7 +97,12 @@ class OnnxRuntimeCpuBackend:
         # Runtime stops the run at its next operator; each run clears it first. The scheduler calls
         # terminate() only while a batch runs, never between runs, so no stale request stops a later one.
         self._run_options = ort.RunOptions()
-        self._inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
+        # The graph's inputs, then the initializers a request may override (as Triton's ONNX Runtime
+        # backend merges them in: config.pbtxt may declare them as optional inputs).
+        self._inputs = (
+            *(_tensor_info(a) for a in self._session.get_inputs()),
+            *(_tensor_info(a, optional=True) for a in self._session.get_overridable_initializers()),
+        )
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}
         self._output_types = {t.name: t.onnx_type for t in self._outputs}

@@ -78,7 +78,8 @@ def complete(
     # Where tensorgate differs: Triton cannot tell "max_batch_size: 0" from no max_batch_size
     # (proto3), and fills both; tensorgate keeps an explicit 0.
     auto_complete = not ((done.input or done.batch_input) and done.output)
-    batches = auto_complete and _supports_batching((*inputs, *outputs))
+    required = [t for t in inputs if not t.optional]  # overridable initializers are not filled in
+    batches = auto_complete and _supports_batching((*required, *outputs))
     if batches and not max_batch_size_given and default_max_batch_size > 0:
         done.max_batch_size = default_max_batch_size
     if batches and done.max_batch_size > 1 and done.WhichOneof("scheduling_choice") is None:
@@ -90,7 +91,7 @@ def complete(
         done.dynamic_batching.preferred_batch_size.append(done.max_batch_size)
     strip = done.max_batch_size > 0
     if not done.input:
-        _fill(done.input, inputs, strip)
+        _fill(done.input, required, strip)
     if not done.output:
         _fill(done.output, outputs, strip)
     if not done.instance_group:
@@ -201,6 +202,13 @@ def _declared(
                 f"(it has {sorted(in_file)})"
             )
         optional = isinstance(tensor, mc.ModelInput) and tensor.optional
+        if optional and batched:  # as Triton: requests of a batch must all give the same inputs
+            raise ModelConfigError(f"optional input {tensor.name!r} is not supported for models that support batching")
+        if optional and not in_file[tensor.name].optional:
+            raise ModelConfigError(
+                f"input {tensor.name!r} is optional in config.pbtxt but the ONNX file needs it in every run "
+                "(only an initializer the file lets a request override can be optional)"
+            )
         specs[tensor.name] = _check_tensor(kind, _spec_of(tensor, optional), in_file[tensor.name], batched)
     return specs
 
@@ -214,7 +222,7 @@ def validate(config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequ
         raise ModelConfigError("; ".join(problems))
     batched = config.max_batch_size > 0
     spec_inputs = _declared("input", config.input, inputs, batched)
-    missing = sorted({t.name for t in inputs} - set(spec_inputs))
+    missing = sorted({t.name for t in inputs if not t.optional} - set(spec_inputs))
     if missing:
         raise ModelConfigError(f"the ONNX file needs inputs {missing}, which config.pbtxt does not declare")
     spec_outputs = _declared("output", config.output, outputs, batched)
