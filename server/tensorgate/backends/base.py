@@ -68,6 +68,7 @@ class BackendOptions:
     workspace_bytes: int = 1 << 30  # TensorRT builder workspace bound
     builder_optimization_level: int = 3
     cuda_options: tuple[tuple[str, str], ...] = ()  # ONNX Runtime CUDA execution provider options
+    op_libraries: tuple[str, ...] = ()  # custom-op libraries ONNX Runtime registers (model_operations)
 
     @property
     def device_index(self) -> int | None:

@@ -83,6 +83,13 @@ class OnnxRuntimeCpuBackend:
             session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         session_options.log_severity_level = 3
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for library in options.op_libraries:  # as Triton's ONNX Runtime backend: RegisterCustomOpsLibrary
+            try:
+                session_options.register_custom_ops_library(library)
+            except Exception as exc:
+                raise BackendLoadError(
+                    f"model_operations op_library_filename {library!r} cannot be registered: {exc}"
+                ) from exc
         try:
             providers = self.providers(options)
             self._session = ort.InferenceSession(str(model_file), sess_options=session_options, providers=providers)

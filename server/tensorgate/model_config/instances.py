@@ -49,6 +49,7 @@ class OrtParameters:
     inter_op_threads: int | None = None
     parallel_execution: bool = False
     cuda: tuple[tuple[str, str], ...] = ()
+    op_libraries: tuple[str, ...] = ()  # model_operations.op_library_filename: custom-op libraries to register
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def ort_parameters(config: mc.ModelConfig) -> OrtParameters:
         inter_op_threads=integer_parameter(config, "inter_op_thread_count"),
         parallel_execution=integer_parameter(config, "execution_mode") == 1,
         cuda=ort_cuda_options(config),
+        op_libraries=tuple(config.model_operations.op_library_filename),
     )
 
 

@@ -60,9 +60,8 @@ def check_supported(config: mc.ModelConfig) -> list[str]:
             "instance_group mixes KIND_CPU with GPU groups: a version runs on one engine, so on a GPU engine the "
             "KIND_CPU instances run on the GPU too"
         )
-    for name in ("response_cache", "model_operations"):
-        if config.HasField(name):
-            hints.append(f"{name} is ignored")
+    if config.HasField("response_cache"):
+        hints.append("response_cache is ignored")
     # Triton's ONNX Runtime backend knows one CPU accelerator, OpenVINO (an execution provider that
     # only speeds up), and refuses any other name ("unknown Execution Accelerator").
     for accelerator in config.optimization.execution_accelerators.cpu_execution_accelerator:

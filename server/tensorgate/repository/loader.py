@@ -87,6 +87,7 @@ def instance_options(
         workspace_bytes=settings.tensorrt_workspace_bytes,
         builder_optimization_level=settings.tensorrt_builder_optimization_level,
         cuda_options=cuda_options(settings, instances),
+        op_libraries=instances.ort.op_libraries,
     )
     if spec is None:
         return options
