@@ -323,6 +323,27 @@ def test_instance_group_completed() -> None:
     assert C.instance_count(done) == 4
 
 
+# ---- --disable-auto-complete-config ----
+
+
+def test_with_auto_complete_disabled_the_config_is_taken_as_written() -> None:
+    inputs, outputs = [t("x", None, 4)], [t("y", None, 4)]  # a file that batches
+    written = parse(
+        "input [{ name: 'x' data_type: TYPE_FP32 dims: [-1, 4] }]\n"
+        "output [{ name: 'y' data_type: TYPE_FP32 dims: [-1, 4] }]"
+    )
+    done = C.complete(written, name="m", inputs=inputs, outputs=outputs, max_batch_size_given=False,
+                      default_max_batch_size=4, auto_complete_allowed=False)  # fmt: skip
+    assert done.max_batch_size == 0 and not done.HasField("dynamic_batching")  # not filled in
+    auto = C.complete(parse(""), name="m", inputs=inputs, outputs=outputs, max_batch_size_given=False,
+                      default_max_batch_size=4)  # fmt: skip
+    assert auto.max_batch_size == 4 and auto.HasField("dynamic_batching")  # what auto-complete would have done
+    for text in ("", "input [{ name: 'x' data_type: TYPE_FP32 dims: [-1, 4] }]"):
+        with pytest.raises(ModelConfigError, match="must declare its inputs and outputs"):
+            C.complete(parse(text), name="m", inputs=inputs, outputs=outputs, max_batch_size_given=False,
+                       default_max_batch_size=4, auto_complete_allowed=False)  # fmt: skip
+
+
 # ---- optional inputs: initializers the ONNX file lets a request override (Triton's ONNX Runtime backend) ----
 
 

@@ -205,6 +205,24 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     server.stop()
 
 
+def test_disable_auto_complete_config_stands_alone_and_is_obeyed(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """Triton's bare --disable-auto-complete-config: a model without config.pbtxt does not load (saying
+    why), one whose config.pbtxt declares its tensors loads as written (no max_batch_size filled in)."""
+    repo = tmp_path / "repo"
+    identity(repo / "bare" / "1" / "model.onnx")
+    identity(repo / "written" / "1" / "model.onnx", shape=(16,))
+    write_config(
+        repo / "written",
+        "input [{ name: 'INPUT0' data_type: TYPE_FP32 dims: [16] }]\n"
+        "output [{ name: 'OUTPUT0' data_type: TYPE_FP32 dims: [16] }]",
+    )
+    server = start_server(repo, "--disable-auto-complete-config")
+    assert server.client.is_model_ready("written")
+    assert server.client.get_model_config("written").config.max_batch_size == 0
+    (bare,) = [m for m in server.client.get_model_repository_index().models if m.name == "bare"]
+    assert bare.state == "UNAVAILABLE" and "must declare its inputs and outputs" in bare.reason
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_strict_readiness(tmp_path: Path, start_server, strict: bool) -> None:  # type: ignore[no-untyped-def]
     repo = tmp_path / "repo"

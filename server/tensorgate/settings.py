@@ -173,6 +173,15 @@ class Settings:
             "(Triton's default-max-batch-size)",
         },
     )
+    disable_auto_complete_config: bool = field(
+        default=False,
+        metadata={
+            "help": "take each config.pbtxt as written (Triton's --disable-auto-complete-config): no inputs, "
+            "outputs, max_batch_size or dynamic batching filled in from the ONNX file, so a model must have a "
+            "config.pbtxt declaring its inputs and outputs",
+            "type": _bool,
+        },
+    )
     grpc_max_message_bytes: int = field(
         default=64 * 2**20,
         metadata={
@@ -426,6 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
             kwargs["metavar"] = "{" + ",".join(m.value for m in type(default)) + "}"
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
+        if convert is _bool:  # `--flag` alone is true, as Triton's --disable-auto-complete-config
+            kwargs.update(nargs="?", const=True)
         parser.add_argument(_flag(f), help=f"{f.metadata['help']} (default {shown}) [env {env}]", **kwargs)
 
 

@@ -49,8 +49,10 @@ def complete(
     outputs: Sequence[TensorInfo],
     max_batch_size_given: bool,
     default_max_batch_size: int,
+    auto_complete_allowed: bool = True,
 ) -> mc.ModelConfig:
-    """Fill what config.pbtxt leaves out from the ONNX file, as Triton's auto-complete does."""
+    """Fill what config.pbtxt leaves out from the ONNX file, as Triton's auto-complete does (unless
+    ``auto_complete_allowed`` is false: --disable-auto-complete-config)."""
     done = mc.ModelConfig()
     done.CopyFrom(config)
     if done.name and done.name != name:
@@ -77,6 +79,12 @@ def complete(
     # A tensor with no dims gets dims [1], reshaped to [] when batched (AutoCompleteIO).
     # Where tensorgate differs: Triton cannot tell "max_batch_size: 0" from no max_batch_size
     # (proto3), and fills both; tensorgate keeps an explicit 0.
+    if not auto_complete_allowed and not ((done.input or done.batch_input) and done.output):
+        raise ModelConfigError(
+            f"config.pbtxt declares {len(done.input)} inputs and {len(done.output)} outputs: with "
+            "--disable-auto-complete-config nothing is filled in from the ONNX file, so a model's config.pbtxt "
+            "must declare its inputs and outputs"
+        )
     auto_complete = not ((done.input or done.batch_input) and done.output)
     required = [t for t in inputs if not t.optional]  # overridable initializers are not filled in
     batches = auto_complete and _supports_batching((*required, *outputs))
@@ -246,6 +254,7 @@ def model_spec(
     outputs: Sequence[TensorInfo],
     default_max_batch_size: int,
     gpu: bool,
+    auto_complete_allowed: bool = True,
 ) -> ModelSpec:
     """The spec of one model version: its config completed from the model file's tensors, KIND_AUTO
     instance groups resolved to where the chosen engine runs (``gpu``), checked against the file."""
@@ -256,6 +265,7 @@ def model_spec(
         outputs=outputs,
         max_batch_size_given=raw.max_batch_size_given,
         default_max_batch_size=default_max_batch_size,
+        auto_complete_allowed=auto_complete_allowed,
     )
     for group in completed.instance_group:
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:

@@ -222,6 +222,7 @@ class Loader:
                 outputs=first.outputs,
                 default_max_batch_size=self.settings.default_max_batch_size,
                 gpu=first.engine is not Engine.ORT_CPU,
+                auto_complete_allowed=not self.settings.disable_auto_complete_config,
             )
             spec = model_config.with_labels(spec, source.model_dir)
             for hint in model_config.batching_hints(spec.config):
