@@ -219,6 +219,20 @@ def peak_rss_bytes(pid: int) -> int:
     raise KeyError("VmHWM")
 
 
+def held_and_queued(server: Server, model: str) -> tuple[int, int]:
+    """From one scrape: the requests of ``model`` the server holds (queued or running), and those of
+    them waiting in its queue. For FP32 inputs (decoded on the event loop, then queued and taken in the
+    same step) held minus queued is the number running."""
+    held = queued = -1
+    for line in server.exposition().splitlines():
+        if line.startswith(f'tensorgate_requests_in_flight{{model="{model}"'):
+            held = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith(f'nv_inference_pending_request_count{{model="{model}"'):
+            queued = int(float(line.rsplit(" ", 1)[1]))
+    assert held >= 0 and queued >= 0, server.exposition()
+    return held, queued
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:

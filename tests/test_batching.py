@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -17,12 +17,15 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from conftest import Server, wait_for
+from conftest import Server, held_and_queued, wait_for
 from models import identity, lookup, save, slow, write_config
 from onnx import TensorProto, helper, numpy_helper
 from tensorgate.backends import onnxruntime_cpu
-from tensorgate.backends.base import BackendOptions
+from tensorgate.backends.base import BackendLoader, BackendOptions, Engine
+from tensorgate.repository import Repository
+from tensorgate.repository.engine_plan import Capabilities
 from tensorgate.scheduler.placement import Placement
+from tensorgate.settings import Settings
 from tritonclient.utils import InferenceServerException
 
 SLOW_ROWS = 512  # rows that keep the slow model busy for tens of ms
@@ -103,11 +106,17 @@ def test_derived_config_batches_dynamically(tmp_path: Path, start_server) -> Non
     assert config.max_batch_size == 4 and config.HasField("dynamic_batching")
 
 
-def _slow_repo(tmp_path: Path, config: str) -> Path:
+def _slow_repo(tmp_path: Path, config: str, layers: int = 64) -> Path:
     repo = tmp_path / "repo"
-    slow(repo / "slow" / "1" / "model.onnx")
+    slow(repo / "slow" / "1" / "model.onnx", layers=layers)
     write_config(repo / "slow", f"max_batch_size: 1024\n{config}\n")
     return repo
+
+
+def rows_input(rows: int, value: float = 1.0) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("INPUT0", [rows, 512], "FP32")
+    tensor.set_data_from_numpy(np.full((rows, 512), value, np.float32))
+    return tensor
 
 
 def test_full_queue_answers_unavailable(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
@@ -195,10 +204,31 @@ def test_queue_timeout_answers_unavailable(tmp_path: Path, start_server) -> None
 
 
 def test_priority_parameter(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
-    repo = _slow_repo(tmp_path, "dynamic_batching { priority_levels: 2 default_priority_level: 2 }")
+    """With the only instance busy, a request of priority 1 sent after two of the default level (2;
+    one of them asks for priority 5, beyond the levels: the default level, as Triton) runs before them."""
+    # 600 rows: no two queued requests fit one batch (max_batch_size 1024), so each runs alone and the
+    # order the answers come back in is the order the batches ran in.
+    repo = _slow_repo(tmp_path, "dynamic_batching { priority_levels: 2 default_priority_level: 2 }", layers=512)
     server = start_server(repo)
-    slow_infer(server.client, priority=1)
-    slow_infer(server.client, priority=5)  # beyond the levels: the default level, as Triton
+    client = grpcclient.InferenceServerClient(server.url)
+    done: queue.Queue[tuple[str, object]] = queue.Queue()
+
+    def send(name: str, rows: int, **kw: object) -> None:
+        client.async_infer("slow", [rows_input(rows)], lambda result, error: done.put((name, error)), **kw)  # type: ignore[arg-type]
+
+    send("busy", 1024)
+    wait_for(lambda: held_and_queued(server, "slow") == (1, 0), 10, 0.005)  # it runs
+    send("default", 600)
+    wait_for(lambda: held_and_queued(server, "slow") == (2, 1), 10, 0.005)
+    send("beyond_levels", 600, priority=5)
+    wait_for(lambda: held_and_queued(server, "slow") == (3, 2), 10, 0.005)
+    send("first", 600, priority=1)
+    # all three queued behind the busy batch at once: the order below is the scheduler's choice
+    wait_for(lambda: held_and_queued(server, "slow") == (4, 3), 10, 0.005)
+    finished = [done.get(timeout=60) for _ in range(4)]
+    assert all(error is None for _, error in finished), finished
+    assert [name for name, _ in finished] == ["busy", "first", "default", "beyond_levels"]
+    client.close()
 
 
 def test_cancelled_and_expired_requests_never_run(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
@@ -238,9 +268,11 @@ SLOW_IO = (
 
 
 def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
-    """The default scheduler: each request its own batch, spread over the instances."""
-    one = _slow_repo(tmp_path / "one", SLOW_IO + "instance_group [ { count: 1 kind: KIND_CPU } ]")
-    two = _slow_repo(tmp_path / "two", SLOW_IO + "instance_group [ { count: 2 kind: KIND_CPU } ]")
+    """The default scheduler: each request its own batch, spread over the instances. With two
+    instances, a small request sent while a long batch runs is answered while that batch still runs;
+    with one, it waits for it."""
+    one = _slow_repo(tmp_path / "one", SLOW_IO + "instance_group [ { count: 1 kind: KIND_CPU } ]", layers=256)
+    two = _slow_repo(tmp_path / "two", SLOW_IO + "instance_group [ { count: 2 kind: KIND_CPU } ]", layers=256)
     servers = {"one": start_server(one), "two": start_server(two)}
     for name, server in servers.items():
         run_threads(4, lambda _, url=server.url: slow_infer(grpcclient.InferenceServerClient(url)))
@@ -250,6 +282,22 @@ def test_instances_run_concurrently(tmp_path: Path, start_server) -> None:  # ty
     # Two instances share the cores; one gets ONNX Runtime's default (a thread per core).
     assert f"count=2 devices=cpu intra_op_threads={max(1, (os.cpu_count() or 1) // 2)} " in servers["two"].log
     assert "count=1 devices=cpu intra_op_threads=default " in servers["one"].log
+    for name, server in servers.items():
+        before = stats(server, "slow").inference_stats.success.count  # type: ignore[attr-defined]
+        client = grpcclient.InferenceServerClient(server.url)
+        long_done = threading.Event()
+        client.async_infer("slow", [rows_input(1024)], lambda result, error, done=long_done: done.set())
+        wait_for(lambda server=server: held_and_queued(server, "slow") == (1, 0), 10, 0.005)  # the long batch runs
+        client.infer("slow", [rows_input(1)])
+        answered = stats(server, "slow").inference_stats.success.count - before  # type: ignore[attr-defined]
+        if name == "two":
+            # the small request ran on the other instance and was answered while the long batch ran
+            assert answered == 1 and not long_done.is_set(), (answered, held_and_queued(server, "slow"))
+            assert held_and_queued(server, "slow") == (1, 0)
+        else:
+            assert answered == 2  # it waited: the long batch was answered first
+        assert long_done.wait(60)
+        client.close()
 
 
 def test_onnxruntime_thread_parameters_reach_the_session(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
@@ -267,6 +315,30 @@ def test_onnxruntime_thread_parameters_reach_the_session(tmp_path: Path, start_s
     got = backend._session.get_session_options()
     assert (got.intra_op_num_threads, got.inter_op_num_threads) == (1, 2)
     assert got.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+
+
+# One batch an instance ran: each input's name, shape and distinct values; and whether the model was
+# ready (served) when it ran.
+Run = tuple[bool, tuple[tuple[str, tuple[int, ...], tuple[float, ...]], ...]]
+
+
+def recording_loader(runs: dict[str, list[list[Run]]], ready: Callable[[str], bool]) -> BackendLoader:
+    """ONNX Runtime on the CPU, each instance recording every batch it runs: an instance loaded for
+    model ``m`` appends its own list of runs to ``runs[m]`` (in the order the instances load)."""
+
+    class Recording(onnxruntime_cpu.OnnxRuntimeCpuBackend):
+        def __init__(self, model_file: Path, options: BackendOptions) -> None:
+            super().__init__(model_file, options)
+            self.model = options.model
+            self.runs: list[Run] = []
+            runs.setdefault(options.model, []).append(self.runs)
+
+        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+            seen = tuple(sorted((n, tuple(a.shape), tuple(np.unique(a).tolist())) for n, a in inputs.items()))
+            self.runs.append((ready(self.model), seen))
+            return super().execute(inputs, output_names)
+
+    return Recording
 
 
 def test_warmup_runs_on_every_instance_before_ready(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
@@ -298,6 +370,29 @@ model_warmup [
     reasons = {m.name: m.reason for m in server.client.get_model_repository_index().models}
     assert "missing.bin" in reasons["broken"]
     assert stats(server, "seq").inference_count == 0  # type: ignore[attr-defined]
+
+    # What each instance ran, which the server does not expose (warmup runs are in no statistics): the
+    # same repository loaded in this process, on ONNX Runtime instances that record their runs.
+    runs: dict[str, list[list[Run]]] = {}
+    loaded: list[Repository] = []
+    repository = Repository(
+        Settings(model_repository=repo),
+        loaders={Engine.ORT_CPU: recording_loader(runs, lambda name: loaded[0].is_ready(name))},
+        capabilities=Capabilities(no_gpu_reason="a CPU test"),
+    )
+    loaded.append(repository)
+
+    async def load() -> None:
+        await repository.start()
+        assert repository.is_ready("seq") and not repository.is_ready("broken")
+        await repository.stop()
+
+    asyncio.run(load())
+    zeros: Run = (False, (("X", (4, 5, 8), (0.0,)),))
+    from_file: Run = (False, (("X", (2, 3, 8), (1.0,)),))
+    # every instance: each sample, its count of times, in config order, all before the model was ready
+    assert runs["seq"] == [[zeros, zeros, zeros, from_file]] * 2, runs["seq"]
+    assert runs["broken"] == [[]]  # its sample's file is missing: nothing ran
 
 
 def test_timeout_parameter_must_be_an_integer(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]

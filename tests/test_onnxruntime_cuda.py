@@ -233,7 +233,9 @@ class CopyingBackend:
         pass
 
 
-def test_device_copies_count_as_compute_input_and_output_not_infer() -> None:
+def test_standin_backend_our_instance_counts_reported_copies_as_compute_input_and_output_not_infer() -> None:
+    """Our Instance's accounting, with a stand-in backend (CopyingBackend: no device, no CUDA) that
+    reports copy times as a GPU backend would: they move from compute_infer to compute_input/output."""
     instance = Instance("m", 0, CopyingBackend())
     x = np.ones((2, 4), np.float32)
     result = instance.run([InferRequest(id="", inputs={"x": x}, outputs=("y",), batch_size=2)], ("y",), True)

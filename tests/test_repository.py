@@ -3,12 +3,13 @@ version policies and the layout rules (the control modes, poll and explicit: tes
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import shutil
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,12 @@ from repository_helpers import (
     model_with_versions,
     status,
 )
+from tensorgate.backends import onnxruntime_cpu
+from tensorgate.backends.base import BackendOptions, Engine
 from tensorgate.logs import logfmt_value
-from tensorgate.repository import layout
+from tensorgate.repository import Repository, layout
+from tensorgate.repository.engine_plan import Capabilities
+from tensorgate.settings import Settings
 from tritonclient.utils import InferenceServerException
 
 
@@ -357,8 +362,42 @@ def test_model_file_as_a_directory(model_dir_server: Server, name: str, value: f
     assert infer(client, name) == (value, "1")
 
 
-def test_warmup_of_a_model_in_a_directory_ran(model_dir_server: Server) -> None:
-    assert "event=model_warmup model=warmed version=1 sample=w " in model_dir_server.log
+def test_warmup_of_a_model_in_a_directory_ran(model_dir_server: Server, tmp_path: Path) -> None:
+    assert "event=model_warmup model=warmed version=1 sample=w runs=1 instances=1 " in model_dir_server.log
+    # What each instance ran, which the server does not expose (warmup runs are in no statistics): the
+    # same model, with two instances, loaded in this process on ONNX Runtime instances that record
+    # every batch they run (its shape and distinct values) and whether the model served yet.
+    shutil.copytree(model_dir_server.repo / "warmed", tmp_path / "repo" / "warmed")
+    write_config(tmp_path / "repo" / "warmed", f"max_batch_size: 4\ninstance_group [ {{ count: 2 }} ]\n{WARMUP}")
+    runs: list[list[tuple[bool, tuple[int, ...], list[float]]]] = []
+    loaded: list[Repository] = []
+
+    class Recording(onnxruntime_cpu.OnnxRuntimeCpuBackend):
+        def __init__(self, model_file: Path, options: BackendOptions) -> None:
+            super().__init__(model_file, options)
+            self.runs: list[tuple[bool, tuple[int, ...], list[float]]] = []
+            runs.append(self.runs)
+
+        def execute(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+            x = inputs["INPUT0"]
+            self.runs.append((loaded[0].is_ready("warmed"), tuple(x.shape), np.unique(x).tolist()))
+            return super().execute(inputs, output_names)
+
+    repository = Repository(
+        Settings(model_repository=tmp_path / "repo"),
+        loaders={Engine.ORT_CPU: Recording},
+        capabilities=Capabilities(no_gpu_reason="a CPU test"),
+    )
+    loaded.append(repository)
+
+    async def load() -> None:
+        await repository.start()
+        assert repository.is_ready("warmed")
+        await repository.stop()
+
+    asyncio.run(load())
+    # each instance ran the sample once, from <model>/warmup/x (ones), before the model was ready
+    assert runs == [[(False, (1, 4), [1.0])]] * 2, runs
 
 
 # ---- model directory names ----

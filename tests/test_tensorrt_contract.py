@@ -284,9 +284,12 @@ def test_a_cached_engine_is_not_built_again_and_the_timing_cache_is_kept(
     assert not list((tmp_path / "cache").glob(".*.tmp")), "a temporary file was left behind"
 
 
-def test_builds_run_one_at_a_time_per_gpu_and_a_waiting_load_finds_the_engine_built(
+def test_standin_our_loader_starts_one_build_at_a_time_per_device_and_a_waiting_load_finds_the_plan_cached(
     standin: trt_standin.State, tmp_path: Path
 ) -> None:
+    """Our loader's serialization of builds, against the stand-in (which counts builder calls that
+    overlap): one at a time per device ordinal, and a load waiting on the same engine takes the cached
+    plan. Says nothing of TensorRT on a GPU."""
     standin.build_seconds = 0.3
     a = identity(tmp_path / "a" / "1" / "model.onnx")
     b = identity(tmp_path / "b" / "1" / "model.onnx", shape=("batch", 8))
@@ -326,9 +329,13 @@ optimization { execution_accelerators { gpu_execution_accelerator [ { name: "ten
 """
 
 
-def test_the_server_moves_to_tensorrt_with_one_instance_on_each_listed_gpu_never_inline(
+def test_standin_our_repository_moves_to_the_tensorrt_loader_with_one_instance_per_listed_device_never_inline(
     standin: trt_standin.State, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Our repository and scheduler against the stand-in and two stand-in GPUs given as data: the
+    version moves from ONNX Runtime on the CPU to our TensorRT backend, one instance per device
+    ordinal listed, every batch on a worker thread. The "engine" runs ONNX Runtime on the CPU: this
+    shows our calls, not TensorRT's behaviour on a GPU."""
     from models import write_config
 
     identity(tmp_path / "repo" / "m" / "1" / "model.onnx")
@@ -362,7 +369,11 @@ def test_the_server_moves_to_tensorrt_with_one_instance_on_each_listed_gpu_never
     assert "devices=cuda:0,cuda:1" in caplog.text
 
 
-def test_tensorgate_build_builds_the_tensorrt_engine(standin: trt_standin.State, tmp_path: Path) -> None:
+def test_standin_tensorgate_build_calls_our_tensorrt_loader_and_keeps_the_plan(
+    standin: trt_standin.State, tmp_path: Path
+) -> None:
+    """``tensorgate build`` drives our TensorRT loader (against the stand-in) and keeps the plan file it
+    writes in the cache; the plan is the stand-in's bytes, not a TensorRT engine."""
     from models import write_config
 
     identity(tmp_path / "repo" / "m" / "1" / "model.onnx")

@@ -212,9 +212,28 @@ def test_latency_and_batch_size_histograms(server: Server) -> None:
     latency = "tensorgate_request_duration_seconds"
     inf = sample(latency, "_bucket", model="identity", le="+Inf")
     assert inf == sample(latency, "_count", model="identity") == stats.inference_stats.success.count >= 5
-    assert sample(latency, "_bucket", model="identity", le="0.0001") <= sample(
-        latency, "_bucket", model="identity", le="1.0"
+    # the sums are the statistics' own durations
+    served = stats.inference_stats
+    assert sample(latency, "_sum", model="identity") == pytest.approx(served.success.ns / 1e9, rel=1e-9)
+    assert sample("tensorgate_queue_duration_seconds", "_sum", model="identity") == pytest.approx(
+        served.queue.ns / 1e9, rel=1e-9
     )
+    compute_ns = served.compute_input.ns + served.compute_infer.ns + served.compute_output.ns
+    assert sample("tensorgate_compute_duration_seconds", "_sum", model="identity") == pytest.approx(
+        compute_ns / 1e9, rel=1e-9
+    )
+    # the buckets: 100 µs to 60 s (README), and they place the requests where their summed time says:
+    # every one above the largest bound no request is under, none above the smallest bound all are under
+    buckets = [
+        (float(s.labels["le"]), s.value)
+        for s in families[latency].samples
+        if s.name == latency + "_bucket" and s.labels.get("model") == "identity"
+    ]
+    bounds = [b for b, _ in buckets]
+    assert (bounds[0], bounds[-2], bounds[-1]) == (0.0001, 60.0, float("inf")), buckets
+    empty = max((b for b, n in buckets if n == 0), default=0.0)
+    full = min(b for b, n in buckets if n == inf)
+    assert inf * empty < sample(latency, "_sum", model="identity") <= inf * full, buckets
     assert sample("tensorgate_batch_size", "_bucket", model="identity", le="2") < sample(
         "tensorgate_batch_size", "_bucket", model="identity", le="4"
     )  # every 3-row request ran in a batch of at least 3
