@@ -406,7 +406,7 @@ CASES += [
         "classification_not_int64",
         _output_parameter("classification", "3"),
         grpc.StatusCode.INVALID_ARGUMENT,
-        ("'OUTPUT0'", "invalid value type for 'classification' parameter, expected int64_param"),
+        ("'OUTPUT0'", "invalid value type for 'classification' parameter, expected an integer (int64_param)"),
     ),
     (
         "classification_negative",

@@ -18,14 +18,15 @@ from onnx import TensorProto
 from tritonclient.utils import InferenceServerException
 
 ROWS = np.array([[0.1, 0.9, 0.5, 0.9, -1.0], [3.0, -2.0, 0.25, 1.5, 0.0]], np.float32)
-LABELS = ["cat", "dog", "", "fish"]  # index 2 has an empty label, index 4 none at all
+# index 2 has an empty label, index 4 none at all; "\u2028" is no line break in a label file (Triton's getline)
+LABELS = ["cat", "dog\u2028x", "", "fish"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("classification") / "repo"
     identity(path / "labelled" / "1" / "model.onnx", shape=("batch", 5))
-    (path / "labelled" / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    (path / "labelled" / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     write_config(
         path / "labelled",
         "max_batch_size: 4\noutput [{ name: 'OUTPUT0' data_type: TYPE_FP32 dims: [5] label_filename: 'labels.txt' }]",
@@ -76,7 +77,7 @@ def _http(port: int, model: str, array: np.ndarray, datatype: str, count: int, b
 
 
 EXPECTED_TOP3 = [
-    [b"0.900000:1:dog", b"0.900000:3:fish", b"0.500000:2"],  # equal values in index order; no label for 2
+    ["0.900000:1:dog\u2028x".encode(), b"0.900000:3:fish", b"0.500000:2"],  # ties in index order; 2 has no label
     [b"3.000000:0:cat", b"1.500000:3:fish", b"0.250000:2"],
 ]
 

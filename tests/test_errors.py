@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 from bad_requests import CASES, MAX_BATCH, Request, _check_serving, _f32, _fp32, _good_add_sub, _request, _strings
@@ -86,6 +87,26 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         root / "bias" / "1" / "model.onnx",
     )
+    # an initializer a request could override, of a type no request can carry: not offered, the model loads
+    f8 = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Cast", ["SCALE"], ["scale32"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", ["INPUT0", "scale32"], ["OUTPUT0"]),
+            ],
+            "f8",
+            [
+                helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 2]),
+                helper.make_tensor_value_info("SCALE", TensorProto.FLOAT8E4M3FN, [2]),
+            ],
+            [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 2])],
+            initializer=[helper.make_tensor("SCALE", TensorProto.FLOAT8E4M3FN, [2], [2.0, 0.5])],
+        ),
+        opset_imports=[helper.make_opsetid("", 19)],  # Cast from float8: opset 19
+    )
+    f8.ir_version = 9
+    (root / "f8_initializer" / "1").mkdir(parents=True)
+    onnx.save(f8, str(root / "f8_initializer" / "1" / "model.onnx"))
     write_config(
         root / "bias",
         "max_batch_size: 0\ninput [{ name: 'INPUT0' data_type: TYPE_FP32 dims: [4] }, "
@@ -150,6 +171,8 @@ def test_an_optional_input_may_be_left_out_or_given(
     assert alone.as_numpy("OUTPUT0").tolist() == [11.0, 22.0, 33.0, 44.0]
     given = stub.ModelInfer(_request("bias", _fp32("INPUT0", x), _fp32("BIAS", np.ones(4, np.float32))))
     assert grpcclient.InferResult(given).as_numpy("OUTPUT0").tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert server.client.is_model_ready("f8_initializer")  # a float8 one is just not offered as an input
+    assert [i.name for i in server.client.get_model_metadata("f8_initializer").inputs] == ["INPUT0"]
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(_request("bias", _fp32("BIAS", x)), timeout=30)  # the required one left out
     error: Any = caught.value
@@ -167,7 +190,8 @@ def test_a_model_with_a_broken_version_does_not_serve(
     assert error.code() == grpc.StatusCode.NOT_FOUND and "Request for unknown model: 'half'" in error.details()
     assert "version 2" in error.details()
     index = {(m.name, m.version): (m.state, m.reason) for m in server.client.get_model_repository_index().models}
-    assert ("half", "1") not in index or index[("half", "1")][0] != "READY"
+    assert index[("half", "1")][0] == "UNAVAILABLE"  # it loaded, and was released with the model's failed load
+    assert "the model's load failed, so this version was released" in index[("half", "1")][1]
     assert index[("half", "2")][0] == "UNAVAILABLE" and index[("half", "2")][1]
     assert not server.client.is_model_ready("half") and not server.client.is_model_ready("half", "1")
     broken = [state_reason for (name, _), state_reason in index.items() if name == "broken"]
@@ -372,6 +396,7 @@ def test_every_stream_message_is_answered_even_one_that_does_not_parse(
         answers = list(stream(iter([good, GARBAGE, good]), timeout=30))
     assert [a.infer_response.id for a in answers] == ["good", "", "good"]  # in the order of the messages
     assert [bool(a.error_message) for a in answers] == [False, True, False]
+    assert all(a.infer_response.parameters["triton_final_response"].bool_param for a in answers)
     assert answers[1].error_message.startswith("stream message 2: ") and "ModelInferRequest" in answers[1].error_message
     _check_serving(server, stub)
 

@@ -323,3 +323,35 @@ def test_a_response_above_the_grpc_message_limit_is_refused_naming_it(tmp_path: 
     with urllib.request.urlopen(request, timeout=30) as answer:
         assert json.loads(answer.read())["outputs"][0]["shape"] == [4, 4096]
     assert "level=ERROR" not in server.log and "Traceback" not in server.log, server.log[-3000:]
+
+
+def test_stream_answers_at_the_message_limit_never_break_the_stream(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
+    """A stream answer whose response is just under --grpc-max-message-bytes, with the stream's own fields
+    (the wrapper, triton_final_response) on top: each is answered or refused in-stream with
+    RESOURCE_EXHAUSTED's words, and the stream goes on (an answer gRPC itself refuses to send ends the
+    stream and loses the answers after it)."""
+    from onnx import TensorProto
+
+    limit = 4096
+    identity(tmp_path / "repo" / "bytes" / "1" / "model.onnx", elem_type=TensorProto.UINT8, shape=("n",))
+    write_config(tmp_path / "repo" / "bytes", "max_batch_size: 0\n")
+    server = start_server(tmp_path / "repo", "--grpc-max-message-bytes", str(limit))
+
+    def request(n: int) -> bytes:
+        message = service_pb2.ModelInferRequest(model_name="bytes", id=str(n))
+        message.inputs.add(name="INPUT0", datatype="UINT8", shape=[n])
+        message.raw_input_contents.append(bytes(n))
+        return message.SerializeToString()
+
+    sizes = list(range(limit - 160, limit - 42))  # requests that fit; their responses from below to above it
+    with grpc.insecure_channel(server.url) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        answers = list(stream(iter([request(n) for n in sizes] + [request(10)]), timeout=60))
+    assert [a.infer_response.id for a in answers[:-1]] == [str(n) for n in sizes]  # every one, in order
+    assert answers[-1].infer_response.id == "10" and not answers[-1].error_message
+    refused = [a for a in answers if a.error_message]
+    assert refused and all("--grpc-max-message-bytes" in a.error_message for a in refused)
+    assert any(not a.error_message for a in answers[:-1])  # those that fit are answered

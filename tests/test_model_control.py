@@ -459,6 +459,35 @@ def test_server_with_a_missing_repository_still_serves(tmp_path: Path, start_ser
     wait_for(lambda: not server.client.is_model_ready("a"), timeout=10)
 
 
+def test_a_failed_reload_keeps_strict_readiness_and_a_broken_new_version_loses_it(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """--strict-readiness after reloads that fail: one whose serving version's file broke leaves the model
+    serving and the server ready (Triton's readiness reads the serving versions); one that adds a broken
+    version is not ready (that version does not serve), and the old ones still answer. The versions the
+    failed load built are released without a model_unloaded line (they never served)."""
+    repo = tmp_path / "repo"
+    model_with_versions(repo / "m", 1, config="version_policy { all {} }")
+    server = start_server(repo, *EXPLICIT, "--load-model", "m", "--strict-readiness", "true")
+    client = server.client
+    assert client.is_server_ready()
+    (repo / "m" / "1" / "model.onnx").write_bytes(b"broken")
+    err = error_of(client.load_model, "m")
+    assert "the versions loaded before keep serving" in err.message()
+    assert client.is_server_ready() and client.is_model_ready("m", "1") and infer(client, "m") == (1.0, "1")
+
+    model_with_versions(repo / "m", 1)  # version 1 whole again, and a version 2 that cannot load
+    (repo / "m" / "2").mkdir()
+    (repo / "m" / "2" / "model.onnx").write_bytes(b"broken too")
+    err = error_of(client.load_model, "m")
+    assert "version 2" in err.message()
+    assert not client.is_server_ready() and infer(client, "m") == (1.0, "1")
+    rows = {v: (state, reason) for v, state, reason in index_of(client)["m"]}
+    assert rows["1"][0] == "READY" and rows["2"][0] == "UNAVAILABLE"
+    assert server.log.count("event=model_unloaded model=m") == 0
+    assert server.log.count("event=model_version_released model=m version=1") == 1  # the rebuilt 1 of the 2nd
+
+
 def test_version_directory_without_model_file(tmp_path: Path, start_server: Callable[..., Server]) -> None:
     """A version directory without its model file fails the reload (the model loads whole or not at all, as
     Triton); the versions serving before keep serving, and the index says why the new one is not."""

@@ -108,7 +108,11 @@ class OnnxRuntimeCpuBackend:
         # backend merges them in: config.pbtxt may declare them as optional inputs).
         self._inputs = (
             *(_tensor_info(a) for a in self._session.get_inputs()),
-            *(_tensor_info(a, optional=True) for a in self._session.get_overridable_initializers()),
+            *(
+                _tensor_info(a, optional=True)
+                for a in self._session.get_overridable_initializers()
+                if a.type in _ORT_TYPES  # one of a type no request can carry is simply not offered
+            ),
         )
         self._outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
         self._input_types = {t.name: t.onnx_type for t in self._inputs}

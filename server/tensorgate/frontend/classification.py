@@ -30,7 +30,7 @@ def class_count(requested: pb.ModelInferRequest.InferRequestedOutputTensor, data
     name = clip(requested.name)
     if param.WhichOneof("parameter_choice") != "int64_param":
         raise InvalidArgument(
-            f"output '{name}': invalid value type for 'classification' parameter, expected int64_param"
+            f"output '{name}': invalid value type for 'classification' parameter, expected an integer (int64_param)"
         )
     count = param.int64_param
     if count < 0:

@@ -167,9 +167,12 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
 # so the event loop keeps serving other calls meanwhile.
 BYTES_ELEMENTS_ON_LOOP = 4096
 # A response's fields besides its tensors' bytes (names, shapes, ids) stay well under this; past it the
-# message is measured exactly. A ModelStreamInferResponse wraps it in at most this many bytes more.
+# message is measured exactly. A ModelStreamInferResponse wraps it in at most this many bytes more: its
+# infer_response field's tag and length, and the triton_final_response parameter every stream answer has.
 RESPONSE_FIELDS_BYTES = 64 * 1024
-STREAM_WRAPPER_BYTES = 16
+_FINAL = pb.ModelStreamInferResponse()
+_FINAL.infer_response.parameters["triton_final_response"].bool_param = True
+STREAM_WRAPPER_BYTES = _FINAL.ByteSize() + 8  # + a 64-bit length's varint
 
 
 def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:

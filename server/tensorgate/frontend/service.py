@@ -326,10 +326,12 @@ class InferenceService:
                     try:
                         request = _parse(state, pb.ModelInferRequest, raw)
                     except ServerError as exc:
-                        refused = loop.create_future()
-                        refused.set_result(
-                            pb.ModelStreamInferResponse(error_message=f"stream message {received}: {exc.message}")
+                        unparsed = pb.ModelStreamInferResponse(
+                            error_message=f"stream message {received}: {exc.message}"
                         )
+                        unparsed.infer_response.parameters["triton_final_response"].bool_param = True
+                        refused = loop.create_future()
+                        refused.set_result(unparsed)
                         answers.put_nowait(refused)
                         continue
                     task = asyncio.create_task(answer(request))

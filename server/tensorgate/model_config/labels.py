@@ -23,7 +23,16 @@ def with_labels(spec: ModelSpec, model_dir: Path) -> ModelSpec:
         if not path.is_relative_to(folder) or not path.is_file():
             raise ModelConfigError(f"{where} names no file in the model directory")
         try:
-            labels[output.name] = tuple(path.read_text(encoding="utf-8").splitlines())
+            labels[output.name] = _lines(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelConfigError(f"{where} cannot be read as UTF-8 text: {exc}") from None
     return replace(spec, labels=labels) if labels else spec
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    """The file's lines as Triton's getline reads them: split at newlines only (str.splitlines would also
+    split at \\x85, \\u2028, form feeds..., shifting every later label), a trailing \\r dropped."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return tuple(line.removesuffix("\r") for line in lines)

@@ -180,8 +180,7 @@ class Loader:
                     failure_reason(exc),
                     exc_info=not expected(exc),
                 )
-                result.failed[number] = failure_reason(exc)
-                break  # the model loads whole or not at all (see Repository._load): the rest need not load
+                result.failed[number] = failure_reason(exc)  # every version tried: the index says each reason
         return result
 
     def load_version(

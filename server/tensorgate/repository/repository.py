@@ -233,11 +233,16 @@ class Repository:
                 # A model loads whole or not at all (Triton's model lifecycle: one version that fails aborts
                 # the load and the versions it did load are released): unversioned requests never move to an
                 # older version because the newest is broken. A reload leaves the versions serving in place.
-                self._retire(loaded)
+                self._retire(loaded, "model_version_released")
                 reason = "; ".join(f"version {v}: {r}" for v, r in sorted(failed.items()))
                 kept = bool(entry.versions)
                 _load_failed(entry, fingerprint, reason)
-                entry.failed_versions = failed  # the index and requests to them say why
+                # The index and requests to them say why each version not serving is not; one that keeps
+                # serving is READY (its row says the reload failed), so strict readiness holds.
+                released = {
+                    v.version: f"the model's load failed, so this version was released ({reason})" for v in loaded
+                }
+                entry.failed_versions = {n: r for n, r in {**released, **failed}.items() if n not in entry.versions}
                 raise ServerError(
                     f"load failed for model '{name}': {reason}"
                     + (" (the versions loaded before keep serving)" if kept else ""),
@@ -280,12 +285,12 @@ class Repository:
             await asyncio.gather(*(v.retire() for v in retiring))
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
-    def _retire(self, old: Iterable[ModelVersion]) -> None:
+    def _retire(self, old: Iterable[ModelVersion], event: str = "model_unloaded") -> None:
         for version in list(old):
-            self._retire_one(version)
+            self._retire_one(version, event)
 
-    def _retire_one(self, version: ModelVersion) -> None:
-        spawn(version.retire(), self._retiring)
+    def _retire_one(self, version: ModelVersion, event: str = "model_unloaded") -> None:
+        spawn(version.retire(event), self._retiring)
 
     # ---- poll mode ----
 

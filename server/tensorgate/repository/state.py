@@ -59,11 +59,13 @@ class ModelVersion:
         """The version's statistics (the scheduler records them; they follow it across an engine switch)."""
         return self.scheduler.stats
 
-    async def retire(self) -> None:
+    async def retire(self, event: str = "model_unloaded") -> None:
+        """Finish the requests it holds and release its instances; logged as ``event`` (a version a failed
+        load built and drops is not the one that serves: ``model_version_released``)."""
         self.state = ModelState.UNLOADING
         await self.scheduler.close()
         self.state = ModelState.UNAVAILABLE
-        log.info("event=model_unloaded model=%s version=%d", self.name, self.version)
+        log.info("event=%s model=%s version=%d", event, self.name, self.version)
 
 
 @dataclass(frozen=True)
