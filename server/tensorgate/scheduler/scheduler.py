@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 Answer = Outputs | ServerError
 OVERLOAD_LOG_SECS = 10.0  # at most one overload warning per model version this often
+# The event loop's lateness below this is a timer's ordinary jitter (about 1 ms on an idle server), not a
+# backlog: a bound smaller than it (--max-queue-wait-ms 1) refuses on the loop's lag only beyond it.
+LOOP_LAG_FLOOR_NS = 20_000_000
 
 
 class Scheduler:
@@ -139,7 +142,7 @@ class Scheduler:
         bound_ns = self.max_queue_wait_ms * 1_000_000
         if not bound_ns:
             return
-        if loop_lag_ns > bound_ns:
+        if loop_lag_ns > bound_ns and loop_lag_ns > LOOP_LAG_FLOOR_NS:
             self._refuse(loop_lag_ns, f"the server runs {loop_lag_ns // 1_000_000} ms behind in taking requests")
         if not self._queue.depth:
             return
