@@ -4,16 +4,25 @@ registers before it loads the model, as Triton's ONNX Runtime backend does. The 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime_extensions
 import tritonclient.grpc as grpcclient
 from conftest import Server
 from models import write_config
 from onnx import TensorProto, helper
+
+
+def _library_path() -> str:
+    """onnxruntime-extensions' custom-op library, asked of a child interpreter: importing the package sets
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ, which every server this test session
+    starts afterwards would inherit (pure-Python protobuf: other messages for bad UTF-8, slower)."""
+    ask = "import onnxruntime_extensions as x; print(x.get_library_path())"
+    return subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def _upper(path: Path) -> None:
@@ -36,7 +45,7 @@ def test_a_custom_op_library_is_registered_and_its_model_serves(
     tmp_path: Path, start_server: Callable[..., Server]
 ) -> None:
     repo = tmp_path / "repo"
-    library = onnxruntime_extensions.get_library_path()
+    library = _library_path()
     for name, operations in [
         ("upper", f"model_operations {{ op_library_filename: '{library}' }}"),
         ("no_library", ""),  # the same model without its library cannot load

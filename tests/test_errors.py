@@ -454,3 +454,22 @@ def test_a_message_above_the_limit_is_refused_before_it_is_read(
     error = _client_error(lambda: server.client.infer("large", [tensor], compression_algorithm=compression))
     assert error.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED), error
     _check_serving(server, stub)
+
+
+def test_with_protobufs_pure_python_parser_bad_utf8_is_still_invalid_argument(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python (set by some packages on import, inherited by the
+    server): the start says protobuf runs slow, and a string field that is not UTF-8 (which that parser
+    reports as UnicodeDecodeError, not DecodeError) is still INVALID_ARGUMENT naming the message."""
+    repo = tmp_path / "repo"
+    _identity(repo / "m" / "1" / "model.onnx", TensorProto.FLOAT, ["batch", 4])
+    server = start_server(repo, env={"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
+    assert "event=slow_protobuf implementation=python" in server.log
+    with grpc.insecure_channel(server.url) as channel:
+        config = channel.unary_unary("/inference.GRPCInferenceService/ModelConfig")
+        with pytest.raises(grpc.RpcError) as caught:
+            config(b"\n\x07\x00\x00\x00\x00\x00\x00\x80", timeout=10)  # name: 7 bytes, the last not UTF-8
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "is not a valid inference.ModelConfigRequest" in error.details()

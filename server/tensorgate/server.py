@@ -19,6 +19,8 @@ import signal
 import threading
 import time
 
+from google.protobuf.internal import api_implementation
+
 from tensorgate import __version__
 from tensorgate.frontend.grpc_server import GrpcFrontend, PortInUse, TlsError
 from tensorgate.frontend.http_server import HttpFrontend
@@ -133,6 +135,14 @@ class Server:
         tls = "mutual" if settings.grpc_tls_client_ca else "on" if settings.grpc_tls_cert else "off"
         address = host_port(frontend.host, frontend.port)  # the port bound (0 picks one)
         log.info("event=grpc_listening version=%s address=%s tls=%s", __version__, address, tls)
+        protobuf = api_implementation.Type()
+        if protobuf != "upb":
+            # e.g. PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in the environment (some packages set it)
+            log.warning(
+                "event=slow_protobuf implementation=%s reason=protobuf's C implementation (upb) is not in use: "
+                "every message parses and serializes several times slower",
+                protobuf,
+            )
         try:
             await repository.start()
         except RepositoryMissing as exc:

@@ -471,7 +471,7 @@ def _unary(
 def _parse(state: ServerState, message_type: type[Req], raw: bytes) -> Req:
     try:
         message: Req = message_type.FromString(raw)
-    except DecodeError:
+    except (DecodeError, UnicodeDecodeError):  # (protobuf's pure-Python parser: bad UTF-8 in a string field)
         state.malformed_messages += 1
         raise InvalidArgument(
             f"the message ({len(raw)} bytes) is not a valid inference.{message_type.DESCRIPTOR.name}; "
