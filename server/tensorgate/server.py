@@ -139,9 +139,10 @@ class Server:
         if protobuf != "upb":
             # e.g. PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in the environment (some packages set it)
             log.warning(
-                "event=slow_protobuf implementation=%s reason=protobuf's C implementation (upb) is not in use: "
-                "every message parses and serializes several times slower",
+                "event=slow_protobuf implementation=%s reason=%s",
                 protobuf,
+                "protobuf's C implementation (upb) is not in use: every message parses and serializes several "
+                "times slower",
             )
         try:
             await repository.start()
