@@ -71,6 +71,25 @@ def test_help_documents_every_flag() -> None:
     assert "TENSORGATE_GRPC_PORT" in out and "default 8001" in out
 
 
+@pytest.mark.parametrize(
+    ("args", "disabled"),
+    [
+        ([], False),
+        (["--disable-auto-complete-config"], True),
+        (["--disable-auto-complete-config", "false"], False),
+        (["--strict-model-config"], True),  # Triton's older name
+        (["--strict-model-config=false"], False),
+        (["--strict-model-config", "--model-repository", "r"], True),  # a bare flag does not take the next flag
+    ],
+)
+def test_auto_complete_switch_and_its_triton_names(args: list[str], disabled: bool) -> None:
+    from tensorgate import cli
+    from tensorgate import settings as settings_module
+
+    options = settings_module.from_namespace(cli.build_parser().parse_args(["serve", *args]))
+    assert options.disable_auto_complete_config is disabled
+
+
 def test_environment_variables_set_options(tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     repo = tmp_path / "repo"
     identity(repo / "a" / "1" / "model.onnx")

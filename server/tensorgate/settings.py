@@ -438,6 +438,16 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         if convert is _bool:  # `--flag` alone is true, as Triton's --disable-auto-complete-config
             kwargs.update(nargs="?", const=True)
         parser.add_argument(_flag(f), help=f"{f.metadata['help']} (default {shown}) [env {env}]", **kwargs)
+    # Triton's older spelling of the same switch (its strict model config is auto-complete turned off)
+    parser.add_argument(
+        "--strict-model-config",
+        dest="disable_auto_complete_config",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="Triton's older name for --disable-auto-complete-config",
+    )
 
 
 def from_namespace(args: argparse.Namespace) -> Settings:
