@@ -198,7 +198,7 @@ def test_one_bad_version_fails_the_whole_model(broken_server: Server) -> None:
     err = error_of(infer, client, "half")
     assert status(err) == "NOT_FOUND" and "cannot load model.onnx" in err.message()
     err = error_of(infer, client, "half", "1")
-    assert status(err) == "NOT_FOUND" and "version 1 is not at ready state: it failed to load" in err.message()
+    assert status(err) == "UNAVAILABLE" and "version 1 is not at ready state: it failed to load" in err.message()
 
 
 def test_index_lists_every_model_directory(broken_server: Server) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tensorgate import backends
 from tensorgate.backends.base import BackendLoader, Engine
-from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, clip
+from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, Unavailable, clip
 from tensorgate.model_config import RawConfig
 from tensorgate.repository import layout
 from tensorgate.repository.engine_plan import Capabilities
@@ -68,8 +68,9 @@ class Repository:
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version that serves a request, or the error saying why not: Triton's codes and words
-        (NOT_FOUND "Request for unknown model: ..." for a model or version that does not serve, which
-        clients match on; INVALID_ARGUMENT for a version that is not a number), with the reason after."""
+        (ModelLifeCycle::GetModel behind "Request for unknown model: ", which clients match on: NOT_FOUND for
+        a model or version it does not know or a model with no ready version, UNAVAILABLE for a version it
+        knows that is not ready; INVALID_ARGUMENT for a version that is not a number), with the reason after."""
         entry = self._entries.get(name)
         if entry is None:
             raise NotFound(
@@ -81,13 +82,15 @@ class Repository:
             if found is None:
                 if number in entry.failed_versions:
                     why = entry.failed_versions[number]
-                    raise NotFound(
+                    raise Unavailable(
                         f"{UNKNOWN_MODEL}'{name}' version {number} is not at ready state: it failed to load: {why}"
                     )
                 served = sorted(entry.versions)
                 raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {clip(str(number))} is not found (served: {served})")
             if found.state is not ModelState.READY:
-                raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {number} is not at ready state ({found.state.value})")
+                raise Unavailable(
+                    f"{UNKNOWN_MODEL}'{name}' version {number} is not at ready state ({found.state.value})"
+                )
             return found
         versions = entry.versions
         if len(versions) == 1:  # the usual case, without building a list on every request
