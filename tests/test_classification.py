@@ -123,3 +123,21 @@ def test_a_label_file_outside_the_model_directory_fails_the_load(server: Server)
     (row,) = [m for m in server.client.get_model_repository_index().models if m.name == "no_labels_file"]
     assert row.state == "UNAVAILABLE"
     assert "label_filename '../x.txt' names no file in the model directory" in row.reason
+
+
+def test_an_output_asked_twice_is_answered_as_first_asked(server: Server) -> None:
+    """As Triton's frontends keep the first setting of an output (output_map_.emplace)."""
+    tensor = grpcclient.InferInput("INPUT0", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS)
+    plain_first = [
+        grpcclient.InferRequestedOutput("OUTPUT0"),
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=3),
+    ]
+    out = server.client.infer("labelled", [tensor], outputs=plain_first).as_numpy("OUTPUT0")
+    assert out is not None and out.dtype == np.float32 and np.array_equal(out, ROWS)
+    three_first = [
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=3),
+        grpcclient.InferRequestedOutput("OUTPUT0", class_count=5),
+    ]
+    out = server.client.infer("labelled", [tensor], outputs=three_first).as_numpy("OUTPUT0")
+    assert out is not None and out.shape == (2, 3)

@@ -252,6 +252,16 @@ def test_strict_readiness(tmp_path: Path, start_server, strict: bool) -> None:  
     wait_for(lambda: "event=server_ready" in server.log)
     assert server.client.is_server_live() and server.client.is_model_ready("good")
     assert server.client.is_server_ready() is (not strict)
+    # the grpc.health.v1 readiness a Kubernetes gRPC probe reads says the same; liveness is not touched
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.url) as channel:
+        probe = health_pb2_grpc.HealthStub(channel)
+        ready = probe.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=10).status
+        live = probe.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10).status
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert ready == (not_serving if strict else serving) and live == serving
 
 
 def test_the_exit_timeout_is_kept_with_a_batch_that_runs_longer(tmp_path: Path) -> None:

@@ -272,6 +272,8 @@ def _warmup(dims: str, count: int = 1) -> str:
         (_warmup("[4096, 65536]"), "above 1073741824 bytes"),
         (_warmup("[4611686018427387904, 8]"), "above 1073741824 bytes"),
         (_warmup("[4]", count=20_000_000), "count 20000000 is above the 1000 runs"),
+        # a client naming a native library for the server to load and run
+        ('{"model_operations": {"op_library_filename": ["/tmp/x.so"]}}', "may not set model_operations"),
     ],
 )
 def test_a_config_override_cannot_make_the_server_allocate_or_run_without_bound(

@@ -208,9 +208,9 @@ class Settings:
         metadata={
             "min": 1,
             "help": "messages of one ModelStreamInfer stream that may be unanswered at once (running, queued, or "
-            "answered but not read by the client); at this many the server reads no more of the stream until "
-            "the client reads an answer (HTTP/2 flow control then holds the client's writes), which bounds a "
-            "stream's memory to about this many answers",
+            "answered but not yet taken by gRPC to send); at this many the server reads no more of the stream "
+            "until an answer goes (HTTP/2 flow control then holds the client's writes). gRPC sends up to the "
+            "client's flow-control window beyond it, so a stream holds about this many answers plus that window",
         },
     )
     grpc_so_reuseport: bool = field(

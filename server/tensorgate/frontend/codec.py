@@ -283,7 +283,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             if requested.parameters:
                 _check_output_parameters(requested)
                 count = classification.class_count(requested, model.outputs[requested.name].datatype)
-                if count:
+                if count and requested.name not in wanted:  # an output asked twice: the first asking wins
                     classes = {**(classes or {}), requested.name: count}
             if requested.name not in wanted:
                 wanted.append(requested.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,14 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
                 condition.notify_all()
 
 
-def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericRpcHandler:
+def health_handler(
+    health_servicer: Health, state: ServerState, models_ready: Callable[[], bool] = lambda: True
+) -> grpc.GenericRpcHandler:
     """The health service's methods on raw bytes, parsed here: a message that does not parse gets
     INVALID_ARGUMENT (and is counted), not gRPC's UNKNOWN with a Python exception's text; the
-    service name it asks for becomes liveness or readiness."""
+    service name it asks for becomes liveness or readiness. A readiness Check is also NOT_SERVING
+    while ``models_ready`` says no (--strict-readiness: every model asked to load serving), as
+    ServerReady is."""
 
     async def parse(raw: bytes, context: Any) -> health_pb2.HealthCheckRequest:
         try:
@@ -78,7 +83,15 @@ def health_handler(health_servicer: Health, state: ServerState) -> grpc.GenericR
         return _canonical(request)
 
     async def check(raw: bytes, context: Any) -> Any:
-        return await health_servicer.Check(await parse(raw, context), context)
+        request = await parse(raw, context)
+        response = await health_servicer.Check(request, context)
+        if (
+            request.service == _READINESS
+            and response.status == health_pb2.HealthCheckResponse.SERVING
+            and not models_ready()
+        ):
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+        return response
 
     async def watch(raw: bytes, context: Any) -> None:
         await health_servicer.Watch(await parse(raw, context), context)
@@ -198,7 +211,9 @@ class GrpcFrontend:
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers((generic_handler(service),))
         self.health = Health()
-        self.server.add_generic_rpc_handlers((health_handler(self.health, service.state),))
+        strict = settings.strict_readiness
+        models_ready = (lambda: service.repository.all_ready()) if strict else (lambda: True)
+        self.server.add_generic_rpc_handlers((health_handler(self.health, service.state, models_ready),))
         self.host = settings.grpc_address or settings.host
         self.address = host_port(self.host, settings.grpc_port)
         address = self.address

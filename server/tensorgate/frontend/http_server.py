@@ -163,6 +163,13 @@ class HttpFrontend:
         to at most --grpc-max-message-bytes: a small compressed body may hold gigabytes (413, connection
         closed), which must not be inflated on the event loop every gRPC and HTTP call shares."""
         raw = await request.read()  # (aiohttp's own decompression is off: see start())
+        transfer = request.headers.get("Transfer-Encoding")
+        if transfer is not None and [c.strip().lower() for c in transfer.split(",")] != ["chunked"]:
+            # aiohttp undoes only chunked: the body would stay compressed (as Triton, which refuses them too)
+            raise InvalidArgument(
+                f"Unsupported HTTP header: Transfer-Encoding '{clip(transfer)}' (only chunked is supported; "
+                "send a compressed body with Content-Encoding)"
+            )
         coding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if coding in ("", "identity"):
             return raw

@@ -113,6 +113,12 @@ def _config_override(value: pb.ModelRepositoryParameter) -> RawConfig:
         raise InvalidArgument(f"load parameter 'config' is not a valid model config in JSON: {exc}") from None
     except RecursionError:
         raise InvalidArgument("load parameter 'config' is not a valid model config in JSON: nested too deep") from None
+    if config.HasField("model_operations"):
+        # A client would name a native library for the server to load and run: only the repository may.
+        raise InvalidArgument(
+            "load parameter 'config' may not set model_operations (a custom-op library the server would load "
+            "and run); put it in the model's config.pbtxt"
+        )
     # As in config.pbtxt, a max_batch_size left out is completed from the file (an explicit 0 is kept).
     return RawConfig(config, max_batch_size_given=bool({"max_batch_size", "maxBatchSize"} & set(fields)))
 
