@@ -27,6 +27,8 @@ for tool in "${image_tools[@]}"; do
     break
   fi
 done
+command -v kubectl >/dev/null 2>&1 \
+  || echo "kubectl (with its kustomize) is not installed: the tests of deploy/ in tests/test_kubernetes.py will be skipped" >&2
 "$venv/bin/ruff" check server tests scripts bench deploy
 "$venv/bin/ruff" format --check server tests scripts bench deploy
 "$venv/bin/mypy"

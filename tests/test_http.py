@@ -762,6 +762,11 @@ REFUSED: list[tuple[str, Callable[[Http], Answer], str]] = [
         "an integer of more than",
     ),
     ("'outputs': 5", lambda w: w.post_json(INFER, {**_one_input(), "outputs": 5}), "'outputs' must be a list"),
+    (
+        "a parameter beyond int64",
+        lambda w: w.post_json(INFER, {**_one_input(), "parameters": {"knob": 2**64}}),
+        "request parameter 'knob': the integer is out of the int64 range",
+    ),
     ("'outputs': true", lambda w: w.post_json(INFER, {**_one_input(), "outputs": True}), "'outputs' must be a list"),
     (
         "'outputs' an object",

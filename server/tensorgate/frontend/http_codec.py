@@ -132,6 +132,8 @@ def _parameters(target: Any, given: object, what: str, skip: tuple[str, ...] = (
             param.double_param = value
         elif isinstance(value, str):
             param.string_param = value
+        elif isinstance(value, int):
+            raise InvalidArgument(f"{what} parameter '{clip(key)}': the integer is out of the int64 range")
         else:
             raise InvalidArgument(f"{what} parameter '{clip(key)}' must be a boolean, an integer, a number or a string")
 
