@@ -470,6 +470,12 @@ def test_with_protobufs_pure_python_parser_bad_utf8_is_still_invalid_argument(
         config = channel.unary_unary("/inference.GRPCInferenceService/ModelConfig")
         with pytest.raises(grpc.RpcError) as caught:
             config(b"\n\x07\x00\x00\x00\x00\x00\x00\x80", timeout=10)  # name: 7 bytes, the last not UTF-8
-    error: Any = caught.value
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "is not a valid inference.ModelConfigRequest" in error.details()
+        probe = channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as caught:
+            probe(b"\n\x01\xff", timeout=10)  # service: one byte that is not UTF-8
+    error = caught.value
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert "is not a valid inference.ModelConfigRequest" in error.details()
+    assert "is not a valid grpc.health.v1.HealthCheckRequest" in error.details()

@@ -74,7 +74,7 @@ def health_handler(
     async def parse(raw: bytes, context: Any) -> health_pb2.HealthCheckRequest:
         try:
             request: health_pb2.HealthCheckRequest = health_pb2.HealthCheckRequest.FromString(raw)
-        except DecodeError:
+        except (DecodeError, UnicodeDecodeError):  # (the second: protobuf's pure-Python parser, bad UTF-8)
             state.malformed_messages += 1
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
