@@ -671,6 +671,21 @@ def _chunked(web: Http, path: str, body: bytes, transfer: str) -> Answer:
         conn.close()
 
 
+def test_requests_http_cannot_parse_get_400_and_leave_the_log_quiet(server: Server, web: Http) -> None:
+    """aiohttp logs a request it cannot parse at ERROR with a traceback quoting the client's bytes: 200 such
+    requests from anyone who reaches the port would be 2,200 log lines and 200 ERROR alerts. Each gets its
+    400, and the log (at the default INFO) says nothing of them."""
+    before = server.log.count("\n")
+    bad = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"A" * 4000 + b"\r\n\r\n"
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as conn:
+            conn.sendall(bad)
+            assert conn.recv(64).split(b" ")[1] == b"400", "not refused"
+    assert web.get("/v2/health/ready").status == 200  # still serving
+    added = server.log.split("\n")[before:]
+    assert not [line for line in added if "aiohttp" in line or "Traceback" in line or "AAAA" in line], added[:5]
+
+
 def test_transfer_codings_other_than_chunked_are_refused(web: Http) -> None:
     """aiohttp undoes only chunked: a `gzip, chunked` body would reach the model still compressed (a raw
     binary request into a model with a free dim would run on the compressed bytes). Refused as Triton

@@ -68,11 +68,12 @@ def _restriction(text: str) -> Restriction | None:
     groups, sep, header = text.partition(":")
     key, eq, value = header.partition("=")
     protocols = frozenset(g.strip() for g in groups.split(",") if g.strip())
+    # The messages never hold the value (a secret): argparse writes an ArgumentTypeError's message alone.
     if not sep or not eq or not key.strip() or not value or not protocols:
-        raise ValueError(f"expected PROTOCOL[,PROTOCOL...]:KEY=VALUE, not {text!r}")
+        raise argparse.ArgumentTypeError("expected PROTOCOL[,PROTOCOL...]:KEY=VALUE (the value is not shown)")
     unknown = sorted(protocols - set(PROTOCOLS))
     if unknown:
-        raise ValueError(f"unknown protocol group(s) {unknown}; known: {', '.join(PROTOCOLS)}")
+        raise argparse.ArgumentTypeError(f"unknown protocol group(s) {unknown}; known: {', '.join(PROTOCOLS)}")
     return Restriction(protocols, key.strip().lower(), value)
 
 
@@ -239,6 +240,7 @@ class Settings:
             + ", ".join(PROTOCOLS)
             + ". The standard grpc.health.v1 service stays open for probes; empty: nothing restricted",
             "type": _restriction,
+            "secret": True,
         },
     )
     strict_readiness: bool = field(
@@ -417,7 +419,8 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
             try:
                 default = convert(environ[env])
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                parser.error(f"{env}={environ[env]!r}: {exc}")
+                shown = "<not shown: it holds a secret>" if f.metadata.get("secret") else repr(environ[env])
+                parser.error(f"{env}={shown}: {exc}")
         shown = default.value if isinstance(default, enum.Enum) else default
         if f.name == "load_model":
             parser.add_argument(

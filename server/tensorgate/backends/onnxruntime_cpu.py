@@ -104,6 +104,9 @@ class OnnxRuntimeCpuBackend:
         # Runtime stops the run at its next operator; each run clears it first. The scheduler calls
         # terminate() only while a batch runs, never between runs, so no stale request stops a later one.
         self._run_options = ort.RunOptions()
+        # A failing run: ONNX Runtime's own ERROR lines (colour codes, not key=value) would repeat what its
+        # exception says, which the scheduler logs as event=execute_failed; FATAL only during runs.
+        self._run_options.log_severity_level = 4
         # The graph's inputs, then the initializers a request may override (as Triton's ONNX Runtime
         # backend merges them in: config.pbtxt may declare them as optional inputs).
         self._inputs = (

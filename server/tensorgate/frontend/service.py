@@ -305,7 +305,7 @@ class InferenceService:
                     message = exc.message
                 else:
                     state.internal_errors += 1
-                    log.exception("event=internal_error rpc=ModelStreamInfer request_id=%s", request.id)
+                    log.exception("event=internal_error rpc=ModelStreamInfer request_id=%s", clip(request.id))
                     message = bounded(f"internal error: {exc}")
                 response = pb.ModelStreamInferResponse(error_message=message)
                 failed = response.infer_response  # which request failed, as Triton says it
@@ -465,7 +465,8 @@ def _unary(
             raise
         except Exception as exc:
             state.internal_errors += 1
-            log.exception("event=internal_error rpc=%s request_id=%s", handler.__name__, getattr(request, "id", ""))
+            request_id = clip(getattr(request, "id", ""))  # a client's string: cut, as in every message
+            log.exception("event=internal_error rpc=%s request_id=%s", handler.__name__, request_id)
             context.set_code(grpc.StatusCode.INTERNAL)
             context.set_details(bounded(f"internal error: {exc}"))
         empty: Resp = response_type()

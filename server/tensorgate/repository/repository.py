@@ -268,7 +268,9 @@ class Repository:
                     v.spec.max_batch_size,
                     time.perf_counter() - started,
                 )
-            self._retire(old.values())
+            # A version the reload loaded again is replaced (it goes on serving), one it no longer serves unloaded.
+            self._retire([v for v in old.values() if v.version in entry.versions], "model_version_replaced")
+            self._retire([v for v in old.values() if v.version not in entry.versions])
             for v in loaded:
                 self.upgrades.start(entry, v)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from tensorgate.backends.base import BackendExecuteError, BackendInputError
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable
+from tensorgate.errors import Code, InvalidArgument, ServerError, Unavailable, bounded, clip
 from tensorgate.instance import BatchResult, Instance
 from tensorgate.model_config import BatchingPolicy
 from tensorgate.request import InferRequest, Outputs
@@ -371,8 +371,8 @@ class Scheduler:
             "event=execute_failed model=%s version=%d request_id=%s error=%s",
             self.model,
             self.version,
-            request.id,
-            str(error),
+            clip(request.id),  # a client's string, of any length
+            bounded(str(error)),
         )
         if isinstance(error, BackendExecuteError):
             return ServerError(f"model '{self.model}' failed to execute: {error}", Code.INTERNAL)
