@@ -488,6 +488,9 @@ def test_a_failed_reload_keeps_strict_readiness_and_a_broken_new_version_loses_i
     err = error_of(client.load_model, "m")
     assert "version 2" in err.message()
     assert not client.is_server_ready() and infer(client, "m") == (1.0, "1")
+    # the log says when and why readiness changed (the pod leaves its Service's endpoints on it)
+    assert server.log.count("event=readiness_changed ready=true") == 1  # at the start, not at the first failure
+    assert "event=readiness_changed ready=false strict_readiness=true model=m reason=" in server.log
     rows = {v: (state, reason) for v, state, reason in index_of(client)["m"]}
     assert rows["1"][0] == "READY" and rows["2"][0] == "UNAVAILABLE"
     assert server.log.count("event=model_unloaded model=m") == 0

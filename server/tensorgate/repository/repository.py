@@ -63,6 +63,7 @@ class Repository:
         self._poll_task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._changes: set[asyncio.Task[None]] = set()  # loads and unloads in progress
+        self._models_ready: bool | None = None  # all_ready() as last logged (--strict-readiness), from the start on
 
     # ---- lookups on the request path (event loop, no awaits) ----
 
@@ -182,8 +183,38 @@ class Repository:
                 )
         if mode is ControlMode.POLL:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
+        if self.settings.strict_readiness:
+            self._models_ready = not self.all_ready()  # so that the first note says where readiness starts
+            self._note_readiness()
+
+    def _note_readiness(self) -> None:
+        """With --strict-readiness, log each change of whether every model asked to load serves, and why
+        not: the pod leaves or rejoins its Service's endpoints on it, and the log should say so."""
+        if self._models_ready is None:
+            return
+        ready = self.all_ready()
+        if ready == self._models_ready:
+            return
+        self._models_ready = ready
+        if ready:
+            log.info("event=readiness_changed ready=true strict_readiness=true")
+            return
+        name, why = next(
+            (
+                (
+                    e.name,
+                    e.reason or e.reload_error or "; ".join(f"version {v}: {r}" for v, r in e.failed_versions.items()),
+                )
+                for e in self._entries.values()
+                if not (e.state is ModelState.UNAVAILABLE and e.reason == "unloaded")
+                and (e.state is not ModelState.READY or e.failed_versions)
+            ),
+            ("", ""),
+        )
+        log.warning("event=readiness_changed ready=false strict_readiness=true model=%s reason=%s", name, why or "-")
 
     async def stop(self) -> None:
+        self._models_ready = None  # the unloads of a stop are no change of readiness to report
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,6 +242,7 @@ class Repository:
         self._changes.add(task)
         task.add_done_callback(self._changes.discard)
         task.add_done_callback(_settle_change)
+        task.add_done_callback(lambda _: self._note_readiness())
         await asyncio.shield(task)
 
     async def _load(self, name: str, override: RawConfig | None = None) -> None:
