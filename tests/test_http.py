@@ -325,6 +325,12 @@ def test_http_port_is_logged_and_health(server: Server, web: Http) -> None:
     assert web.client.is_server_live() and web.client.is_server_ready()
 
 
+def test_the_machine_is_looked_at_once_however_many_models_load(server: Server) -> None:
+    """Twenty models load at once on threads at the start: the engines this machine has are detected (and
+    logged) once, not once per model that got there first."""
+    assert server.log.count("event=engines_detected") == 1, server.log.count("event=engines_detected")
+
+
 def test_http_port_zero_and_off(repo: Path, tmp_path: Path) -> None:
     """``--http-port 0``: a free port, named in the log; ``-1``: no HTTP at all, gRPC as ever."""
     small = tmp_path / "repo"

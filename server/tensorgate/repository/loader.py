@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -117,18 +118,20 @@ class Loader:
         self.settings = settings
         self.loaders = loaders
         self._capabilities = capabilities
+        self._detecting = threading.Lock()  # models load on threads at once: the machine is looked at once
 
     @property
     def capabilities(self) -> Capabilities:
-        if self._capabilities is None:
-            self._capabilities = caps = Capabilities.detect()
-            log.info(
-                "event=engines_detected gpus=%s tensorrt=%s onnxruntime_providers=%s",
-                ",".join(caps.gpus) or f"none ({caps.no_gpu_reason})",
-                caps.tensorrt_version or f"none ({caps.no_tensorrt_reason})",
-                ",".join(caps.ort_providers),
-            )
-        return self._capabilities
+        with self._detecting:
+            if self._capabilities is None:
+                self._capabilities = caps = Capabilities.detect()
+                log.info(
+                    "event=engines_detected gpus=%s tensorrt=%s onnxruntime_providers=%s",
+                    ",".join(caps.gpus) or f"none ({caps.no_gpu_reason})",
+                    caps.tensorrt_version or f"none ({caps.no_tensorrt_reason})",
+                    ",".join(caps.ort_providers),
+                )
+            return self._capabilities
 
     def load_model(
         self,
@@ -137,7 +140,8 @@ class Loader:
         override: RawConfig | None,
         serving: Mapping[int, ModelStats] | None = None,
     ) -> LoadResult:
-        """Every version the version policy serves, each loaded on its own (one failing spares the rest).
+        """Every version the version policy serves, each loaded on its own (every one is tried, so the index
+        says each failure; the repository then takes the model whole or not at all).
         A version in ``serving`` (a reload: the statistics of the versions serving now) keeps counting in
         its statistics, so its Prometheus counters continue across the reload as Triton's do."""
         raw = override if override is not None else model_config.read_config(directory)
