@@ -194,6 +194,13 @@ def test_a_model_with_a_broken_version_does_not_serve(
     assert "the model's load failed, so this version was released" in index[("half", "1")][1]
     assert index[("half", "2")][0] == "UNAVAILABLE" and index[("half", "2")][1]
     assert not server.client.is_model_ready("half") and not server.client.is_model_ready("half", "1")
+    # its statistics as Triton answers a model that is not available, whichever version is asked for
+    for version in ("", "1", "2"):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelStatistics(pb.ModelStatisticsRequest(name="half", version=version), timeout=10)
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (version, error.details())
+        assert "is not available" in error.details(), error.details()
     broken = [state_reason for (name, _), state_reason in index.items() if name == "broken"]
     assert broken and all(state == "UNAVAILABLE" and reason for state, reason in broken), broken
     assert not server.client.is_model_ready("broken") and not server.client.is_model_ready("half", "2")

@@ -172,7 +172,7 @@ class InferenceService:
             # Triton's codes and words for a model or version that does not serve: INVALID_ARGUMENT.
             try:
                 served = self.repository.get(request.name, request.version)
-            except NotFound:
+            except (NotFound, Unavailable):  # unknown, or known and not ready: not available either way
                 if request.version and self.repository.is_ready(request.name):
                     raise InvalidArgument(
                         f"requested model version is not available for model '{clip(request.name)}'"
