@@ -5,14 +5,13 @@ output asked for with ``class_count`` k comes back as the k largest values of ea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import Server, free_port, running
+from conftest import Server
 from models import identity, write_config
 from onnx import TensorProto
 from tritonclient.utils import InferenceServerException
@@ -41,17 +40,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "max_batch_size: 4\noutput [{ name: 'OUTPUT0' data_type: TYPE_FP32 dims: [5] label_filename: '../x.txt' }]",
     )
     return path
-
-
-@pytest.fixture(scope="module")
-def http_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path, http_port: int) -> Iterator[Server]:
-    with running(repo, "--http-port", str(http_port)) as s:
-        yield s
 
 
 def _grpc(server: Server, model: str, array: np.ndarray, datatype: str, count: int) -> np.ndarray:
@@ -89,8 +77,8 @@ def test_top_k_with_labels_over_grpc(server: Server) -> None:
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_top_k_with_labels_over_http(server: Server, http_port: int, binary: bool) -> None:
-    out = _http(http_port, "labelled", ROWS, "FP32", 3, binary)
+def test_top_k_with_labels_over_http(server: Server, binary: bool) -> None:
+    out = _http(server.http_port, "labelled", ROWS, "FP32", 3, binary)
     assert out.shape == (2, 3)
     # (tritonclient reads JSON strings back as str, binary ones as bytes)
     assert [[v.encode() if isinstance(v, str) else v for v in row] for row in out.tolist()] == EXPECTED_TOP3
