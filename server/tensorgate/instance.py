@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorgate.backends.base import Backend, BackendExecuteError, ReportsPhases
+from tensorgate.errors import bounded
 from tensorgate.request import InferRequest, Outputs
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Instance:
                     "event=batch_failed_rerun_alone instance=%s requests=%d error=%s",
                     self.name,
                     len(requests),
-                    str(exc),
+                    bounded(str(exc)),  # as event=execute_failed writes it
                 )
                 return BatchResult(rows=result.rows, alone=[self.run((r,), outputs, batched) for r in requests])
             t2 = time.perf_counter_ns()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +117,16 @@ class Repository:
     def all_ready(self) -> bool:
         """Every model asked to load serves all its versions (explicitly unloaded ones aside): Triton's
         strict readiness."""
+        return next(self._not_ready(), None) is None
+
+    def _not_ready(self) -> Iterator[ModelEntry]:
+        """The models that keep strict readiness false: asked to load (not unloaded) and not serving all
+        their versions."""
         for entry in list(self._entries.values()):
             if entry.state is ModelState.UNAVAILABLE and entry.reason == "unloaded":
                 continue
             if entry.state is not ModelState.READY or entry.failed_versions:
-                return False
-        return True
+                yield entry
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for e in self._entries.values() for v in e.versions.values() if v.state is ModelState.READY]
@@ -199,19 +203,15 @@ class Repository:
         if ready:
             log.info("event=readiness_changed ready=true strict_readiness=true")
             return
-        name, why = next(
-            (
-                (
-                    e.name,
-                    e.reason or e.reload_error or "; ".join(f"version {v}: {r}" for v, r in e.failed_versions.items()),
-                )
-                for e in self._entries.values()
-                if not (e.state is ModelState.UNAVAILABLE and e.reason == "unloaded")
-                and (e.state is not ModelState.READY or e.failed_versions)
-            ),
-            ("", ""),
+        entry = next(self._not_ready())
+        why = (
+            entry.reason
+            or entry.reload_error
+            or "; ".join(f"version {v}: {r}" for v, r in entry.failed_versions.items())
         )
-        log.warning("event=readiness_changed ready=false strict_readiness=true model=%s reason=%s", name, why or "-")
+        log.warning(
+            "event=readiness_changed ready=false strict_readiness=true model=%s reason=%s", entry.name, why or "-"
+        )
 
     async def stop(self) -> None:
         self._models_ready = None  # the unloads of a stop are no change of readiness to report
