@@ -367,17 +367,80 @@ CASES: list[BadCase] = [
         INVALID,
         ("'OUTPUT9'", "'OUTPUT0'", "'OUTPUT1'"),
     ),
-    # shared memory (not implemented)
+    # shared memory (Triton's words): a region never registered, parameters of the wrong type or apart
     (
-        "shm_input",
+        "shm_input_unregistered",
         lambda: _request(
             "add_sub",
             Tensor("INPUT0", "FP32", [1, 4], parameters={"shared_memory_region": "r0", "shared_memory_byte_size": 16}),
             _fp32("INPUT1", _f32()),
-            raw=[],
         ),
-        grpc.StatusCode.UNIMPLEMENTED,
-        ("'INPUT0'", "shared memory", "raw_input_contents"),
+        grpc.StatusCode.NOT_FOUND,
+        ("Unable to find shared memory region: 'r0'",),
+    ),
+    (
+        "shm_input_without_byte_size",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], parameters={"shared_memory_region": "r0"}),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        (
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor "
+            "'INPUT0'",
+        ),
+    ),
+    (
+        "shm_input_offset_without_region",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], raw=_f32().tobytes(), parameters={"shared_memory_offset": 8}),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        ("'shared_memory_offset' can not be specified without 'shared_memory_region' parameter for tensor 'INPUT0'",),
+    ),
+    (
+        "shm_input_region_not_a_string",
+        lambda: _request(
+            "add_sub",
+            Tensor("INPUT0", "FP32", [1, 4], parameters={"shared_memory_region": 3, "shared_memory_byte_size": 16}),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        ("invalid value type for 'shared_memory_region' parameter for tensor 'INPUT0', expected string_param.",),
+    ),
+    (
+        "shm_input_negative_offset",
+        lambda: _request(
+            "add_sub",
+            Tensor(
+                "INPUT0",
+                "FP32",
+                [1, 4],
+                parameters={"shared_memory_region": "r0", "shared_memory_byte_size": 16, "shared_memory_offset": -4},
+            ),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        ("'shared_memory_offset' of tensor 'INPUT0' must not be negative, not -4",),
+    ),
+    (
+        "shm_input_and_raw_contents",  # an input in shared memory has no raw_input_contents entry
+        lambda: _request(
+            "add_sub",
+            Tensor(
+                "INPUT0",
+                "FP32",
+                [1, 4],
+                raw=_f32().tobytes(),
+                parameters={"shared_memory_region": "r0", "shared_memory_byte_size": 16},
+            ),
+            _fp32("INPUT1", _f32()),
+        ),
+        INVALID,
+        ("request has 2 inputs (1 in shared memory) but 2 raw_input_contents", "not in shared memory"),
     ),
 ]
 
@@ -397,10 +460,19 @@ def _output_parameter(key: str, value: str | int) -> Callable[[], Request]:
 
 CASES += [
     (
-        "shm_output",
+        "shm_output_without_byte_size",
         _output_parameter("shared_memory_region", "r0"),
-        grpc.StatusCode.UNIMPLEMENTED,
-        ("'OUTPUT0'", "shared memory"),
+        INVALID,
+        (
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor "
+            "'OUTPUT0'",
+        ),
+    ),
+    (
+        "shm_output_byte_size_not_an_int64",
+        _output_parameter("shared_memory_byte_size", "16"),
+        INVALID,
+        ("invalid value type for 'shared_memory_byte_size' parameter for tensor 'OUTPUT0', expected int64_param.",),
     ),
     (
         "classification_not_int64",

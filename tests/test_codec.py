@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import text_format
 from tensorgate import model_config
 from tensorgate.backends.base import TensorInfo
-from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.errors import InvalidArgument
 from tensorgate.frontend.codec import decode_request, encode_response
 from tensorgate.model_config import ModelSpec, RawConfig
 from tensorgate.proto import inference_pb2 as pb
@@ -79,8 +79,8 @@ def test_typed_contents_and_bytes() -> None:
         (lambda r: r.parameters["priority"].__setattr__("string_param", "high"), InvalidArgument, ("'priority'",)),
         (
             lambda r: r.inputs[0].parameters["shared_memory_region"].__setattr__("string_param", "r"),
-            Unimplemented,
-            ("shared memory",),
+            InvalidArgument,
+            ("'shared_memory_byte_size' must be specified along with 'shared_memory_region'", "'A'"),
         ),
     ],
 )

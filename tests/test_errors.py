@@ -251,7 +251,8 @@ def test_tritonclient_sees_status_and_message(server: Server, stub: service_pb2_
     shm = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
     shm.set_shared_memory("region", 16)
     error = _client_error(lambda: c.infer("add_sub", [shm, b]))
-    assert error.status() == str(grpc.StatusCode.UNIMPLEMENTED) and "shared memory" in error.message()
+    assert error.status() == str(grpc.StatusCode.NOT_FOUND)
+    assert error.message() == "Unable to find shared memory region: 'region'"
     _check_serving(server, stub)
 
 
@@ -282,12 +283,6 @@ def test_stream_errors_keep_the_stream_open(server: Server, stub: service_pb2_gr
 # ---- RPCs tensorgate does not implement ----
 
 UNIMPLEMENTED_RPCS = [
-    ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
-    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=16)),
-    ("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest(name="r")),
-    ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest()),
-    ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(name="r", byte_size=16)),
-    ("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest(name="r")),
     ("TraceSetting", pb.TraceSettingRequest()),
     ("LogSettings", pb.LogSettingsRequest()),
 ]
@@ -308,9 +303,6 @@ def test_unimplemented_rpc(
 def test_unimplemented_through_tritonclient(server: Server, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     c = server.client
     for call in (
-        c.get_system_shared_memory_status,
-        lambda: c.register_system_shared_memory("r", "/k", 16),
-        c.get_cuda_shared_memory_status,
         lambda: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
         lambda: c.update_log_settings(settings={"log_info": True}),
     ):

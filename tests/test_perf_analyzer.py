@@ -28,10 +28,18 @@ pytestmark = pytest.mark.skipif(
         ("add_sub", ["-b", "2"]),
         ("add_sub", ["--streaming"]),  # ModelStreamInfer
         ("string_identity", ["--string-length", "12"]),
+        # Triton's system shared memory extension: inputs and outputs in regions perf_analyzer registers
+        ("identity", ["--shared-memory", "system"]),
+        ("add_sub", ["--shared-memory", "system", "-b", "2"]),
+        (
+            "string_identity",
+            ["--string-length", "12", "--shared-memory", "system", "--output-shared-memory-size", "256"],
+        ),
     ],
 )
 def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model: str, extra: list[str]) -> None:
     report = tmp_path / "report.csv"
+    registered_before = server.log.count("event=shm_registered")
     result = subprocess.run(
         [
             str(PERF_ANALYZER),
@@ -64,3 +72,6 @@ def test_perf_analyzer_runs_without_errors(tmp_path: Path, server: Server, model
     stats = server.client.get_inference_statistics(model).model_stats[0]
     assert stats.inference_stats.fail.count == 0
     assert stats.inference_stats.success.count > 0
+    assert server.client.get_system_shared_memory_status(as_json=True) == {}  # perf_analyzer unregisters its own
+    registered = server.log.count("event=shm_registered") - registered_before
+    assert registered >= 2 if "--shared-memory" in extra else registered == 0  # an input and an output at least

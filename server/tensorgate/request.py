@@ -30,6 +30,9 @@ class InferRequest:
     nbytes: int = -1
     # Outputs asked for as classifications (Triton's extension): name -> k; None: none.
     classes: dict[str, int] | None = None
+    # Outputs to be written in the client's shared memory (Triton's extension) instead of the response:
+    # name -> the bytes to write them in; None: none.
+    output_memory: dict[str, memoryview] | None = None
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:

@@ -12,8 +12,9 @@ import numpy as np
 
 from tensorgate import datatypes
 from tensorgate.datatypes import DataType
-from tensorgate.errors import Code, InvalidArgument, ServerError, Unimplemented, clip
-from tensorgate.frontend import classification
+from tensorgate.errors import Code, InvalidArgument, ServerError, clip
+from tensorgate.frontend import classification, shared_memory
+from tensorgate.frontend.shared_memory import Location, SystemSharedMemory
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.request import InferRequest
@@ -35,7 +36,6 @@ _CONTENTS_FIELD: dict[str, str] = {
 }
 _ALL_CONTENTS_FIELDS = sorted(set(_CONTENTS_FIELD.values()))
 MAX_ELEMENTS = 2**59  # elements of one tensor: x 8 bytes (FP64, object) stays below numpy's 2**63 limit
-_UNSUPPORTED_TENSOR_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -118,6 +118,46 @@ def _from_contents(name: str, tensor: pb.ModelInferRequest.InferInputTensor, dty
         raise InvalidArgument(f"input '{name}': a value in contents.{field} does not fit {dtype.v2}") from None
 
 
+def _check_raw_count(tensors: Sequence[pb.ModelInferRequest.InferInputTensor], raw: int) -> None:
+    """As Triton: an input in shared memory has no entry in raw_input_contents, every other input one."""
+    shared = sum(1 for t in tensors if shared_memory.REGION in t.parameters)
+    if raw != len(tensors) - shared:
+        raise InvalidArgument(
+            f"request has {len(tensors)} inputs"
+            + (f" ({shared} in shared memory)" if shared else "")
+            + f" but {raw} raw_input_contents; send one raw_input_contents entry per input not in shared memory, "
+            "in the order of inputs"
+        )
+
+
+def _from_shared(
+    name: str,
+    model: ModelSpec,
+    memory: SystemSharedMemory | None,
+    where: Location,
+    shape: tuple[int, ...],
+    dtype: DataType,
+    count: int,
+) -> np.ndarray:
+    """The tensor of ``shape`` in the client's shared memory: a read-only view of it (BYTES: objects)."""
+    data = (memory or SystemSharedMemory()).memory(where).toreadonly()
+    if dtype.is_bytes:
+        try:
+            return datatypes.deserialize_bytes(data, count).reshape(shape)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"input '{name}' (BYTES, shape {_shape_text(shape)}): the bytes in shared memory region "
+                f"'{clip(where.region)}' {exc}"
+            ) from None
+    needed = count * dtype.itemsize
+    if where.byte_size != needed:
+        raise InvalidArgument(
+            f"input byte size mismatch for input '{name}' for model '{model.name}'. Expected {needed}, got "
+            f"{where.byte_size}"
+        )
+    return np.ndarray(shape, dtype.numpy, data)
+
+
 def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, count: int) -> np.ndarray:
     """The tensor of ``shape`` that ``raw`` holds: a read-only view of the message's bytes (BYTES: objects)."""
     if dtype.is_bytes:
@@ -186,6 +226,9 @@ def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:
             claimed = len(tensor.contents.bytes_contents)
             if claimed > BYTES_ELEMENTS_ON_LOOP:
                 return True
+            in_memory = tensor.parameters.get(shared_memory.BYTE_SIZE)  # in the client's shared memory
+            if in_memory is not None and in_memory.int64_param > 4 * BYTES_ELEMENTS_ON_LOOP:
+                return True
     # Raw BYTES contents hold at least 4 bytes an element.
     return sum(len(raw) for raw in request.raw_input_contents) > 4 * BYTES_ELEMENTS_ON_LOOP
 
@@ -205,28 +248,25 @@ def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray], classes: Ma
     return elements > BYTES_ELEMENTS_ON_LOOP
 
 
-def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequest:
-    """Check a request against the model and turn its tensors into numpy arrays (views where raw)."""
+def decode_request(
+    request: pb.ModelInferRequest, model: ModelSpec, memory: SystemSharedMemory | None = None
+) -> InferRequest:
+    """Check a request against the model and turn its tensors into numpy arrays (views where raw, or in
+    the client's shared memory: ``memory``, the regions registered)."""
     # Each read of a repeated protobuf field builds a wrapper (~0.3 µs with upb): each is read once.
     tensors = request.inputs
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(tensors):
-        # An input in shared memory has no entry in raw_input_contents: say that, not the count.
-        for tensor in tensors:
-            check_input_parameters(tensor)
-        raise InvalidArgument(
-            f"request has {len(tensors)} inputs but {len(raw_contents)} raw_input_contents; "
-            "send one raw_input_contents entry per input, in the order of inputs"
-        )
+        _check_raw_count(tensors, len(raw_contents))
+    raw_index = 0
     arrays: dict[str, np.ndarray] = {}
     nbytes = 0
     batch: int | None = None
     batch_from = ""
     specs = model.inputs
-    for index, tensor in enumerate(tensors):
-        if tensor.parameters:
-            check_input_parameters(tensor)
+    for tensor in tensors:
         name = tensor.name
+        where = shared_memory.location(name, tensor.parameters) if tensor.parameters else None
         spec = specs.get(name)
         if spec is None:
             raise InvalidArgument(
@@ -250,10 +290,20 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                 "all inputs of a request share the batch size"
             )
         count = math.prod(shape)
-        if raw_contents:
+        if where is not None:
+            if raw_contents:  # the others' entries: counted before this input's memory is looked up
+                _check_raw_count(tensors, len(raw_contents))
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"unexpected 'content' provided when using shared memory for input tensor '{name}' for model "
+                    f"'{model.name}'"
+                )
+            array = _from_shared(name, model, memory, where, shape, dtype, count)
+        elif raw_contents:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{name}' has both contents and raw_input_contents; send one")
-            array = _from_raw(name, raw_contents[index], shape, dtype, count)
+            array = _from_raw(name, raw_contents[raw_index], shape, dtype, count)
+            raw_index += 1
         else:
             array = _from_contents(name, tensor, dtype, count).reshape(shape)
         if dtype.is_bytes:
@@ -262,6 +312,8 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             array = _to_model(name, array, spec, shape[1:] if model.batched else shape, model.batched)
         arrays[name] = array
         nbytes += array.nbytes
+    if raw_index != len(raw_contents):  # more entries than inputs outside shared memory
+        _check_raw_count(tensors, len(raw_contents))
     if len(arrays) != len(specs):  # every input given (names are checked above): nothing is missing
         missing = [n for n, s in specs.items() if n not in arrays and not s.optional]
         if missing:
@@ -271,6 +323,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
             )
     outputs: tuple[str, ...] = model.output_names
     classes: dict[str, int] | None = None
+    output_memory: dict[str, memoryview] | None = None
     requested_outputs = request.outputs
     if requested_outputs:
         wanted: list[str] = []
@@ -281,10 +334,19 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
                     f"its outputs are {sorted(model.outputs)}"
                 )
             if requested.parameters:
-                _check_output_parameters(requested)
                 count = classification.class_count(requested, model.outputs[requested.name].datatype)
-                if count and requested.name not in wanted:  # an output asked twice: the first asking wins
-                    classes = {**(classes or {}), requested.name: count}
+                where = shared_memory.location(requested.name, requested.parameters)
+                if where is not None and count:
+                    raise InvalidArgument(
+                        f"output '{requested.name}' can't set both 'shared_memory_region' and 'classification'"
+                    )
+                if requested.name not in wanted:  # an output asked twice: the first asking wins
+                    if count:
+                        classes = {**(classes or {}), requested.name: count}
+                    if where is not None:
+                        # Looked up now: a region that is not there fails the request before it runs.
+                        target = (memory or SystemSharedMemory()).memory(where)
+                        output_memory = {**(output_memory or {}), requested.name: target}
             if requested.name not in wanted:
                 wanted.append(requested.name)
         outputs = tuple(wanted)
@@ -298,6 +360,7 @@ def decode_request(request: pb.ModelInferRequest, model: ModelSpec) -> InferRequ
         timeout_us=_int_parameter(request, "timeout") if parameters else 0,
         nbytes=nbytes,
         classes=classes,
+        output_memory=output_memory,
     )
 
 
@@ -332,21 +395,6 @@ def check_request_parameters(request: pb.ModelInferRequest) -> None:
             raise InvalidArgument(f"invalid value type for '{clip(key)}' parameter, expected {expected}.")
 
 
-def check_input_parameters(tensor: pb.ModelInferRequest.InferInputTensor) -> None:
-    for key in _UNSUPPORTED_TENSOR_PARAMETERS:
-        if key in tensor.parameters:
-            raise Unimplemented(
-                f"input '{clip(tensor.name)}' uses shared memory ({key}), which tensorgate does not support yet; "
-                "send the tensor in raw_input_contents"
-            )
-
-
-def _check_output_parameters(requested: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:
-    for key in _UNSUPPORTED_TENSOR_PARAMETERS:
-        if key in requested.parameters:
-            raise Unimplemented(f"output '{requested.name}' asks for shared memory ({key}), which is not supported yet")
-
-
 def _int_parameter(request: pb.ModelInferRequest, key: str) -> int:
     """A non-negative integer request parameter (Triton's ``priority`` and ``timeout`` in µs); 0 if absent."""
     if key not in request.parameters:
@@ -368,10 +416,14 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     max_bytes: int = 0,
     classes: Mapping[str, int] | None = None,
+    output_memory: Mapping[str, memoryview] | None = None,
 ) -> pb.ModelInferResponse:
     """The response message; RESOURCE_EXHAUSTED naming the limit if it would be larger than
     ``max_bytes`` (0: no limit), which gRPC would refuse to send with a traceback in the log.
-    ``classes``: the outputs asked for as classifications (Triton's extension), with their k."""
+    ``classes``: the outputs asked for as classifications (Triton's extension), with their k.
+    ``output_memory``: the outputs to write in the client's shared memory (Triton's extension): the
+    response names them, with their datatype and shape, and has an empty raw_output_contents entry for
+    each, as Triton's."""
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(version), id=request_id)
     raw = response.raw_output_contents
     size = 0
@@ -391,6 +443,10 @@ def encode_response(
             continue
         tensor.datatype = spec.datatype.v2
         tensor.shape.extend(array.shape)
+        if output_memory and name in output_memory:
+            _write_shared(name, array, spec.datatype, output_memory[name])
+            raw.append(b"")
+            continue
         if spec.datatype.is_bytes:
             data = datatypes.serialize_bytes(array)
         else:
@@ -407,6 +463,21 @@ def encode_response(
                 Code.RESOURCE_EXHAUSTED,
             )
     return response
+
+
+def _write_shared(name: str, array: np.ndarray, datatype: DataType, target: memoryview) -> None:
+    """Write an output where the client's shared memory holds it; INVALID_ARGUMENT if it does not fit
+    (Triton's words; Triton says INTERNAL, but the client chose the size)."""
+    if datatype.is_bytes:
+        data = np.frombuffer(datatypes.serialize_bytes(array), dtype=np.uint8)
+    else:
+        data = np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8)
+    if data.size > len(target):
+        raise InvalidArgument(
+            f"shared memory size specified with the request for output '{name}' ({len(target)} bytes) should be at "
+            f"least {data.size} bytes to hold the results"
+        )
+    target[: data.size] = data.data
 
 
 def _to_client(model: ModelSpec, name: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from tensorgate import datatypes
 from tensorgate.errors import InvalidArgument, clip
-from tensorgate.frontend import codec
+from tensorgate.frontend import shared_memory
 from tensorgate.model_config.spec import ModelSpec
 from tensorgate.proto import inference_pb2 as pb
 
@@ -102,6 +102,7 @@ class OutputChoice:
 
     default_binary: bool = False
     binary: dict[str, bool] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)  # written in the client's shared memory: named, no data
 
     def is_binary(self, name: str) -> bool:
         return self.binary.get(name, self.default_binary)
@@ -257,12 +258,23 @@ def infer_request(
         target = request.inputs.add(name=name, datatype=datatype, shape=shape)
         params = _object(tensor.get("parameters", {}), f"input '{clip(name)}' 'parameters'")
         _parameters(target.parameters, params, f"input '{clip(name)}'", skip=("binary_data_size", "binary_data"))
-        codec.check_input_parameters(target)  # shared memory: said as over gRPC
         size = params.get("binary_data_size")
-        if size is not None and "data" in tensor:
-            raise InvalidArgument(
-                f"input '{clip(name)}' must set only one of 'data' and the binary_data_size parameter"
+        sources = [
+            source
+            for source, given in (
+                ("'data'", "data" in tensor),
+                ("the binary_data_size parameter", size is not None),
+                ("the shared_memory_region parameter", shared_memory.REGION in params),
             )
+            if given
+        ]
+        if len(sources) > 1:
+            raise InvalidArgument(
+                f"input '{clip(name)}' must set only one of 'data', the binary_data_size parameter and the "
+                f"shared_memory_region parameter, not {' and '.join(sources)}"
+            )
+        if shared_memory.REGION in params:
+            continue  # read from the client's shared memory as a gRPC request's is (no raw_input_contents entry)
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(
@@ -274,7 +286,10 @@ def infer_request(
         elif "data" in tensor:
             request.raw_input_contents.append(_json_data(name, datatype, shape, tensor["data"]))
         else:
-            raise InvalidArgument(f"input '{clip(name)}' has neither 'data' nor a binary_data_size parameter")
+            raise InvalidArgument(
+                f"input '{clip(name)}' has none of 'data', a binary_data_size parameter and a shared_memory_region "
+                "parameter"
+            )
     if offset != len(binary):
         raise InvalidArgument(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
     outputs = j.get("outputs")
@@ -292,6 +307,10 @@ def infer_request(
         # A listed output is JSON unless its own binary_data says otherwise: binary_data_output is for the
         # outputs a request does not list (Triton's CheckBinaryOutputData and default_output_kind).
         choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
+        if shared_memory.REGION in params:
+            if choice.binary[name]:
+                raise InvalidArgument(f"output '{clip(name)}' can't set both 'shared_memory_region' and 'binary_data'")
+            choice.shared.add(name)
         _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
     return request, choice
 
@@ -370,7 +389,9 @@ def infer_response(response: pb.ModelInferResponse, choice: OutputChoice) -> tup
     chunks: list[bytes] = []
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        if choice.is_binary(tensor.name):
+        if tensor.name in choice.shared:
+            outputs.append(_dumps(entry))  # as Triton: name, datatype and shape; the data is in shared memory
+        elif choice.is_binary(tensor.name):
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
             outputs.append(_dumps(entry))
@@ -418,6 +439,28 @@ def _json_scalar(f: FieldDescriptor, value: Any) -> Any:
     if f.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode()
     return value
+
+
+def register_body(body: bytes) -> tuple[str, int, int]:
+    """The key, offset and byte size of a system shared memory register request's JSON body (Triton's
+    fields: ``key`` and ``byte_size`` required, ``offset`` 0 if absent)."""
+    j = _object(parse_json(body) if body.strip() else {}, "the request body")
+    key = j.get("key")
+    if key is None:
+        raise InvalidArgument("Shared memory register request has no 'key' field")
+    if not isinstance(key, str):
+        raise InvalidArgument("the shared memory register request's 'key' must be a string")
+    if "byte_size" not in j:
+        raise InvalidArgument("Shared memory register request has no 'byte_size' field")
+    sizes = []
+    for field_name, default in (("offset", 0), ("byte_size", 0)):
+        value = j.get(field_name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
+            raise InvalidArgument(
+                f"the shared memory register request's '{field_name}' must be a non-negative integer below 2^64"
+            )
+        sizes.append(value)
+    return key, sizes[0], sizes[1]
 
 
 def load_parameters(body: bytes) -> Mapping[str, str]:

@@ -43,8 +43,6 @@ T = TypeVar("T")
 _DECODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
 # Triton's other HTTP endpoints, which tensorgate does not serve: answered as their gRPC RPCs are.
 _UNSUPPORTED = {  # path -> an RPC of the same protocol group (for --grpc-restricted-protocol)
-    "/v2/systemsharedmemory": "SystemSharedMemoryStatus",
-    "/v2/cudasharedmemory": "CudaSharedMemoryStatus",
     "/v2/trace/setting": "TraceSetting",
     "/v2/logging": "LogSettings",
 }
@@ -101,6 +99,11 @@ class HttpFrontend:
                 (get, f"{prefix}/stats", "ModelStatistics", self.model_statistics),
                 (post, f"{prefix}/infer", "ModelInfer", self.infer),
             ]
+        for kind in ("system", "cuda"):  # Triton's /v2/{kind}sharedmemory[/region/{name}]/{verb}
+            for prefix in (f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{region}}"):
+                for method, verb in ((get, "status"), (post, "register"), (post, "unregister")):
+                    rpc = f"{kind.capitalize()}SharedMemory{verb.capitalize()}"
+                    routes.append((method, f"{prefix}/{verb}", rpc, getattr(self, f"{kind}_shared_memory_{verb}")))
         for method, path, rpc, handler in routes:
             app.router.add_route(method, path, self._wrap(rpc, handler))
         # Triton's extensions tensorgate does not serve: 501 with the reason, behind the restriction of
@@ -248,6 +251,46 @@ class HttpFrontend:
         await self._body(request)
         query = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
         await self.service.repository_model_unload(query, None)
+        return _json({})
+
+    # ---- shared memory ----
+
+    async def system_shared_memory_status(self, request: web.Request) -> web.Response:
+        query = pb.SystemSharedMemoryStatusRequest(name=request.match_info.get("region", ""))
+        response = await self.service.system_shared_memory_status(query, None)
+        return _json([http_codec.message_json(response.regions[name]) for name in sorted(response.regions)])
+
+    async def system_shared_memory_register(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        name = request.match_info.get("region", "")
+        if not name:
+            raise InvalidArgument("'region name' is necessary to register system shared memory region")
+        key, offset, byte_size = http_codec.register_body(body)
+        query = pb.SystemSharedMemoryRegisterRequest(name=name, key=key, offset=offset, byte_size=byte_size)
+        await self.service.system_shared_memory_register(query, None)
+        return _json({})
+
+    async def system_shared_memory_unregister(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        query = pb.SystemSharedMemoryUnregisterRequest(name=request.match_info.get("region", ""))
+        await self.service.system_shared_memory_unregister(query, None)
+        return _json({})
+
+    async def cuda_shared_memory_status(self, request: web.Request) -> web.Response:
+        query = pb.CudaSharedMemoryStatusRequest(name=request.match_info.get("region", ""))
+        await self.service.cuda_shared_memory_status(query, None)
+        return _json([])  # none is ever registered
+
+    async def cuda_shared_memory_register(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        query = pb.CudaSharedMemoryRegisterRequest(name=request.match_info.get("region", ""))
+        await self.service.cuda_shared_memory_register(query, None)
+        return _json({})
+
+    async def cuda_shared_memory_unregister(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        query = pb.CudaSharedMemoryUnregisterRequest(name=request.match_info.get("region", ""))
+        await self.service.cuda_shared_memory_unregister(query, None)
         return _json({})
 
     # ---- inference ----

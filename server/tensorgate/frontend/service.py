@@ -19,8 +19,9 @@ from google.protobuf.message import DecodeError, Message
 
 from tensorgate import __version__
 from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, Unavailable, Unimplemented, bounded, clip
-from tensorgate.frontend import codec
+from tensorgate.frontend import codec, shared_memory
 from tensorgate.frontend.loop_lag import LoopLag
+from tensorgate.frontend.shared_memory import SystemSharedMemory
 from tensorgate.model_config import RawConfig
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.proto import model_config_pb2 as mc
@@ -40,6 +41,7 @@ EXTENSIONS = (
     "model_repository",
     "schedule_policy",
     "statistics",
+    "system_shared_memory",
 )
 
 Req = TypeVar("Req", bound=Message)
@@ -129,6 +131,7 @@ class InferenceService:
         self.state = state
         self.lag = lag or LoopLag()  # not started: no lag
         self.max_response_bytes = repository.settings.grpc_max_message_bytes
+        self.shared_memory = SystemSharedMemory()
 
     # ---- health and metadata ----
 
@@ -228,6 +231,46 @@ class InferenceService:
         await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # ---- shared memory ----
+
+    async def system_shared_memory_status(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        regions = self.shared_memory.status(request.name)
+        return pb.SystemSharedMemoryStatusResponse(regions={r.name: r.status() for r in regions})
+
+    async def system_shared_memory_register(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        if not request.name:  # an empty name means every region to Unregister: such a region could not be named
+            raise InvalidArgument("'region name' is necessary to register system shared memory region")
+        self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def system_shared_memory_unregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def cuda_shared_memory_status(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:  # none is ever registered (cuda_register)
+            raise NotFound(f"Unable to find cuda shared memory region: '{clip(request.name)}'")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def cuda_shared_memory_register(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        shared_memory.cuda_register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def cuda_shared_memory_unregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none is registered: nothing to do, no error (Triton's)
+
     # ---- inference ----
 
     async def model_infer(
@@ -256,18 +299,18 @@ class InferenceService:
                 # Decoded on a worker thread (many BYTES elements would stall the loop); the version
                 # chosen above is held meanwhile, so an unload or reload does not turn this request away.
                 with served.scheduler.held():
-                    decoded = await asyncio.to_thread(codec.decode_request, request, spec)
+                    decoded = await asyncio.to_thread(codec.decode_request, request, spec, self.shared_memory)
                     outputs = await served.scheduler.infer(decoded, held=True)
             else:
-                decoded = codec.decode_request(request, spec)
+                decoded = codec.decode_request(request, spec, self.shared_memory)
                 outputs = await served.scheduler.infer(decoded)
             limit = self.max_response_bytes if response_limit is None else response_limit
-            classes = decoded.classes
+            classes, memory = decoded.classes, decoded.output_memory
             if (spec.bytes_outputs or classes) and codec.heavy_response(spec, outputs, classes):
                 return await asyncio.to_thread(
-                    codec.encode_response, spec, served.version, request.id, outputs, limit, classes
+                    codec.encode_response, spec, served.version, request.id, outputs, limit, classes, memory
                 )
-            return codec.encode_response(spec, served.version, request.id, outputs, limit, classes)
+            return codec.encode_response(spec, served.version, request.id, outputs, limit, classes, memory)
         finally:
             state.inferring -= 1
 
@@ -389,10 +432,7 @@ class InferenceService:
 
 def unsupported_extension(what: str) -> str:
     """The answer to one of Triton's extensions tensorgate does not serve (an RPC, or an HTTP path)."""
-    return (
-        f"{what} is not supported by tensorgate yet (shared memory, trace and log settings); send tensors in "
-        "raw_input_contents (gRPC) or as binary data (HTTP)"
-    )
+    return f"{what} is not supported by tensorgate yet (trace and log settings)"
 
 
 # Which of Triton's protocol groups each RPC is in (for --grpc-restricted-protocol).
@@ -510,10 +550,11 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             pb.RepositoryModelUnloadResponse,
         ),
     }
-    for name in ("SystemSharedMemory", "CudaSharedMemory"):
+    for kind in ("System", "Cuda"):
         for verb in ("Status", "Register", "Unregister"):
-            rpc = f"{name}{verb}"
-            unary[rpc] = (service.unimplemented, getattr(pb, f"{rpc}Request"), getattr(pb, f"{rpc}Response"))
+            rpc = f"{kind}SharedMemory{verb}"
+            handler = getattr(service, f"{kind.lower()}_shared_memory_{verb.lower()}")
+            unary[rpc] = (handler, getattr(pb, f"{rpc}Request"), getattr(pb, f"{rpc}Response"))
     unary["TraceSetting"] = (service.unimplemented, pb.TraceSettingRequest, pb.TraceSettingResponse)
     unary["LogSettings"] = (service.unimplemented, pb.LogSettingsRequest, pb.LogSettingsResponse)
 

@@ -1,0 +1,198 @@
+"""Triton's system shared memory extension: a client on the same host registers part of a POSIX
+shared-memory object (its key, as the client gave it to ``shm_open``) under a region name; a request
+then names a region, an offset and a byte size in a tensor's parameters instead of sending the data:
+inputs are read from there (no copy into the message, none into the server) and outputs written there.
+
+Triton's words throughout (its SharedMemoryManager and the gRPC frontend's parameter parsing), and its
+codes but where the client's mistake is not the server's failure: a key that does not open a
+shared-memory object, and an output region too small for the output, are INVALID_ARGUMENT (Triton:
+INTERNAL, an HTTP 500 that dashboards count as the server's error). Two more things differ, both in the
+client's favour: an offset need not be a multiple of the
+page size (Triton's mmap refuses one that is not), and unregistering a region that requests still use
+takes the name away at once (it can be registered again) while the memory stays mapped until the last
+of them has finished (Triton lists it until then). CUDA shared memory is not served (see
+``cuda_register``).
+
+The regions are those of the server's own host (of its pod on Kubernetes, whose /dev/shm is its own):
+any client that can reach the protocol can read and write every shared-memory object the server's
+user may open, as with Triton. ``--grpc-restricted-protocol shared-memory:KEY=VALUE`` keeps the
+registering to those who hold the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, Unimplemented, clip
+from tensorgate.proto import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"  # where glibc's shm_open keeps POSIX shared-memory objects on Linux
+# Keys Triton keeps for its Python backend's own regions.
+RESERVED_PREFIX = "triton_python_backend_shm_region_"
+REGION = "shared_memory_region"
+OFFSET = "shared_memory_offset"
+BYTE_SIZE = "shared_memory_byte_size"
+PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    memory: memoryview  # the registered bytes (writable), a view of the mapping
+
+    def status(self) -> pb.SystemSharedMemoryStatusResponse.RegionStatus:
+        return pb.SystemSharedMemoryStatusResponse.RegionStatus(
+            name=self.name, key=self.key, offset=self.offset, byte_size=self.byte_size
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a tensor of a request lies in shared memory (its parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+def location(tensor: str, parameters: Mapping[str, pb.InferParameter]) -> Location | None:
+    """The shared-memory location a tensor's parameters name, or None when they name none;
+    INVALID_ARGUMENT, in Triton's words, for parameters of the wrong type or one without the others."""
+    params = {k: parameters[k] for k in PARAMETERS if k in parameters}
+    if not params:
+        return None
+    for key, expected in ((REGION, "string_param"), (OFFSET, "int64_param"), (BYTE_SIZE, "int64_param")):
+        if key in params and params[key].WhichOneof("parameter_choice") != expected:
+            raise InvalidArgument(
+                f"invalid value type for '{key}' parameter for tensor '{clip(tensor)}', expected {expected}."
+            )
+    if REGION not in params:
+        key = OFFSET if OFFSET in params else BYTE_SIZE
+        raise InvalidArgument(f"'{key}' can not be specified without '{REGION}' parameter for tensor '{clip(tensor)}'")
+    if BYTE_SIZE not in params:
+        raise InvalidArgument(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{clip(tensor)}'"
+        )
+    offset = params[OFFSET].int64_param if OFFSET in params else 0
+    byte_size = params[BYTE_SIZE].int64_param
+    region = params[REGION].string_param
+    for key, value in ((OFFSET, offset), (BYTE_SIZE, byte_size)):
+        if value < 0:
+            raise InvalidArgument(f"'{key}' of tensor '{clip(tensor)}' must not be negative, not {value}")
+    return Location(region, offset, byte_size)
+
+
+def _open(name: str, key: str) -> int:
+    """The descriptor of the shared-memory object ``key`` names (as shm_open takes it: leading slashes
+    aside, one file name), open for reading and writing; Triton's words if it cannot be."""
+    base = key.lstrip("/")
+    if not base or "/" in base or base in (".", "..") or "\0" in base:  # shm_open's own rule: no path, one name
+        raise InvalidArgument(f"Unable to open shared memory region: '{clip(key)}'")
+    try:
+        # No link followed, no FIFO waited on: only a plain shared-memory object of /dev/shm is taken.
+        fd = os.open(os.path.join(SHM_DIR, base), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        log.info("event=shm_open_failed region=%s key=%s reason=%s", clip(name), clip(key), exc.strerror)
+        raise InvalidArgument(f"Unable to open shared memory region: '{clip(key)}'") from None
+    return fd
+
+
+class SystemSharedMemory:
+    """The system shared-memory regions registered with the server, by name."""
+
+    def __init__(self) -> None:
+        self._regions: dict[str, Region] = {}
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if key.startswith(RESERVED_PREFIX):
+            raise InvalidArgument(
+                f"cannot register shared memory region '{clip(name)}' with key '{clip(key)}' as the key contains "
+                f"the reserved prefix '{RESERVED_PREFIX}'"
+            )
+        if name in self._regions:
+            raise ServerError(f"shared memory region '{clip(name)}' already in manager", Code.ALREADY_EXISTS)
+        fd = _open(name, key)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidArgument(f"Invalid shared memory region: '{clip(key)}' (not a shared-memory object)")
+            if offset + byte_size > info.st_size:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{clip(name)}': invalid args (offset {offset} + "
+                    f"byte_size {byte_size} is beyond the {info.st_size} bytes of '{clip(key)}')"
+                )
+            if byte_size == 0:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{clip(name)}': unable to process address space "
+                    "(byte_size is 0)"
+                )
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap maps from a page boundary
+            try:
+                mapping = mmap.mmap(fd, offset - start + byte_size, offset=start)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{clip(name)}': unable to process address space "
+                    f"({exc.strerror})"
+                ) from None
+        finally:
+            os.close(fd)  # the mapping holds the object; the descriptor is not needed any more
+        memory = memoryview(mapping)[offset - start :]
+        self._regions[name] = Region(name, key, offset, byte_size, memory)
+        log.info(
+            "event=shm_registered region=%s key=%s offset=%d byte_size=%d", clip(name), clip(key), offset, byte_size
+        )
+
+    def unregister(self, name: str) -> None:
+        """Forget region ``name`` (every region if empty); a name not registered is no error (Triton's).
+        A request that holds a view of the region keeps its memory mapped until it has finished: the
+        mapping is unmapped when the last view of it goes."""
+        names = [name] if name else list(self._regions)
+        for each in names:
+            region = self._regions.pop(each, None)
+            if region is not None:
+                region.memory.release()  # the mapping goes with the last view (a request's, if one holds it)
+                log.info("event=shm_unregistered region=%s key=%s", clip(each), clip(region.key))
+
+    def status(self, name: str) -> list[Region]:
+        """Every region (``name`` empty), or the one named; NOT_FOUND if it is not registered."""
+        if not name:
+            return sorted(self._regions.values(), key=lambda r: r.name)
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find system shared memory region: '{clip(name)}'")
+        return [region]
+
+    def memory(self, where: Location) -> memoryview:
+        """The bytes a tensor's location names (writable: outputs are written there); Triton's errors for a
+        region not registered and for bytes beyond it."""
+        region = self._regions.get(where.region)
+        if region is None:
+            raise NotFound(f"Unable to find shared memory region: '{clip(where.region)}'")
+        if where.offset >= region.byte_size:
+            raise InvalidArgument(f"Invalid offset for shared memory region: '{clip(where.region)}'")
+        if where.offset + where.byte_size > region.byte_size:
+            raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{clip(where.region)}'")
+        return region.memory[where.offset : where.offset + where.byte_size]
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+
+def cuda_register(name: str) -> None:
+    """CUDA shared memory (device buffers a client shares through CUDA IPC handles) is not served. Its
+    status lists no region and unregistering succeeds, as on a Triton without GPUs, so clients that
+    clean up at start (perf_analyzer, Triton's examples) go on with system shared memory."""
+    raise Unimplemented(
+        f"failed to register CUDA shared memory region: '{clip(name)}': CUDA shared memory is not supported by "
+        "tensorgate yet; register system shared memory, or send the tensors in the request"
+    )
