@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +130,9 @@ class PaRun:
         return 1e6 * self.cpu.client_s / self.requests if self.cpu and self.requests else math.nan
 
 
-def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: Path, protocol: str) -> list[str]:
+def _pa_command(
+    url: str, model: str, c: int, s: Settings, stability: int, out: Path, protocol: str, extra: Sequence[str] = ()
+) -> list[str]:
     return [
         str(PERF_ANALYZER),
         "-i",
@@ -149,13 +151,23 @@ def _pa_command(url: str, model: str, c: int, s: Settings, stability: int, out: 
         str(s.max_trials),
         "-f",
         str(out),
+        *extra,
     ]
 
 
 def perf_analyzer(
-    server: Server, model: str, c: int, repeat: int, s: Settings, tmp: Path, label: str = "", protocol: str = "grpc"
+    server: Server,
+    model: str,
+    c: int,
+    repeat: int,
+    s: Settings,
+    tmp: Path,
+    label: str = "",
+    protocol: str = "grpc",
+    extra: Sequence[str] = (),
 ) -> PaRun:
-    """One closed-loop perf_analyzer run; ``protocol`` "http" drives the server's HTTP/REST port instead of gRPC."""
+    """One closed-loop perf_analyzer run; ``protocol`` "http" drives the server's HTTP/REST port instead of gRPC;
+    ``extra``: more perf_analyzer flags (``--shared-memory system``)."""
     out = tmp / f"pa-{label}{model}-{protocol}-c{c}-r{repeat}.csv"
     url = server.http_url if protocol == "http" else server.url
     stability = s.stability_pct
@@ -165,7 +177,7 @@ def perf_analyzer(
         before = StatsSnapshot.take(server.client, model)
         cpu_before = CpuSample.take(server.pid)
         proc = subprocess.run(
-            _pa_command(url, model, c, s, stability, out, protocol),
+            _pa_command(url, model, c, s, stability, out, protocol, extra),
             capture_output=True,
             text=True,
             timeout=60 + 3 * s.max_trials * s.measurement_ms / 1000,

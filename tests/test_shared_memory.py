@@ -541,3 +541,29 @@ def test_a_message_naming_regions_breaks_nothing_else(server: Server, regions: R
     result = server.client.infer("identity", [grpcclient.InferInput("INPUT0", [1, 16], "FP32").set_data_from_numpy(X)])
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), X)
     assert server.proc.poll() is None and "Traceback" not in server.log
+
+
+def test_a_region_whose_object_shrank_is_refused_not_a_crash(server: Server, regions: Regions) -> None:
+    """Reading a mapping past the end of its object kills a process (SIGBUS): a client that shrinks a registered
+    object gets an error naming it, and the server goes on."""
+    c = server.client
+    _, key = regions.make("shrunk", 3 * 4096)
+    c.register_system_shared_memory("shrunk", key, 3 * 4096)
+    os.truncate("/dev/shm/" + key.lstrip("/"), 4096)
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_shared_memory("shrunk", 64, offset=8192)
+    error = _error(lambda: c.infer("identity", [tensor]))
+    assert _status(error) == "INVALID_ARGUMENT", error.message()
+    assert (
+        f"shared memory region 'shrunk' is no longer whole: its object '{key}' now holds 4096 bytes" in error.message()
+    )
+    # an output there: refused too (the input from the request)
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32").set_data_from_numpy(X)
+    wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+    wanted.set_shared_memory("shrunk", 64, offset=8192)
+    error = _error(lambda: c.infer("identity", [tensor], outputs=[wanted]))
+    assert "is no longer whole" in error.message()
+    # what the object still holds serves
+    wanted.set_shared_memory("shrunk", 64, offset=64)
+    c.infer("identity", [tensor], outputs=[wanted])
+    assert server.proc.poll() is None

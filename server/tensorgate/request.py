@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+
+class OutputBuffer(Protocol):
+    """Memory of the client's that an output is written to instead of the response (its shared memory)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: np.ndarray) -> None:
+        """``data``: the output's bytes (uint8), at most ``size`` of them."""
 
 
 @dataclass(slots=True)
@@ -31,8 +42,8 @@ class InferRequest:
     # Outputs asked for as classifications (Triton's extension): name -> k; None: none.
     classes: dict[str, int] | None = None
     # Outputs to be written in the client's shared memory (Triton's extension) instead of the response:
-    # name -> the bytes to write them in; None: none.
-    output_memory: dict[str, memoryview] | None = None
+    # name -> where; None: none.
+    output_memory: dict[str, OutputBuffer] | None = None
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:

@@ -17,7 +17,7 @@ from tensorgate.frontend import classification, shared_memory
 from tensorgate.frontend.shared_memory import Location, SystemSharedMemory
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
-from tensorgate.request import InferRequest
+from tensorgate.request import InferRequest, OutputBuffer
 
 # Which InferTensorContents field holds each datatype (FP16 and BF16 have none: raw only).
 _CONTENTS_FIELD: dict[str, str] = {
@@ -139,8 +139,14 @@ def _from_shared(
     dtype: DataType,
     count: int,
 ) -> np.ndarray:
-    """The tensor of ``shape`` in the client's shared memory: a read-only view of it (BYTES: objects)."""
-    data = (memory or SystemSharedMemory()).memory(where).toreadonly()
+    """The tensor of ``shape`` in the client's shared memory, copied out of it (BYTES: objects)."""
+    span = (memory or SystemSharedMemory()).span(where)
+    if not dtype.is_bytes and where.byte_size != count * dtype.itemsize:
+        raise InvalidArgument(
+            f"input byte size mismatch for input '{name}' for model '{model.name}'. Expected "
+            f"{count * dtype.itemsize}, got {where.byte_size}"
+        )
+    data = span.read()
     if dtype.is_bytes:
         try:
             return datatypes.deserialize_bytes(data, count).reshape(shape)
@@ -149,13 +155,7 @@ def _from_shared(
                 f"input '{name}' (BYTES, shape {_shape_text(shape)}): the bytes in shared memory region "
                 f"'{clip(where.region)}' {exc}"
             ) from None
-    needed = count * dtype.itemsize
-    if where.byte_size != needed:
-        raise InvalidArgument(
-            f"input byte size mismatch for input '{name}' for model '{model.name}'. Expected {needed}, got "
-            f"{where.byte_size}"
-        )
-    return np.ndarray(shape, dtype.numpy, data)
+    return np.ndarray(shape, dtype.numpy, data)  # a read-only view of the copy
 
 
 def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, count: int) -> np.ndarray:
@@ -323,7 +323,7 @@ def decode_request(
             )
     outputs: tuple[str, ...] = model.output_names
     classes: dict[str, int] | None = None
-    output_memory: dict[str, memoryview] | None = None
+    output_memory: dict[str, OutputBuffer] | None = None
     requested_outputs = request.outputs
     if requested_outputs:
         wanted: list[str] = []
@@ -345,7 +345,7 @@ def decode_request(
                         classes = {**(classes or {}), requested.name: count}
                     if where is not None:
                         # Looked up now: a region that is not there fails the request before it runs.
-                        target = (memory or SystemSharedMemory()).memory(where)
+                        target = (memory or SystemSharedMemory()).span(where)
                         output_memory = {**(output_memory or {}), requested.name: target}
             if requested.name not in wanted:
                 wanted.append(requested.name)
@@ -416,7 +416,7 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     max_bytes: int = 0,
     classes: Mapping[str, int] | None = None,
-    output_memory: Mapping[str, memoryview] | None = None,
+    output_memory: Mapping[str, OutputBuffer] | None = None,
 ) -> pb.ModelInferResponse:
     """The response message; RESOURCE_EXHAUSTED naming the limit if it would be larger than
     ``max_bytes`` (0: no limit), which gRPC would refuse to send with a traceback in the log.
@@ -465,19 +465,19 @@ def encode_response(
     return response
 
 
-def _write_shared(name: str, array: np.ndarray, datatype: DataType, target: memoryview) -> None:
+def _write_shared(name: str, array: np.ndarray, datatype: DataType, target: OutputBuffer) -> None:
     """Write an output where the client's shared memory holds it; INVALID_ARGUMENT if it does not fit
     (Triton's words; Triton says INTERNAL, but the client chose the size)."""
     if datatype.is_bytes:
         data = np.frombuffer(datatypes.serialize_bytes(array), dtype=np.uint8)
     else:
         data = np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8)
-    if data.size > len(target):
+    if data.size > target.size:
         raise InvalidArgument(
-            f"shared memory size specified with the request for output '{name}' ({len(target)} bytes) should be at "
+            f"shared memory size specified with the request for output '{name}' ({target.size} bytes) should be at "
             f"least {data.size} bytes to hold the results"
         )
-    target[: data.size] = data.data
+    target.write(data)
 
 
 def _to_client(model: ModelSpec, name: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Triton's system shared memory extension: a client on the same host registers part of a POSIX
 shared-memory object (its key, as the client gave it to ``shm_open``) under a region name; a request
 then names a region, an offset and a byte size in a tensor's parameters instead of sending the data:
-inputs are read from there (no copy into the message, none into the server) and outputs written there.
+inputs are read from there (one copy, into the server, instead of the several a message costs) and
+outputs written there.
 
 Triton's words throughout (its SharedMemoryManager and the gRPC frontend's parameter parsing), and its
 codes but where the client's mistake is not the server's failure: a key that does not open a
@@ -28,6 +29,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from tensorgate.errors import Code, InvalidArgument, NotFound, ServerError, Unimplemented, clip
 from tensorgate.proto import inference_pb2 as pb
 
@@ -49,11 +52,48 @@ class Region:
     offset: int
     byte_size: int
     memory: memoryview  # the registered bytes (writable), a view of the mapping
+    mapping: mmap.mmap  # (its size() reads the object's size now: see Span.check)
 
     def status(self) -> pb.SystemSharedMemoryStatusResponse.RegionStatus:
         return pb.SystemSharedMemoryStatusResponse.RegionStatus(
             name=self.name, key=self.key, offset=self.offset, byte_size=self.byte_size
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes of a region that a request reads its input from or writes its output to. Each access
+    first checks that the shared-memory object still holds them: touching a page of a mapping beyond
+    the end of its object (which the client shrank) kills the process with SIGBUS. So an input is
+    copied out at once, after that check (a view would be read later, by the run), and an output is
+    written after it; what is left is a client shrinking its object during that copy."""
+
+    region: str
+    key: str
+    view: memoryview
+    mapping: mmap.mmap
+    end: int  # where the span ends in the object
+
+    @property
+    def size(self) -> int:
+        return len(self.view)
+
+    def check(self) -> None:
+        held = self.mapping.size()  # fstat of the object
+        if held < self.end:
+            raise InvalidArgument(
+                f"shared memory region '{clip(self.region)}' is no longer whole: its object '{clip(self.key)}' "
+                f"now holds {held} bytes, fewer than the {self.end} this request uses; register the region again"
+            )
+
+    def read(self) -> bytes:
+        self.check()
+        return bytes(self.view)
+
+    def write(self, data: np.ndarray) -> None:
+        """``data`` (bytes as uint8, at most :attr:`size` of them) at the span's start."""
+        self.check()
+        self.view[: data.size] = data.data
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +187,7 @@ class SystemSharedMemory:
         finally:
             os.close(fd)  # the mapping holds the object; the descriptor is not needed any more
         memory = memoryview(mapping)[offset - start :]
-        self._regions[name] = Region(name, key, offset, byte_size, memory)
+        self._regions[name] = Region(name, key, offset, byte_size, memory, mapping)
         log.info(
             "event=shm_registered region=%s key=%s offset=%d byte_size=%d", clip(name), clip(key), offset, byte_size
         )
@@ -172,9 +212,9 @@ class SystemSharedMemory:
             raise NotFound(f"Unable to find system shared memory region: '{clip(name)}'")
         return [region]
 
-    def memory(self, where: Location) -> memoryview:
-        """The bytes a tensor's location names (writable: outputs are written there); Triton's errors for a
-        region not registered and for bytes beyond it."""
+    def span(self, where: Location) -> Span:
+        """The bytes a tensor's location names; Triton's errors for a region not registered and for bytes
+        beyond it."""
         region = self._regions.get(where.region)
         if region is None:
             raise NotFound(f"Unable to find shared memory region: '{clip(where.region)}'")
@@ -182,7 +222,8 @@ class SystemSharedMemory:
             raise InvalidArgument(f"Invalid offset for shared memory region: '{clip(where.region)}'")
         if where.offset + where.byte_size > region.byte_size:
             raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{clip(where.region)}'")
-        return region.memory[where.offset : where.offset + where.byte_size]
+        view = region.memory[where.offset : where.offset + where.byte_size]
+        return Span(region.name, region.key, view, region.mapping, region.offset + where.offset + where.byte_size)
 
     def __len__(self) -> int:
         return len(self._regions)
