@@ -8,6 +8,7 @@ from google.protobuf import text_format
 from tensorgate import model_config
 from tensorgate.backends.base import TensorInfo
 from tensorgate.errors import InvalidArgument
+from tensorgate.frontend import codec
 from tensorgate.frontend.codec import decode_request, encode_response
 from tensorgate.model_config import ModelSpec, RawConfig
 from tensorgate.proto import inference_pb2 as pb
@@ -127,3 +128,22 @@ def test_names_a_client_sent_are_clipped_in_messages() -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_request(req, ADD)
     assert len(caught.value.message) < 300 and "(100000 characters)" in caught.value.message
+
+
+def test_much_shared_memory_to_copy_is_decoded_off_the_event_loop() -> None:
+    """Inputs in shared memory are copied out of it: above SHARED_BYTES_ON_LOOP bytes in all (whatever their
+    datatype) the request is decoded on a thread; below it, and with no shared memory, on the loop."""
+
+    def in_memory(*sizes: int) -> pb.ModelInferRequest:
+        req = pb.ModelInferRequest(model_name="m")
+        for name, size in zip("AB", sizes, strict=False):
+            tensor = req.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+            tensor.parameters["shared_memory_region"].string_param = "r"
+            tensor.parameters["shared_memory_byte_size"].int64_param = size
+        return req
+
+    limit = codec.SHARED_BYTES_ON_LOOP
+    assert codec.heavy_request(in_memory(limit // 2 + 1, limit // 2), ADD)
+    assert not codec.heavy_request(in_memory(limit // 2, limit // 2), ADD)
+    assert not codec.heavy_request(in_memory(-(2**62), limit), ADD)  # a negative size (refused later) adds nothing
+    assert not codec.heavy_request(request(), ADD)

@@ -10,6 +10,8 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +24,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from conftest import ROOT, Server, held_and_queued, running, wait_for
-from models import slow, write_config
+from models import identity, slow, write_config
+from onnx import TensorProto
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
 X = np.arange(16, dtype=np.float32).reshape(1, 16)
+WIDE = 2**20
+TEXTS = 5000
 Y = np.full((1, 16), 0.5, dtype=np.float32)
 
 
@@ -35,6 +40,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "model_repo", path)
     slow(path / "slow" / "1" / "model.onnx")
     write_config(path / "slow", "max_batch_size: 64\n")
+    identity(path / "wide" / "1" / "model.onnx", shape=("batch", WIDE))  # 4 MiB a row
+    write_config(path / "wide", "max_batch_size: 2\n")
+    identity(path / "texts" / "1" / "model.onnx", elem_type=TensorProto.STRING, shape=("batch", TEXTS))
+    write_config(path / "texts", "max_batch_size: 2\n")
     return path
 
 
@@ -321,16 +330,16 @@ def test_inference_errors_in_tritons_words(server: Server, regions: Regions) -> 
     for call, code, words in cases:
         error = _error(call)
         assert (_status(error), words in error.message()) == (code, True), error.message()
-    # Refused before a run, except the output too small for its region, found once the output is there
+    # All refused before a run: the output too small too, its size being fixed by the config
     after = c.get_inference_statistics("identity").model_stats[0].inference_stats.success.count
-    assert after - before == 1
+    assert after == before
     infer(out=(64, 64))  # and the region still serves
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=64), X)
 
 
 def test_a_region_unregistered_while_a_request_uses_it(server: Server, regions: Regions) -> None:
-    """The name goes at once (it can be registered again); the request in flight still reads its input
-    from the memory and writes its output there, which stays mapped until it has finished."""
+    """The name goes at once (it can be registered again); the requests that hold the region (their inputs
+    were read at arrival) still write their outputs there: its object stays open until they have finished."""
     c = server.client
     rows, size = 64, 512
     x = np.random.default_rng(1).standard_normal((rows, size), dtype=np.float32)
@@ -345,17 +354,21 @@ def test_a_region_unregistered_while_a_request_uses_it(server: Server, regions: 
     tensor.set_shared_memory("big", nbytes)
     wanted = grpcclient.InferRequestedOutput("OUTPUT0")
     wanted.set_shared_memory("big", nbytes, offset=nbytes)
-    for _ in range(4):  # a few behind each other: the last is still queued when the first runs
+    sent = 8  # each a full batch of 64 rows, ~0.1 s a run: they queue behind each other for most of a second
+    for _ in range(sent):
         c.async_infer(
             "slow", [tensor], lambda result, error: (answers.append((result, error)), done.set()), outputs=[wanted]
         )
-    wait_for(lambda: sum(held_and_queued(server, "slow")) >= 2)
+    wait_for(lambda: sum(held_and_queued(server, "slow")) >= 4)
     c.unregister_system_shared_memory("big")
     assert c.get_system_shared_memory_status(as_json=True) == {}
     _, other = regions.make("other", 64)
     c.register_system_shared_memory("big", other, 64)  # the name is free again
-    wait_for(lambda: len(answers) == 4, timeout=60)
-    assert [e for _, e in answers] == [None] * 4
+    assert sum(held_and_queued(server, "slow")) >= 1  # unregistered while requests hold it
+    assert _maps_and_fds(server.proc.pid, key)[1] == 1  # ... which keep its object open
+    wait_for(lambda: len(answers) == sent, timeout=60)
+    assert [e for _, e in answers] == [None] * sent
+    assert _maps_and_fds(server.proc.pid, key)[1] == 0  # closed with the last of them
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(handle, np.float32, [rows, size], offset=nbytes), expected.as_numpy("OUTPUT0")
     )
@@ -379,15 +392,15 @@ def test_unregistering_unmaps_and_nothing_stays_open(server: Server, regions: Re
     handle, key = regions.make("leak", 1 << 20)
     shm.set_shared_memory_region(handle, [X])
     c.register_system_shared_memory("leak", key, 1 << 20)
-    # One mapping, and one descriptor: Python's mmap keeps a duplicate of the one it mapped (closed with it)
-    assert _maps_and_fds(server.proc.pid, key) == (1, 1)
+    # No mapping (the object is read and written with pread and pwrite), one descriptor while registered
+    assert _maps_and_fds(server.proc.pid, key) == (0, 1)
     for i in range(200):
         c.unregister_system_shared_memory("leak")
         c.register_system_shared_memory("leak", key, (1 << 20) - 8192, offset=4096 * (i % 3))
         tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
         tensor.set_shared_memory("leak", 64)
         c.infer("identity", [tensor])
-    assert _maps_and_fds(server.proc.pid, key) == (1, 1)  # the unregistered mappings are gone
+    assert _maps_and_fds(server.proc.pid, key) == (0, 1)  # the unregistered regions' descriptors are closed
     c.unregister_system_shared_memory()
     assert _maps_and_fds(server.proc.pid, key) == (0, 0)
 
@@ -567,3 +580,176 @@ def test_a_region_whose_object_shrank_is_refused_not_a_crash(server: Server, reg
     wanted.set_shared_memory("shrunk", 64, offset=64)
     c.infer("identity", [tensor], outputs=[wanted])
     assert server.proc.poll() is None
+
+
+def test_shared_memory_requests_batch_with_others(server: Server, regions: Regions) -> None:
+    """Requests with their tensors in shared memory and requests with them in the message form one batch
+    (queued behind a busy instance); each gets its own rows, in its own place."""
+    c = server.client
+    rows = np.random.default_rng(4).standard_normal((6, 512), dtype=np.float32)
+    handle, key = regions.make("many", 6 * 4096)
+    c.register_system_shared_memory("many", key, 6 * 4096)
+    expected = []
+    for i in range(6):
+        shm.set_shared_memory_region(handle, [rows[i : i + 1]], offset=4096 * i)
+        alone = grpcclient.InferInput("INPUT0", [1, 512], "FP32").set_data_from_numpy(rows[i : i + 1])
+        expected.append(c.infer("slow", [alone]).as_numpy("OUTPUT0"))
+    before = c.get_inference_statistics("slow").model_stats[0]
+    busy = grpcclient.InferInput("INPUT0", [64, 512], "FP32").set_data_from_numpy(np.ones((64, 512), np.float32))
+    answers: dict[int, Any] = {}
+    c.async_infer("slow", [busy], lambda result, error: answers.__setitem__(-1, (result, error)))
+    wait_for(lambda: sum(held_and_queued(server, "slow")) == 1)
+    for i in range(6):
+        tensor = grpcclient.InferInput("INPUT0", [1, 512], "FP32")
+        wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+        if i % 2:  # every other request through the message
+            tensor.set_data_from_numpy(rows[i : i + 1])
+        else:
+            tensor.set_shared_memory("many", 2048, offset=4096 * i)
+            wanted.set_shared_memory("many", 2048, offset=4096 * i + 2048)
+        c.async_infer(
+            "slow", [tensor], lambda result, error, i=i: answers.__setitem__(i, (result, error)), outputs=[wanted]
+        )
+    wait_for(lambda: len(answers) == 7, timeout=60)
+    assert [e for _, e in answers.values()] == [None] * 7
+    after = c.get_inference_statistics("slow").model_stats[0]
+    assert after.inference_count - before.inference_count == 64 + 6
+    assert after.execution_count - before.execution_count < 7  # some of the six ran in one batch
+    for i in range(6):
+        if i % 2:
+            got = answers[i][0].as_numpy("OUTPUT0")
+        else:
+            got = shm.get_contents_as_numpy(handle, np.float32, [1, 512], offset=4096 * i + 2048)
+        np.testing.assert_allclose(got, expected[i], rtol=1e-5, atol=1e-5)
+
+    # a raw input before one in shared memory: raw_input_contents holds the first alone, as Triton reads it
+    shm.set_shared_memory_region(handle, [X])
+    raw = grpcclient.InferInput("INPUT0", [1, 16], "FP32").set_data_from_numpy(X * 10)
+    in_memory = grpcclient.InferInput("INPUT1", [1, 16], "FP32")
+    in_memory.set_shared_memory("many", 64)
+    result = c.infer("add_sub", [raw, in_memory])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), X * 9)
+
+
+def test_large_tensors_in_shared_memory_round_trip(server: Server, regions: Regions) -> None:
+    """8 MiB in and out of shared memory (above the 4 MiB copied on the loop), and 5,000 BYTES elements (above
+    what is converted on the loop) in and out: requests that take the worker-thread path (which
+    tests/test_codec.py shows they choose), with the right answers."""
+    c = server.client
+    x = np.random.default_rng(3).standard_normal((2, WIDE), dtype=np.float32)
+    handle, key = regions.make("wide", 2 * x.nbytes)
+    shm.set_shared_memory_region(handle, [x])
+    c.register_system_shared_memory("wide", key, 2 * x.nbytes)
+    tensor = grpcclient.InferInput("INPUT0", [2, WIDE], "FP32")
+    tensor.set_shared_memory("wide", x.nbytes)
+    wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+    wanted.set_shared_memory("wide", x.nbytes, offset=x.nbytes)
+    c.infer("wide", [tensor], outputs=[wanted])
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, WIDE], offset=x.nbytes), x)
+
+    strings = np.array([[f"{i}".encode() * (i % 4) for i in range(TEXTS)]], dtype=np.object_)
+    data = serialize_byte_tensor(strings)
+    size = len(data.item())
+    text, text_key = regions.make("texts", 2 * size)
+    shm.set_shared_memory_region(text, [data])
+    c.register_system_shared_memory("texts", text_key, 2 * size)
+    tensor = grpcclient.InferInput("INPUT0", [1, TEXTS], "BYTES")
+    tensor.set_shared_memory("texts", size)
+    wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+    wanted.set_shared_memory("texts", size, offset=size)
+    c.infer("texts", [tensor], outputs=[wanted])
+    raw = shm.get_contents_as_numpy(text, np.uint8, [size], offset=size).tobytes()
+    assert deserialize_bytes_tensor(raw).tolist() == strings.reshape(-1).tolist()
+
+
+def test_the_number_of_regions_is_bounded(repo: Path) -> None:
+    regions = Regions("bounded")
+    try:
+        _, key = regions.make("r", 64)
+        with running(repo, "--max-shared-memory-regions", "2") as server:
+            c = server.client
+            c.register_system_shared_memory("a", key, 64)
+            c.register_system_shared_memory("b", key, 64)
+            error = _error(lambda: c.register_system_shared_memory("c", key, 64))
+            assert _status(error) == "RESOURCE_EXHAUSTED"
+            assert "the server holds 2 regions, its limit (--max-shared-memory-regions)" in error.message()
+            c.unregister_system_shared_memory("a")
+            c.register_system_shared_memory("c", key, 64)
+        with running(repo, "--max-shared-memory-regions", "0") as server:
+            error = _error(lambda: server.client.register_system_shared_memory("a", key, 64))
+            assert "system shared memory is off on this server" in error.message()
+    finally:
+        regions.destroy()
+
+
+def test_http_an_output_listed_twice_is_answered_as_its_first_listing(server: Server, regions: Regions) -> None:
+    """As the gRPC path does (the first asking wins): listed first without shared memory, the output comes in
+    the body, and the region is not written."""
+    handle, key = regions.make("twice", 64)
+    c = server.client
+    c.register_system_shared_memory("twice", key, 64)
+    in_memory = {"shared_memory_region": "twice", "shared_memory_byte_size": 64}
+    doc = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": X.tolist()}],
+        "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0", "parameters": in_memory}],
+    }
+    status, answer = _http(server, "POST", "/v2/models/identity/infer", doc)
+    assert status == 200 and answer["outputs"][0]["data"] == X.reshape(-1).tolist(), answer
+    assert not shm.get_contents_as_numpy(handle, np.float32, [16]).any()
+    doc["outputs"] = doc["outputs"][::-1]  # first listed in shared memory: written there, no data
+    status, answer = _http(server, "POST", "/v2/models/identity/infer", doc)
+    assert status == 200 and "data" not in answer["outputs"][0], answer
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [16]), X.reshape(-1))
+
+
+FULL_TMPFS_CLIENT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import tritonclient.grpc as grpcclient
+from conftest import Server
+from pathlib import Path
+server = Server(Path({repo!r}))
+try:
+    c = server.client
+    # a sparse object of 8 MiB on a 1 MiB /dev/shm (ftruncate takes no space), then /dev/shm filled up
+    fd = os.open("/dev/shm/sparse", os.O_CREAT | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 8 << 20)
+    os.close(fd)
+    c.register_system_shared_memory("sparse", "/sparse", 8 << 20)
+    with open("/dev/shm/filler", "wb") as f:
+        try:
+            f.write(b"x" * (2 << 20))
+        except OSError:
+            pass
+    tensor = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    tensor.set_shared_memory("sparse", 64, offset=4 << 20)  # a hole: reads as zeros
+    print("read", c.infer("identity", [tensor]).as_numpy("OUTPUT0").tolist())
+    wanted = grpcclient.InferRequestedOutput("OUTPUT0")
+    wanted.set_shared_memory("sparse", 64, offset=4 << 20)  # a hole no page can back now
+    try:
+        c.infer("identity", [tensor], outputs=[wanted])
+        print("written")
+    except Exception as exc:
+        print("refused", exc)
+    print("alive", server.proc.poll() is None and c.is_server_ready())
+finally:
+    print("exit", server.stop())
+"""
+
+
+def test_a_full_dev_shm_is_refused_not_a_crash(repo: Path, tmp_path: Path) -> None:
+    """Touching a mapped page of a sparse object while /dev/shm is full kills a process with SIGBUS (a
+    mapping, as Triton reads regions through): read with pread and written with pwrite, the hole reads as
+    zeros and the write that finds no space is refused. Run in a mount namespace of its own, with a 1 MiB
+    /dev/shm, the server and the client both."""
+    script = tmp_path / "client.py"
+    script.write_text(FULL_TMPFS_CLIENT.format(tests=str(ROOT / "tests"), repo=str(repo)))
+    command = f"mount -t tmpfs -o size=1m tmpfs /dev/shm && exec {sys.executable} {script}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "mount" in done.stderr and "read" not in done.stdout:
+        pytest.skip(f"no mount namespace with a tmpfs of our own here: {done.stderr.strip()[:200]}")
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"read {[[0.0] * 16]}", done.stdout + done.stderr
+    assert lines[1].startswith("refused") and "No space left on device" in lines[1], lines
+    assert lines[2:] == ["alive True", "exit 0"], done.stdout + done.stderr

@@ -214,6 +214,16 @@ class Settings:
             "client's flow-control window beyond it, so a stream holds about this many answers plus that window",
         },
     )
+    max_shared_memory_regions: int = field(
+        default=256,
+        metadata={
+            "min": 0,
+            "help": "system shared memory regions clients may register at once (Triton's extension); each holds "
+            "its object's file descriptor until unregistered, so the bound keeps clients from using up the "
+            "process's descriptors; beyond it a register answers RESOURCE_EXHAUSTED. 0: the extension is off "
+            "(every register is refused)",
+        },
+    )
     grpc_so_reuseport: bool = field(
         default=False,
         metadata={

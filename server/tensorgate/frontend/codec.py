@@ -146,7 +146,7 @@ def _from_shared(
             f"input byte size mismatch for input '{name}' for model '{model.name}'. Expected "
             f"{count * dtype.itemsize}, got {where.byte_size}"
         )
-    data = span.read()
+    data = memoryview(span.read()).toreadonly()  # read-only, as a view of a message's bytes is
     if dtype.is_bytes:
         try:
             return datatypes.deserialize_bytes(data, count).reshape(shape)
@@ -155,7 +155,7 @@ def _from_shared(
                 f"input '{name}' (BYTES, shape {_shape_text(shape)}): the bytes in shared memory region "
                 f"'{clip(where.region)}' {exc}"
             ) from None
-    return np.ndarray(shape, dtype.numpy, data)  # a read-only view of the copy
+    return np.ndarray(shape, dtype.numpy, data)
 
 
 def _from_raw(name: str, raw: bytes, shape: tuple[int, ...], dtype: DataType, count: int) -> np.ndarray:
@@ -206,6 +206,9 @@ def _check_utf8(name: str, flat: np.ndarray) -> None:
 # differ): a request or response with more than this many of them is decoded or encoded on a thread,
 # so the event loop keeps serving other calls meanwhile.
 BYTES_ELEMENTS_ON_LOOP = 4096
+# Inputs in shared memory are copied out of it (pread): more bytes than this in one request (~1 ms of
+# copying) are read on a thread.
+SHARED_BYTES_ON_LOOP = 4 * 2**20
 # A response's fields besides its tensors' bytes (names, shapes, ids) stay well under this; past it the
 # message is measured exactly. A ModelStreamInferResponse wraps it in at most this many bytes more: its
 # infer_response field's tag and length, and the triton_final_response parameter every stream answer has.
@@ -216,26 +219,38 @@ STREAM_WRAPPER_BYTES = _FINAL.ByteSize() + 8  # + a 64-bit length's varint
 
 
 def heavy_request(request: pb.ModelInferRequest, model: ModelSpec) -> bool:
-    """Whether decoding ``request`` may take long enough to stall the event loop (BYTES inputs of
-    more than BYTES_ELEMENTS_ON_LOOP elements, judged from their sizes before any parsing)."""
-    if not model.bytes_inputs:
-        return False
+    """Whether decoding ``request`` may take long enough to stall the event loop: BYTES inputs of more
+    than BYTES_ELEMENTS_ON_LOOP elements (judged from their sizes before any parsing), or inputs in
+    shared memory of more than SHARED_BYTES_ON_LOOP bytes in all (each is copied out)."""
+    bytes_inputs = model.bytes_inputs
+    shared = 0
     for tensor in request.inputs:
-        spec = model.inputs.get(tensor.name)
-        if spec is not None and spec.datatype.is_bytes:
-            claimed = len(tensor.contents.bytes_contents)
-            if claimed > BYTES_ELEMENTS_ON_LOOP:
-                return True
-            in_memory = tensor.parameters.get(shared_memory.BYTE_SIZE)  # in the client's shared memory
-            if in_memory is not None and in_memory.int64_param > 4 * BYTES_ELEMENTS_ON_LOOP:
-                return True
+        in_memory = tensor.parameters.get(shared_memory.BYTE_SIZE) if tensor.parameters else None
+        if in_memory is not None:
+            shared += max(0, in_memory.int64_param)
+        if bytes_inputs:
+            spec = model.inputs.get(tensor.name)
+            if spec is not None and spec.datatype.is_bytes:
+                if len(tensor.contents.bytes_contents) > BYTES_ELEMENTS_ON_LOOP:
+                    return True
+                if in_memory is not None and in_memory.int64_param > 4 * BYTES_ELEMENTS_ON_LOOP:
+                    return True
+    if shared > SHARED_BYTES_ON_LOOP:
+        return True
     # Raw BYTES contents hold at least 4 bytes an element.
-    return sum(len(raw) for raw in request.raw_input_contents) > 4 * BYTES_ELEMENTS_ON_LOOP
+    return bytes_inputs and sum(len(raw) for raw in request.raw_input_contents) > 4 * BYTES_ELEMENTS_ON_LOOP
 
 
-def heavy_response(model: ModelSpec, outputs: dict[str, np.ndarray], classes: Mapping[str, int] | None = None) -> bool:
-    """Whether encoding ``outputs`` may stall the event loop (many BYTES elements, or many class strings
-    to write)."""
+def heavy_response(
+    model: ModelSpec,
+    outputs: dict[str, np.ndarray],
+    classes: Mapping[str, int] | None = None,
+    output_memory: Mapping[str, OutputBuffer] | None = None,
+) -> bool:
+    """Whether encoding ``outputs`` may stall the event loop (many BYTES elements, many class strings
+    to write, or many bytes to write in shared memory)."""
+    if output_memory and sum(a.nbytes for n, a in outputs.items() if n in output_memory) > SHARED_BYTES_ON_LOOP:
+        return True
     elements = 0
     if model.bytes_outputs:
         elements = sum(a.size for n, a in outputs.items() if model.outputs[n].datatype.is_bytes)
@@ -344,8 +359,10 @@ def decode_request(
                     if count:
                         classes = {**(classes or {}), requested.name: count}
                     if where is not None:
-                        # Looked up now: a region that is not there fails the request before it runs.
+                        # Looked up now: a region that is not there, or too small for an output whose size
+                        # the config fixes, fails the request before it runs.
                         target = (memory or SystemSharedMemory()).span(where)
+                        _check_room(requested.name, model, batch if batch is not None else 1, target)
                         output_memory = {**(output_memory or {}), requested.name: target}
             if requested.name not in wanted:
                 wanted.append(requested.name)
@@ -465,6 +482,24 @@ def encode_response(
     return response
 
 
+def _check_room(name: str, model: ModelSpec, rows: int, target: OutputBuffer) -> None:
+    """Refuse before the run a shared-memory span too small for an output whose size the config fixes."""
+    spec = model.outputs[name]
+    dims = spec.fixed_dims
+    if dims is None or spec.datatype.is_bytes:
+        return  # known only once the output is there (_write_shared)
+    needed = (rows if model.batched else 1) * math.prod(dims) * spec.datatype.itemsize
+    if needed > target.size:
+        raise _too_small(name, target.size, needed)
+
+
+def _too_small(name: str, size: int, needed: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"shared memory size specified with the request for output '{name}' ({size} bytes) should be at least "
+        f"{needed} bytes to hold the results"
+    )
+
+
 def _write_shared(name: str, array: np.ndarray, datatype: DataType, target: OutputBuffer) -> None:
     """Write an output where the client's shared memory holds it; INVALID_ARGUMENT if it does not fit
     (Triton's words; Triton says INTERNAL, but the client chose the size)."""
@@ -473,10 +508,7 @@ def _write_shared(name: str, array: np.ndarray, datatype: DataType, target: Outp
     else:
         data = np.ascontiguousarray(array, dtype=datatype.numpy).reshape(-1).view(np.uint8)
     if data.size > target.size:
-        raise InvalidArgument(
-            f"shared memory size specified with the request for output '{name}' ({target.size} bytes) should be at "
-            f"least {data.size} bytes to hold the results"
-        )
+        raise _too_small(name, target.size, data.size)
     target.write(data)
 
 

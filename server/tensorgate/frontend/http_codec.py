@@ -306,11 +306,13 @@ def infer_request(
         params = _object(wanted.get("parameters", {}), f"output '{clip(name)}' 'parameters'")
         # A listed output is JSON unless its own binary_data says otherwise: binary_data_output is for the
         # outputs a request does not list (Triton's CheckBinaryOutputData and default_output_kind).
-        choice.binary[name] = _flag(params, "binary_data", f"output '{clip(name)}'")
-        if shared_memory.REGION in params:
-            if choice.binary[name]:
-                raise InvalidArgument(f"output '{clip(name)}' can't set both 'shared_memory_region' and 'binary_data'")
-            choice.shared.add(name)
+        as_binary = _flag(params, "binary_data", f"output '{clip(name)}'")
+        if as_binary and shared_memory.REGION in params:
+            raise InvalidArgument(f"output '{clip(name)}' can't set both 'shared_memory_region' and 'binary_data'")
+        if name not in choice.binary:  # an output listed twice: the first listing wins, as in the codec
+            choice.binary[name] = as_binary
+            if shared_memory.REGION in params:
+                choice.shared.add(name)
         _parameters(target.parameters, params, f"output '{clip(name)}'", skip=("binary_data",))
     return request, choice
 

@@ -131,7 +131,7 @@ class InferenceService:
         self.state = state
         self.lag = lag or LoopLag()  # not started: no lag
         self.max_response_bytes = repository.settings.grpc_max_message_bytes
-        self.shared_memory = SystemSharedMemory()
+        self.shared_memory = SystemSharedMemory(repository.settings.max_shared_memory_regions)
 
     # ---- health and metadata ----
 
@@ -295,9 +295,10 @@ class InferenceService:
             served = self.repository.get(request.model_name, request.model_version)
             served.scheduler.admit(self.lag.lag_ns)
             spec = served.spec
-            if spec.bytes_inputs and codec.heavy_request(request, spec):
-                # Decoded on a worker thread (many BYTES elements would stall the loop); the version
-                # chosen above is held meanwhile, so an unload or reload does not turn this request away.
+            if codec.heavy_request(request, spec):
+                # Decoded on a worker thread (many BYTES elements, or much shared memory to copy, would stall
+                # the loop); the version chosen above is held meanwhile, so an unload or reload does not turn
+                # this request away.
                 with served.scheduler.held():
                     decoded = await asyncio.to_thread(codec.decode_request, request, spec, self.shared_memory)
                     outputs = await served.scheduler.infer(decoded, held=True)
@@ -306,7 +307,7 @@ class InferenceService:
                 outputs = await served.scheduler.infer(decoded)
             limit = self.max_response_bytes if response_limit is None else response_limit
             classes, memory = decoded.classes, decoded.output_memory
-            if (spec.bytes_outputs or classes) and codec.heavy_response(spec, outputs, classes):
+            if (spec.bytes_outputs or classes or memory) and codec.heavy_response(spec, outputs, classes, memory):
                 return await asyncio.to_thread(
                     codec.encode_response, spec, served.version, request.id, outputs, limit, classes, memory
                 )

@@ -4,15 +4,21 @@ then names a region, an offset and a byte size in a tensor's parameters instead 
 inputs are read from there (one copy, into the server, instead of the several a message costs) and
 outputs written there.
 
-Triton's words throughout (its SharedMemoryManager and the gRPC frontend's parameter parsing), and its
-codes but where the client's mistake is not the server's failure: a key that does not open a
+The object is read and written with pread and pwrite on its descriptor, not through a mapping as Triton
+does: touching a mapped page the object cannot back (past its end, after the client shrank it; or a
+hole of a sparse object while /dev/shm is full) kills the process with SIGBUS, where pread gives fewer
+bytes (or zeros) and pwrite an error. So no client can kill the server through its regions. Each region
+holds its object's descriptor until it is unregistered and no request uses it; the number of regions is
+bounded (--max-shared-memory-regions) so descriptors cannot run out.
+
+Triton's words (its SharedMemoryManager and the gRPC frontend's parameter parsing) where it has them, and
+its codes but where the client's mistake is not the server's failure: a key that does not open a
 shared-memory object, and an output region too small for the output, are INVALID_ARGUMENT (Triton:
 INTERNAL, an HTTP 500 that dashboards count as the server's error). Two more things differ, both in the
-client's favour: an offset need not be a multiple of the
-page size (Triton's mmap refuses one that is not), and unregistering a region that requests still use
-takes the name away at once (it can be registered again) while the memory stays mapped until the last
-of them has finished (Triton lists it until then). CUDA shared memory is not served (see
-``cuda_register``).
+client's favour: an offset need not be a multiple of the page size (Triton's mmap refuses one that is
+not), and unregistering a region that requests still use takes the name away at once (it can be
+registered again) while the requests that hold it finish with it (Triton lists it until then). CUDA
+shared memory is not served (see ``cuda_register``).
 
 The regions are those of the server's own host (of its pod on Kubernetes, whose /dev/shm is its own):
 any client that can reach the protocol can read and write every shared-memory object the server's
@@ -23,7 +29,6 @@ registering to those who hold the key.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import stat
 from collections.abc import Mapping
@@ -45,14 +50,25 @@ BYTE_SIZE = "shared_memory_byte_size"
 PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
 
 
+class _Descriptor:
+    """An open shared-memory object, closed when the last region or request holding it lets it go."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 @dataclass(frozen=True, slots=True)
 class Region:
     name: str
     key: str
     offset: int
     byte_size: int
-    memory: memoryview  # the registered bytes (writable), a view of the mapping
-    mapping: mmap.mmap  # (its size() reads the object's size now: see Span.check)
+    file: _Descriptor
 
     def status(self) -> pb.SystemSharedMemoryStatusResponse.RegionStatus:
         return pb.SystemSharedMemoryStatusResponse.RegionStatus(
@@ -62,38 +78,47 @@ class Region:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Bytes of a region that a request reads its input from or writes its output to. Each access
-    first checks that the shared-memory object still holds them: touching a page of a mapping beyond
-    the end of its object (which the client shrank) kills the process with SIGBUS. So an input is
-    copied out at once, after that check (a view would be read later, by the run), and an output is
-    written after it; what is left is a client shrinking its object during that copy."""
+    """Bytes of a region that a request reads its input from or writes its output to."""
 
     region: str
     key: str
-    view: memoryview
-    mapping: mmap.mmap
-    end: int  # where the span ends in the object
+    file: _Descriptor
+    start: int  # where the span starts in the object
+    size: int
 
-    @property
-    def size(self) -> int:
-        return len(self.view)
+    def _shrunk(self, held: int) -> InvalidArgument:
+        return InvalidArgument(
+            f"shared memory region '{clip(self.region)}' is no longer whole: its object '{clip(self.key)}' now "
+            f"holds {held} bytes, fewer than the {self.start + self.size} this request uses; register the region "
+            "again"
+        )
 
-    def check(self) -> None:
-        held = self.mapping.size()  # fstat of the object
-        if held < self.end:
-            raise InvalidArgument(
-                f"shared memory region '{clip(self.region)}' is no longer whole: its object '{clip(self.key)}' "
-                f"now holds {held} bytes, fewer than the {self.end} this request uses; register the region again"
-            )
-
-    def read(self) -> bytes:
-        self.check()
-        return bytes(self.view)
+    def read(self) -> bytearray:
+        data = bytearray(self.size)
+        view = memoryview(data)
+        done = 0
+        while done < self.size:  # pread stops short only at the object's end (or past 2 GiB a call)
+            got = os.preadv(self.file.fd, [view[done:]], self.start + done)
+            if not got:
+                raise self._shrunk(os.fstat(self.file.fd).st_size)
+            done += got
+        return data
 
     def write(self, data: np.ndarray) -> None:
         """``data`` (bytes as uint8, at most :attr:`size` of them) at the span's start."""
-        self.check()
-        self.view[: data.size] = data.data
+        held = os.fstat(self.file.fd).st_size
+        if held < self.start + self.size:  # pwrite would grow the client's object
+            raise self._shrunk(held)
+        view = data.data  # (uint8, contiguous: a flat view of bytes)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self.file.fd, view[done:], self.start + done)
+        except OSError as exc:  # ENOSPC: /dev/shm is full and the client's object is sparse there
+            raise InvalidArgument(
+                f"cannot write to shared memory region '{clip(self.region)}' (object '{clip(self.key)}'): "
+                f"{exc.strerror}"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +173,10 @@ def _open(name: str, key: str) -> int:
 
 
 class SystemSharedMemory:
-    """The system shared-memory regions registered with the server, by name."""
+    """The system shared-memory regions registered with the server, by name; at most ``limit`` of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
         self._regions: dict[str, Region] = {}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -161,46 +187,43 @@ class SystemSharedMemory:
             )
         if name in self._regions:
             raise ServerError(f"shared memory region '{clip(name)}' already in manager", Code.ALREADY_EXISTS)
-        fd = _open(name, key)
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidArgument(f"Invalid shared memory region: '{clip(key)}' (not a shared-memory object)")
-            if offset + byte_size > info.st_size:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{clip(name)}': invalid args (offset {offset} + "
-                    f"byte_size {byte_size} is beyond the {info.st_size} bytes of '{clip(key)}')"
-                )
-            if byte_size == 0:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{clip(name)}': unable to process address space "
-                    "(byte_size is 0)"
-                )
-            start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap maps from a page boundary
-            try:
-                mapping = mmap.mmap(fd, offset - start + byte_size, offset=start)
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{clip(name)}': unable to process address space "
-                    f"({exc.strerror})"
-                ) from None
-        finally:
-            os.close(fd)  # the mapping holds the object; the descriptor is not needed any more
-        memory = memoryview(mapping)[offset - start :]
-        self._regions[name] = Region(name, key, offset, byte_size, memory, mapping)
+        if len(self._regions) >= self.limit:
+            held = (
+                f"the server holds {len(self._regions)} regions, its limit (--max-shared-memory-regions); "
+                "unregister regions no longer used"
+                if self.limit
+                else "system shared memory is off on this server (--max-shared-memory-regions 0)"
+            )
+            raise ServerError(
+                f"failed to register shared memory region '{clip(name)}': {held}", Code.RESOURCE_EXHAUSTED
+            )
+        file = _Descriptor(_open(name, key))  # closed with the last holder, whatever goes wrong below
+        info = os.fstat(file.fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument(f"Invalid shared memory region: '{clip(key)}' (not a shared-memory object)")
+        if offset + byte_size > info.st_size:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{clip(name)}': invalid args (offset {offset} + "
+                f"byte_size {byte_size} is beyond the {info.st_size} bytes of '{clip(key)}')"
+            )
+        if byte_size == 0:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{clip(name)}': unable to process address space "
+                "(byte_size is 0)"
+            )
+        self._regions[name] = Region(name, key, offset, byte_size, file)
         log.info(
             "event=shm_registered region=%s key=%s offset=%d byte_size=%d", clip(name), clip(key), offset, byte_size
         )
 
     def unregister(self, name: str) -> None:
         """Forget region ``name`` (every region if empty); a name not registered is no error (Triton's).
-        A request that holds a view of the region keeps its memory mapped until it has finished: the
-        mapping is unmapped when the last view of it goes."""
+        A request that holds a span of the region finishes with it: the object's descriptor is closed
+        when the last of them has."""
         names = [name] if name else list(self._regions)
         for each in names:
             region = self._regions.pop(each, None)
             if region is not None:
-                region.memory.release()  # the mapping goes with the last view (a request's, if one holds it)
                 log.info("event=shm_unregistered region=%s key=%s", clip(each), clip(region.key))
 
     def status(self, name: str) -> list[Region]:
@@ -222,8 +245,7 @@ class SystemSharedMemory:
             raise InvalidArgument(f"Invalid offset for shared memory region: '{clip(where.region)}'")
         if where.offset + where.byte_size > region.byte_size:
             raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{clip(where.region)}'")
-        view = region.memory[where.offset : where.offset + where.byte_size]
-        return Span(region.name, region.key, view, region.mapping, region.offset + where.offset + where.byte_size)
+        return Span(region.name, region.key, region.file, region.offset + where.offset, where.byte_size)
 
     def __len__(self) -> int:
         return len(self._regions)
