@@ -266,8 +266,8 @@ def heavy_response(
 def decode_request(
     request: pb.ModelInferRequest, model: ModelSpec, memory: SystemSharedMemory | None = None
 ) -> InferRequest:
-    """Check a request against the model and turn its tensors into numpy arrays (views where raw, or in
-    the client's shared memory: ``memory``, the regions registered)."""
+    """Check a request against the model and turn its tensors into numpy arrays (views where raw; copies of
+    what the client's shared memory holds, ``memory`` being the regions registered)."""
     # Each read of a repeated protobuf field builds a wrapper (~0.3 µs with upb): each is read once.
     tensors = request.inputs
     raw_contents = request.raw_input_contents
