@@ -64,8 +64,8 @@ def test_a_stream_whose_answers_are_not_read_stops_being_read(tmp_path: Path, st
         settled = _plateau(lambda: _answered(server, "add_sub"))
         if bound < count:
             assert settled < count // 5, f"{settled} of {count} messages run while the client read no answer"
-        else:
-            assert settled == count
+        else:  # without a bound every message runs; on a loaded machine a plateau may come before the last few
+            wait_for(lambda: _answered(server, "add_sub") == count, timeout=60)
         received = [service_pb2.ModelStreamInferResponse.FromString(raw) for raw in answers]
     assert len(received) == count
     assert not [r.error_message for r in received if r.error_message]
