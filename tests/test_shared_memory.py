@@ -149,21 +149,30 @@ def test_a_region_at_an_offset_that_is_no_page_boundary(server: Server, regions:
     assert c.get_system_shared_memory_status("odd", as_json=True)["regions"]["odd"]["offset"] == "100"
 
 
+def _bytes_round_trip(
+    c: Any, regions: Regions, region: str, model: str, names: tuple[str, str], strings: np.ndarray
+) -> tuple[grpcclient.InferInput, int]:
+    """``strings`` (BYTES) through an identity ``model`` (its input and output ``names``) with both tensors in one
+    region, the output after the input; checks the output. Returns the input tensor and its byte size."""
+    data = serialize_byte_tensor(strings)  # one object: the length-prefixed bytes
+    size = len(data.item())
+    handle, key = regions.make(region, 2 * size)
+    shm.set_shared_memory_region(handle, [data])
+    c.register_system_shared_memory(region, key, 2 * size)
+    tensor = grpcclient.InferInput(names[0], list(strings.shape), "BYTES")
+    tensor.set_shared_memory(region, size)
+    wanted = grpcclient.InferRequestedOutput(names[1])
+    wanted.set_shared_memory(region, size, offset=size)
+    c.infer(model, [tensor], outputs=[wanted])
+    raw = shm.get_contents_as_numpy(handle, np.uint8, [size], offset=size).tobytes()
+    assert deserialize_bytes_tensor(raw).tolist() == strings.reshape(-1).tolist()
+    return tensor, size
+
+
 def test_bytes_tensors_in_shared_memory(server: Server, regions: Regions) -> None:
     c = server.client
     strings = np.array([[b"abc"], ["\u00e9t\u00e9".encode()], [b""]], dtype=np.object_)
-    data = serialize_byte_tensor(strings)  # one object: the length-prefixed bytes
-    size = len(data.item())
-    handle, key = regions.make("text", 2 * size)
-    shm.set_shared_memory_region(handle, [data])
-    c.register_system_shared_memory("text", key, 2 * size)
-    tensor = grpcclient.InferInput("TEXT", [3, 1], "BYTES")
-    tensor.set_shared_memory("text", size)
-    wanted = grpcclient.InferRequestedOutput("TEXT_OUT")
-    wanted.set_shared_memory("text", size, offset=size)
-    c.infer("string_identity", [tensor], outputs=[wanted])
-    raw = shm.get_contents_as_numpy(handle, np.uint8, [size], offset=size).tobytes()
-    assert deserialize_bytes_tensor(raw).tolist() == strings.reshape(-1).tolist()
+    tensor, size = _bytes_round_trip(c, regions, "text", "string_identity", ("TEXT", "TEXT_OUT"), strings)
 
     # A BYTES input whose length prefixes do not add up to its byte size: said, as for raw contents
     tensor.set_shared_memory("text", size - 1)
@@ -648,18 +657,7 @@ def test_large_tensors_in_shared_memory_round_trip(server: Server, regions: Regi
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, WIDE], offset=x.nbytes), x)
 
     strings = np.array([[f"{i}".encode() * (i % 4) for i in range(TEXTS)]], dtype=np.object_)
-    data = serialize_byte_tensor(strings)
-    size = len(data.item())
-    text, text_key = regions.make("texts", 2 * size)
-    shm.set_shared_memory_region(text, [data])
-    c.register_system_shared_memory("texts", text_key, 2 * size)
-    tensor = grpcclient.InferInput("INPUT0", [1, TEXTS], "BYTES")
-    tensor.set_shared_memory("texts", size)
-    wanted = grpcclient.InferRequestedOutput("OUTPUT0")
-    wanted.set_shared_memory("texts", size, offset=size)
-    c.infer("texts", [tensor], outputs=[wanted])
-    raw = shm.get_contents_as_numpy(text, np.uint8, [size], offset=size).tobytes()
-    assert deserialize_bytes_tensor(raw).tolist() == strings.reshape(-1).tolist()
+    _bytes_round_trip(c, regions, "texts", "texts", ("INPUT0", "OUTPUT0"), strings)
 
 
 def test_the_number_of_regions_is_bounded(repo: Path) -> None:

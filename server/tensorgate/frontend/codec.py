@@ -14,7 +14,7 @@ from tensorgate import datatypes
 from tensorgate.datatypes import DataType
 from tensorgate.errors import Code, InvalidArgument, ServerError, clip
 from tensorgate.frontend import classification, shared_memory
-from tensorgate.frontend.shared_memory import Location, SystemSharedMemory
+from tensorgate.frontend.shared_memory import NO_REGIONS, Location, SystemSharedMemory
 from tensorgate.model_config import ModelSpec, TensorSpec
 from tensorgate.proto import inference_pb2 as pb
 from tensorgate.request import InferRequest, OutputBuffer
@@ -133,14 +133,14 @@ def _check_raw_count(tensors: Sequence[pb.ModelInferRequest.InferInputTensor], r
 def _from_shared(
     name: str,
     model: ModelSpec,
-    memory: SystemSharedMemory | None,
+    memory: SystemSharedMemory,
     where: Location,
     shape: tuple[int, ...],
     dtype: DataType,
     count: int,
 ) -> np.ndarray:
     """The tensor of ``shape`` in the client's shared memory, copied out of it (BYTES: objects)."""
-    span = (memory or SystemSharedMemory()).span(where)
+    span = memory.span(where)
     if not dtype.is_bytes and where.byte_size != count * dtype.itemsize:
         raise InvalidArgument(
             f"input byte size mismatch for input '{name}' for model '{model.name}'. Expected "
@@ -264,7 +264,7 @@ def heavy_response(
 
 
 def decode_request(
-    request: pb.ModelInferRequest, model: ModelSpec, memory: SystemSharedMemory | None = None
+    request: pb.ModelInferRequest, model: ModelSpec, memory: SystemSharedMemory = NO_REGIONS
 ) -> InferRequest:
     """Check a request against the model and turn its tensors into numpy arrays (views where raw; copies of
     what the client's shared memory holds, ``memory`` being the regions registered)."""
@@ -361,7 +361,7 @@ def decode_request(
                     if where is not None:
                         # Looked up now: a region that is not there, or too small for an output whose size
                         # the config fixes, fails the request before it runs.
-                        target = (memory or SystemSharedMemory()).span(where)
+                        target = memory.span(where)
                         _check_room(requested.name, model, batch if batch is not None else 1, target)
                         output_memory = {**(output_memory or {}), requested.name: target}
             if requested.name not in wanted:

@@ -455,8 +455,8 @@ def register_body(body: bytes) -> tuple[str, int, int]:
     if "byte_size" not in j:
         raise InvalidArgument("Shared memory register request has no 'byte_size' field")
     sizes = []
-    for field_name, default in (("offset", 0), ("byte_size", 0)):
-        value = j.get(field_name, default)
+    for field_name in ("offset", "byte_size"):  # (byte_size is there: checked above)
+        value = j.get(field_name, 0)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
             raise InvalidArgument(
                 f"the shared memory register request's '{field_name}' must be a non-negative integer below 2^64"

@@ -247,8 +247,8 @@ class SystemSharedMemory:
             raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{clip(where.region)}'")
         return Span(region.name, region.key, region.file, region.offset + where.offset, where.byte_size)
 
-    def __len__(self) -> int:
-        return len(self._regions)
+
+NO_REGIONS = SystemSharedMemory(0)  # what a decode without a server's registry sees: none registered
 
 
 def cuda_register(name: str) -> None:
